@@ -1,0 +1,54 @@
+# h2s-dist: `make demo` runs the main job, `make test` runs the tests.
+# Both create .venv on first use. Set-up knobs:
+#   TORCH_SPEC   the torch requirement installed first (default: the CPU build 2.13.0).
+#                For a CUDA build: make test TORCH_SPEC=torch==2.13.0 TORCH_INDEX=--index-url=https://download.pytorch.org/whl/cu128
+#   EXTRAS       project extras (default: baseline,dev)
+
+PYTHON      ?= python3
+VENV        ?= .venv
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+EXTRAS      ?= baseline,dev
+PYTEST_ARGS ?=
+# uv ignores pip's config: hand it pip's find-links so that it sees local torch wheels.
+FIND_LINKS  := $(if $(PIP_FIND_LINKS),$(foreach d,$(PIP_FIND_LINKS),--find-links $(d)),)
+UV          := $(VENV)/bin/uv pip install --python $(VENV)/bin/python $(FIND_LINKS)
+STAMP       := $(VENV)/.installed
+
+export RAY_AUTH_MODE ?= disabled
+export RAY_USAGE_STATS_ENABLED ?= 0
+export PYTHONUNBUFFERED = 1
+
+.PHONY: setup test unit integration demo bench clean help
+
+help:
+	@echo "make demo   set up .venv and run the quickstart job (synthetic data, CPU, minutes)"
+	@echo "make test   set up .venv and run the whole test suite"
+	@echo "make unit | integration | bench | clean"
+
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check uv
+	$(UV) $(TORCH_INDEX) "$(TORCH_SPEC)"
+	$(UV) -e ".[$(EXTRAS)]"
+	touch $@
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest $(PYTEST_ARGS)
+
+unit: $(STAMP)
+	$(VENV)/bin/python -m pytest tests/unit $(PYTEST_ARGS)
+
+integration: $(STAMP)
+	$(VENV)/bin/python -m pytest tests/integration $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/python -m h2s_dist.demo
+
+bench: $(STAMP)
+	$(VENV)/bin/python bench/models.py --quick
+
+clean:
+	rm -rf $(VENV) .h2s build *.egg-info
