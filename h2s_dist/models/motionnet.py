@@ -1,0 +1,231 @@
+"""MotionNet: the unsupervised multi-frame optical-flow network (paper Table 1, top).
+
+An encoder of 3x3 convolutions (the "small-displacement" design) and a FlowNet-style
+decoder that predicts flow at five scales. Layer names follow the release prototxt
+(conv1 ... conv6_1, deconvK, upsample_flowK1toK, xconvK = the release's smooth_convK,
+predict_flowK), so a converted Caffe checkpoint maps onto the state dict by name
+(note: our frames are RGB where the release fed BGR; swap conv1's input channels).
+
+Flow conventions (shared with `h2s_dist.warp` and `h2s_dist.losses`):
+  - For T input frames the network predicts T-1 flows on 2*(T-1) channels laid out
+    u0, v0, u1, v1, ...; flow i maps frame i to frame i+1 in the backward-warping
+    sense: frame i+1 sampled at (x + u_i, y + v_i) reconstructs frame i.
+    u points right (+x, columns), v points down (+y, rows).
+  - Raw outputs are flow / RAW_FLOW_SCALE (= 20) in *full-resolution* pixels at every
+    level. To get pixels at a level's own resolution multiply by LEVEL_MULTIPLIERS
+    (= 20 / stride): flow6 x0.625, flow5 x1.25, flow4 x2.5, flow3 x5, flow2 x10.
+
+Run `python bench/models.py --quick` for sizes and timings.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+# Raw network outputs are flow / RAW_FLOW_SCALE in full-resolution pixels. Kept here as
+# well as in h2s_dist.warp so that the models import nothing but torch.
+RAW_FLOW_SCALE = 20.0
+# Output strides of flow6 ... flow2 relative to the input (coarsest first).
+LEVEL_STRIDES = (32, 16, 8, 4, 2)
+# raw -> pixels at the level's own resolution: RAW_FLOW_SCALE / stride.
+LEVEL_MULTIPLIERS = tuple(RAW_FLOW_SCALE / s for s in LEVEL_STRIDES)  # (0.625, ..., 10.0)
+# H and W must be multiples of this: five stride-2 convolutions down, five x2 deconvs up,
+# and every decoder level is concatenated with the encoder feature of the same size.
+SIZE_MULTIPLE = 32
+# Decoder levels K, coarse to fine (flowK is predicted at stride 2**(K-1)).
+_DECODER_LEVELS = (5, 4, 3, 2)
+
+
+@dataclass(frozen=True)
+class MotionNetConfig:
+    """Shape of a MotionNet. `paper()` is Table 1; `tiny()` keeps the topology, narrow."""
+
+    encoder_channels: tuple[int, ...] = (64, 128, 256, 512, 512, 1024)
+    """Output channels of conv1 ... conv6; each convK_1 keeps convK's width."""
+    decoder_channels: tuple[int, ...] = (512, 256, 128, 64)
+    """Output channels of deconvK and xconvK for K = 5, 4, 3, 2."""
+    num_frames: int = 11
+    """Frames per clip T; the network predicts T-1 flows (2*(T-1) channels)."""
+    small_displacement: bool = True
+    """True: 3x3 kernels, conv1 at stride 1, extra conv1_1/conv2_1 (the paper's design).
+    False (Table 3 ablation): FlowNetS's front end, conv1 7x7 stride 2, conv2 5x5,
+    conv3 5x5, no conv1_1/conv2_1. conv2 keeps stride 1 (FlowNetS has 2) so every
+    output keeps its resolution and the decoder is unchanged."""
+    conv_between_deconv: bool = True
+    """True: an xconvK 3x3 convolution (no activation) after each decoder concat, feeding
+    predict_flowK and the next deconv. False (ablation): both read the concat directly."""
+    negative_slope: float = 0.1
+    """LeakyReLU slope after every encoder conv and every deconvK."""
+
+    def __post_init__(self) -> None:
+        if len(self.encoder_channels) != 6 or len(self.decoder_channels) != 4:
+            raise ValueError(
+                "MotionNetConfig needs 6 encoder_channels (conv1..conv6) and 4 "
+                f"decoder_channels (levels 5..2); got {self.encoder_channels} and "
+                f"{self.decoder_channels}"
+            )
+        if min(self.encoder_channels + self.decoder_channels) < 1:
+            raise ValueError("MotionNetConfig channel widths must be positive")
+        if self.num_frames < 2:
+            raise ValueError(f"num_frames must be >= 2 to predict a flow, got {self.num_frames}")
+
+    @classmethod
+    def paper(cls, **overrides) -> MotionNetConfig:
+        """Table 1: widths 64 ... 1024, 11 frames (42.3M parameters)."""
+        return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def tiny(cls, **overrides) -> MotionNetConfig:
+        """Same topology with widths 8 ... 64, for unit tests and the CPU quickstart."""
+        base = cls(encoder_channels=(8, 16, 32, 64, 64, 64), decoder_channels=(64, 32, 16, 8))
+        return dataclasses.replace(base, **overrides)
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels: T RGB frames stacked, 3*T."""
+        return 3 * self.num_frames
+
+    @property
+    def flow_channels(self) -> int:
+        """Output channels per level: (u, v) for each of the T-1 flows."""
+        return 2 * (self.num_frames - 1)
+
+
+def _encoder_layers(cfg: MotionNetConfig) -> list[tuple[str, int, int, int, int]]:
+    """(name, in, out, kernel, stride) for the encoder, input to bottleneck."""
+    c1, c2, c3, c4, c5, c6 = cfg.encoder_channels
+    if cfg.small_displacement:
+        front = [("conv1", cfg.in_channels, c1, 3, 1), ("conv1_1", c1, c1, 3, 1),
+                 ("conv2", c1, c2, 3, 2), ("conv2_1", c2, c2, 3, 1),
+                 ("conv3", c2, c3, 3, 2)]
+    else:
+        front = [("conv1", cfg.in_channels, c1, 7, 2), ("conv2", c1, c2, 5, 1),
+                 ("conv3", c2, c3, 5, 2)]
+    back = [("conv3_1", c3, c3, 3, 1), ("conv4", c3, c4, 3, 2), ("conv4_1", c4, c4, 3, 1),
+            ("conv5", c4, c5, 3, 2), ("conv5_1", c5, c5, 3, 1),
+            ("conv6", c5, c6, 3, 2), ("conv6_1", c6, c6, 3, 1)]
+    return front + back
+
+
+def _skip_names(cfg: MotionNetConfig) -> dict[int, str]:
+    """Encoder feature concatenated at each decoder level (same resolution)."""
+    return {5: "conv5_1", 4: "conv4_1", 3: "conv3_1",
+            2: "conv2_1" if cfg.small_displacement else "conv2"}
+
+
+class MotionNet(nn.Module):
+    """Frames (B, T, 3, H, W) -> raw flows [flow6, flow5, flow4, flow3, flow2].
+
+    Input: float frames already normalised by `h2s_dist.frames.normalize`; H and W must
+    be multiples of 32 (224x224 training crops, 256x320 full frames).
+    Output k (k = 0..4, coarsest first) has shape (B, 2*(T-1), H/s, W/s) with
+    s = LEVEL_STRIDES[k] = 32, 16, 8, 4, 2 (7, 14, 28, 56, 112 for a 224 input), in raw
+    units (flow / 20 in full-resolution pixels; see the module docstring).
+    """
+
+    def __init__(self, config: MotionNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or MotionNetConfig.paper()
+        nf = cfg.flow_channels
+        self.encoder = nn.ModuleDict(
+            {name: nn.Conv2d(cin, cout, k, stride=s, padding=k // 2)
+             for name, cin, cout, k, s in _encoder_layers(cfg)}
+        )
+        channels = {name: cout for name, _, cout, _, _ in _encoder_layers(cfg)}
+        self._skips = _skip_names(cfg)
+        self.decoder = nn.ModuleDict()
+        self.decoder["predict_flow6"] = nn.Conv2d(cfg.encoder_channels[-1], nf, 3, padding=1)
+        prev = cfg.encoder_channels[-1]  # channels feeding the next deconv
+        for level, width in zip(_DECODER_LEVELS, cfg.decoder_channels):
+            concat = channels[self._skips[level]] + width + nf
+            self.decoder[f"deconv{level}"] = nn.ConvTranspose2d(prev, width, 4, stride=2, padding=1)
+            self.decoder[f"upsample_flow{level + 1}to{level}"] = nn.ConvTranspose2d(nf, nf, 4, stride=2, padding=1)
+            if cfg.conv_between_deconv:
+                self.decoder[f"xconv{level}"] = nn.Conv2d(concat, width, 3, padding=1)
+                prev = width
+            else:
+                prev = concat
+            self.decoder[f"predict_flow{level}"] = nn.Conv2d(prev, nf, 3, padding=1)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """MSRA init as Caffe's "msra" filler (std sqrt(2 / fan_in)), biases 0.
+
+        For deconvolutions Caffe's fan_in is out_channels * k * k, which is also what
+        torch computes for a ConvTranspose2d weight (in, out, k, k)."""
+        for m in self.modules():
+            # Meta tensors (shape-only builds) have nothing to fill; skipping also avoids a
+            # slow first normal_ on meta. Call reset_parameters() after materialising.
+            if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not m.weight.is_meta:
+                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                nn.init.zeros_(m.bias)
+
+    def _stack(self, frames: torch.Tensor) -> torch.Tensor:
+        """(B, T, 3, H, W) -> (B, 3T, H, W), frame-major like the release's concat."""
+        cfg = self.config
+        if frames.dim() != 5 or frames.shape[1] != cfg.num_frames or frames.shape[2] != 3:
+            raise ValueError(
+                f"MotionNet expects frames (B, {cfg.num_frames}, 3, H, W), got {tuple(frames.shape)}; "
+                "pass clips of the configured length or build it with a matching num_frames"
+            )
+        if not frames.is_floating_point():
+            raise ValueError("MotionNet expects float frames; run h2s_dist.frames.normalize first")
+        h, w = frames.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h == 0 or w == 0:
+            raise ValueError(
+                f"MotionNet needs H and W that are multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
+                "crop or resize (e.g. 224x224, 256x320)"
+            )
+        return frames.flatten(1, 2)
+
+    def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
+        """Frames (B, T, 3, H, W) normalised -> [flow6, flow5, flow4, flow3, flow2] raw."""
+        slope = self.config.negative_slope
+        x = self._stack(frames)
+        features = {}
+        for name, conv in self.encoder.items():
+            x = F.leaky_relu(conv(x), slope)
+            features[name] = x
+        d = self.decoder
+        flows = [d["predict_flow6"](x)]
+        for level in _DECODER_LEVELS:
+            up = F.leaky_relu(d[f"deconv{level}"](x), slope)
+            up_flow = d[f"upsample_flow{level + 1}to{level}"](flows[-1])
+            # Release order: encoder feature, deconv, upsampled flow.
+            x = torch.cat([features[self._skips[level]], up, up_flow], dim=1)
+            if self.config.conv_between_deconv:
+                x = d[f"xconv{level}"](x)  # no activation, as released
+            flows.append(d[f"predict_flow{level}"](x))
+        return flows
+
+
+def build_motionnet(flavour: str = "paper", **overrides) -> MotionNet:
+    """A MotionNet of flavour "paper" or "tiny", with config fields overridden by name,
+    e.g. build_motionnet("tiny", num_frames=2, conv_between_deconv=False)."""
+    factories = {"paper": MotionNetConfig.paper, "tiny": MotionNetConfig.tiny}
+    if flavour not in factories:
+        raise ValueError(f"unknown MotionNet flavour {flavour!r}; choose one of {sorted(factories)}")
+    try:
+        config = factories[flavour](**overrides)
+    except TypeError as e:
+        fields = [f.name for f in dataclasses.fields(MotionNetConfig)]
+        raise ValueError(f"bad MotionNet override ({e}); valid fields: {fields}") from None
+    return MotionNet(config)
+
+
+def full_resolution_flow(flow2_raw: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Raw flow (B, 2N, h, w) -> pixel flow (B, N, 2, H, W) at `size` = (H, W).
+
+    Bilinear upsampling (align_corners=False) then x RAW_FLOW_SCALE: raw units are
+    already full-resolution pixels, so no per-level factor. Channel 0 = u (right),
+    1 = v (down); flow n maps frame n to frame n+1 (backward warping)."""
+    if flow2_raw.dim() != 4 or flow2_raw.shape[1] % 2:
+        raise ValueError(f"expected raw flow (B, 2N, h, w), got {tuple(flow2_raw.shape)}")
+    up = F.interpolate(flow2_raw, size=tuple(size), mode="bilinear", align_corners=False)
+    b, c, h, w = up.shape
+    return (up * RAW_FLOW_SCALE).view(b, c // 2, 2, h, w)
