@@ -1,0 +1,414 @@
+"""Flow datasets: precomputed, quantised TV-L1 flow in WebDataset shards, and their readers.
+
+A flow dataset has the layout of a frame dataset (docs/data.md), one sample per video:
+  URI/manifest.parquet   the frame manifest's columns; `shard` = the flow shard, `width`,
+                         `height` = the flow fields', `stored_bytes` = bytes of the .flows
+                         member, `encoding` = "tvl1_jpeg"; `num_frames` stays the video's
+                         frame count T (it holds T - 1 flow fields)
+  URI/classes.json       copied from the frame dataset
+  URI/flow_info.json     {"bound", "quality", "source_dataset", "size", "tvl1"}
+  URI/shards/shard-NNNNNN.tar   members <key>.flows and <key>.json
+
+<key>.flows is an "H2SF" flow stack: the "H2SJ" container of h2s_dist.data.codec with
+2 (T - 1) grayscale JPEGs, u0, v0, u1, v1, ... (quantised as h2s_dist.baseline.tvl1:
+q = (clip(f, -bound, bound) + bound) * 255 / (2 bound)). A window of L flows starting
+at flow s is the JPEGs [2s, 2s + 2L): one slice, no scanning. Grayscale JPEG (quality
+95 by default, as dense_flow's image files) is the standard two-stream storage; each
+field costs one JPEG per component, so u and v decode independently.
+
+    loader = flow_train_loader(TrainStreamConfig(flows_uri, batch_size=8, clip_len_frames=11), rank=0, world_size=1)
+    for flows, labels in loader:   # (B, 20, crop, crop) float32 = q - 128 in [-128, 127]; (B,) int64
+
+    for item in flow_eval_loader(flows_uri, split=1, rank=0, world_size=1):
+        item.clips                 # (25 * 10, 20, 224, 224), window-major; flipped crops have u negated
+
+The readers are the frame readers of h2s_dist.data.shards with another decode step: the
+same shard opening, rank/worker splitting, shuffle buffer, skip records and eval
+assignment (every video exactly once across ranks and workers).
+
+Test-time scoring of the baseline's temporal stream (used by the evaluate stage):
+`tvl1_eval_scores` on cached flows, `tvl1_video_scores` from frames with TV-L1 on the fly
+(decode-to-scores throughput, TV-L1 and CNN seconds apart).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import struct
+import tarfile
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader
+
+from h2s_dist.baseline import tvl1
+from h2s_dist.baseline.tvl1 import FLOW_MEAN, flip_quantized
+from h2s_dist.data import storage, transforms
+from h2s_dist.data.codec import ClipDecodeError
+from h2s_dist.data.shards import (
+    MAX_CONSECUTIVE_FAILURES,
+    EvalLoader,
+    LoaderState,
+    TrainLoader,
+    TrainStreamConfig,
+    _check_rank,
+    _EvalStream,
+    _selected_videos,
+    _TrainStream,
+)
+
+log = logging.getLogger(__name__)
+
+FLOW_EXTENSION = "flows"
+FLOW_ENCODING = "tvl1_jpeg"
+FLOW_INFO_NAME = "flow_info.json"
+DEFAULT_FLOW_QUALITY = 95
+ZERO_FLOW_Q = 128  # quantised 0 px (127.5 rounded): pads windows past a short video's end
+
+_MAGIC = b"H2SF"
+_VERSION = 1
+_HEADER = struct.Struct("<4sB3xIII")  # magic, version, num_images, width, height (as H2SJ)
+
+
+# ----------------------------------------------------------------------------- flow stack
+
+
+def encode_flow_stack(flows: np.ndarray, quality: int = DEFAULT_FLOW_QUALITY) -> bytes:
+    """Quantised flows (N, H, W, 2) uint8 -> an "H2SF" stack of 2N grayscale JPEGs u0, v0, u1, ..."""
+    flows = np.asarray(flows)
+    if flows.ndim != 4 or flows.shape[-1] != 2 or flows.dtype != np.uint8 or len(flows) == 0:
+        raise ValueError(f"flows must be a non-empty uint8 array (N, H, W, 2), got {flows.dtype} {flows.shape}")
+    if not 1 <= quality <= 95:
+        raise ValueError(f"JPEG quality must be in 1..95, got {quality}")
+    jpegs = []
+    for field in flows:
+        for component in (field[..., 0], field[..., 1]):
+            buf = io.BytesIO()
+            Image.fromarray(np.ascontiguousarray(component)).save(buf, format="JPEG", quality=quality)
+            jpegs.append(buf.getvalue())
+    offsets = np.concatenate([[0], np.cumsum([len(j) for j in jpegs])]).astype("<u4")
+    height, width = flows.shape[1:3]
+    return b"".join([_HEADER.pack(_MAGIC, _VERSION, len(jpegs), width, height), offsets.tobytes(), *jpegs])
+
+
+def flow_stack_info(payload: bytes) -> tuple[int, int, int]:
+    """(num_flows, width, height) from an "H2SF" header."""
+    if len(payload) < _HEADER.size:
+        raise ClipDecodeError(f"flow stack of {len(payload)} bytes is shorter than its header")
+    magic, version, num_images, width, height = _HEADER.unpack_from(payload)
+    if magic != _MAGIC or version != _VERSION or num_images % 2:
+        raise ClipDecodeError(f"not an H2SF v{_VERSION} flow stack (magic {magic!r}, version {version})")
+    return num_images // 2, width, height
+
+
+def decode_flow_stack(payload: bytes, start: int = 0, length: int | None = None) -> np.ndarray:
+    """Flows [start, start + length) of an "H2SF" stack -> (length, H, W, 2) uint8 (quantised)."""
+    num_flows, width, height = flow_stack_info(payload)
+    stop = num_flows if length is None else start + length
+    if start < 0 or not start < stop <= num_flows:
+        raise ClipDecodeError(f"flow window [{start}, {stop}) outside the stack's {num_flows} flows")
+    offsets = np.frombuffer(payload, dtype="<u4", count=2 * num_flows + 1, offset=_HEADER.size)
+    data = _HEADER.size + offsets.nbytes
+    view = memoryview(payload)
+    out = np.empty((stop - start, height, width, 2), np.uint8)
+    for i in range(2 * start, 2 * stop):
+        with Image.open(io.BytesIO(view[data + int(offsets[i]): data + int(offsets[i + 1])])) as image:
+            out[i // 2 - start, :, :, i % 2] = np.asarray(image.convert("L"))
+    return out
+
+
+def read_flow_window(sample: dict, start: int, length: int, num_flows: int) -> np.ndarray:
+    """Flows [start, start + length) of a sample, clamped to its `num_flows` and padded with
+    zero flow (what repeating a short video's last frame gives) -> (length, H, W, 2) uint8."""
+    payload = sample.get(FLOW_EXTENSION, sample.get("." + FLOW_EXTENSION))
+    if payload is None:
+        raise ClipDecodeError(f"sample {sample.get('__key__', '?')} has no '{FLOW_EXTENSION}' member")
+    available = max(1, min(length, num_flows - start))
+    flows = decode_flow_stack(payload, start, available)
+    if available == length:
+        return flows
+    pad = np.full((length - available,) + flows.shape[1:], ZERO_FLOW_Q, np.uint8)
+    return np.concatenate([flows, pad])
+
+
+# ----------------------------------------------------------------------------- writing
+
+
+def flow_sample_meta(key: str, row: dict[str, Any], num_flows: int, width: int, height: int, bound: float) -> dict:
+    """The <key>.json of a flow sample (row: the video's frame-manifest row)."""
+    return {
+        "key": key, "label": int(row["label"]), "class_name": row["class_name"], "num_frames": int(row["num_frames"]),
+        "num_flows": num_flows, "fps": float(row["fps"]), "width": width, "height": height, "bound": bound,
+        "source": row["source"], "encoding": FLOW_ENCODING,
+    }
+
+
+def write_flow_shard(shard_uri: str, samples: Sequence[tuple[str, bytes, dict]]) -> int:
+    """(key, .flows payload, meta) samples -> one tar at `shard_uri`, written atomically; its bytes."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for key, payload, meta in samples:
+            for name, data in ((f"{key}.{FLOW_EXTENSION}", payload), (f"{key}.json", json.dumps(meta).encode())):
+                info = tarfile.TarInfo(name)
+                info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same flows, same bytes
+                tar.addfile(info, io.BytesIO(data))
+    storage.write_bytes(shard_uri, buffer.getvalue())
+    return buffer.tell()
+
+
+def write_flow_info(flows_uri: str, info: dict[str, Any]) -> None:
+    storage.write_bytes(storage.join(flows_uri, FLOW_INFO_NAME), json.dumps(info, indent=1).encode())
+
+
+def read_flow_info(flows_uri: str) -> dict[str, Any]:
+    """URI/flow_info.json: {"bound", "quality", "source_dataset", "size", "tvl1"}."""
+    uri = storage.join(flows_uri, FLOW_INFO_NAME)
+    if not storage.exists(uri):
+        raise ValueError(f"{uri} not found: is {flows_uri} a flow dataset? (run the tvl1_flows stage)")
+    return json.loads(storage.read_bytes(uri))
+
+
+# ----------------------------------------------------------------------------- network input
+
+
+def stack_channels(flows: np.ndarray) -> np.ndarray:
+    """(..., L, h, w, 2) -> (..., 2L, h, w), channels u0, v0, u1, v1, ... (the VGG16's order)."""
+    moved = np.moveaxis(flows, -1, -3)  # (..., L, 2, h, w)
+    return moved.reshape(moved.shape[:-4] + (-1,) + moved.shape[-2:])
+
+
+def to_network_input(stacked: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Quantised stacked flows (uint8, any shape) -> float32 q - 128, FlowNormalize's scale."""
+    x = torch.from_numpy(np.ascontiguousarray(stacked)) if isinstance(stacked, np.ndarray) else stacked
+    return x.float() - FLOW_MEAN
+
+
+def eval_flow_crops(
+    flows: np.ndarray, starts: Sequence[int], num_flows: int, crop_size: int, num_crops: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Test inputs of one video from its quantised flows (N, H, W, 2), N >= starts[-1] + num_flows.
+
+    -> crops (len(starts) * num_crops, 2 num_flows, crop, crop) uint8, window-major, crops in
+    transforms.ten_crops order, u negated (255 - u) on the flipped ones; flipped (n,) bool."""
+    all_crops, all_flipped = [], []
+    for s in starts:
+        crops, flipped = transforms.ten_crops(flows[s:s + num_flows], crop_size)  # (10, L, c, c, 2), a copy
+        crops[flipped, ..., 0] = 255 - crops[flipped, ..., 0]
+        crops, flipped = transforms.select_crops(crops, flipped, num_crops)
+        all_crops.append(crops)
+        all_flipped.append(flipped)
+    return stack_channels(np.concatenate(all_crops)), np.concatenate(all_flipped)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+class _FlowTrainStream(_TrainStream):
+    """_TrainStream with a flow decode step: clip_len_frames - 1 flows per clip."""
+
+    def _clips(self, samples: Iterator[dict], rng: np.random.Generator, recorder) -> Iterator[tuple]:
+        cfg, failures, length = self.config, 0, self.config.clip_len_frames - 1
+        for sample in samples:
+            video = self.videos[sample["__key__"]]
+            try:
+                num_flows = max(video.num_frames - 1, 1)
+                start = transforms.random_window_start(num_flows, length, rng)
+                flows = read_flow_window(sample, start, length, num_flows)
+                flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales)
+                if cfg.flip and rng.random() < 0.5:  # the draw transforms.random_flip makes
+                    flows = flip_quantized(flows)
+                clip = to_network_input(stack_channels(flows))
+            except Exception as exn:  # a corrupt sample costs one warning, not the run
+                recorder.record(video.key, sample.get("__url__"), exn)
+                failures += 1
+                if failures > MAX_CONSECUTIVE_FAILURES:
+                    raise RuntimeError(
+                        f"{failures} consecutive flow samples failed to decode; last: {recorder.skipped[-1]}"
+                    ) from exn
+                continue
+            failures = 0
+            yield clip, (video.label if cfg.labeled else -1), video.key
+
+
+def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
+                      state: LoaderState | None = None) -> TrainLoader:
+    """The rest of the current epoch of rank `rank`'s flow training stream.
+
+    `config.dataset_uri` is a flow dataset; clips are clip_len_frames - 1 consecutive flow
+    fields, multi-scale corner cropped (flow values are not rescaled with the crop, as for
+    the release's flow images), flipped with probability 1/2 (mirror + negate u).
+    Batches: (B, 2 (clip_len_frames - 1), crop, crop) float32 q - 128 in [-128, 127], (B,) int64.
+    Everything else (resampled shards, resume, skips) is `shards.train_loader`'s.
+    """
+    _check_rank(rank, world_size)
+    if config.clip_len_frames < 2:
+        raise ValueError("a flow clip needs clip_len_frames >= 2 (one flow field per frame pair)")
+    state = state or LoaderState(seed=config.seed)
+    if state.samples_seen % config.batch_size or not 0 <= state.samples_seen <= config.epoch_length_samples:
+        raise ValueError(
+            f"LoaderState.samples_seen={state.samples_seen} is not a whole number of batches of "
+            f"{config.batch_size} within the epoch of {config.epoch_length_samples}: was batch_size changed?"
+        )
+    videos = _selected_videos(config.dataset_uri, config.split, config.subset)
+    if config.labeled and any(v.label < 0 for v in videos):
+        raise ValueError(f"{config.dataset_uri}: the selection holds unlabeled videos (label -1); pick a labeled split")
+    if len({v.shard for v in videos}) < world_size * max(config.num_workers, 1):
+        log.warning("fewer flow shards than rank x worker slots: ranks may see the same videos within an epoch")
+    num_batches = config.batches_per_epoch - state.samples_seen // config.batch_size
+    dataset = _FlowTrainStream(config, videos, rank, world_size, state, num_batches)
+    dataloader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
+                            prefetch_factor=2 if config.num_workers else None)
+    return TrainLoader(dataloader, state, config.batch_size, num_batches)
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+class _FlowEvalStream(_EvalStream):
+    """_EvalStream whose inputs are the flow windows of `eval_flow_crops`."""
+
+    def _inputs(self, sample: dict, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        length = self.clip_len - 1
+        starts = transforms.eval_window_starts(num_frames, self.clip_len, self.num_windows)
+        flows = read_flow_window(sample, 0, starts[-1] + length, max(num_frames - 1, 1))
+        crops, flipped = eval_flow_crops(flows, starts, length, self.crop_size, self.num_crops)
+        clips = to_network_input(crops) if self.normalized else torch.from_numpy(np.ascontiguousarray(crops))
+        return clips, torch.from_numpy(flipped)
+
+
+def flow_eval_loader(
+    flows_uri: str,
+    split: int | None,
+    subset: Literal["train", "test"] | None = "test",
+    *,
+    rank: int,
+    world_size: int,
+    clip_len_frames: int = 11,
+    crop_size: int = 224,
+    num_windows: int = 25,
+    num_crops: int = 10,
+    num_workers: int = 0,
+    cache_dir: str | None = None,
+    normalized: bool = True,
+) -> EvalLoader:
+    """Every selected video exactly once across ranks and workers (shards.eval_assignment),
+    as EvalItem: clips (num_windows * num_crops, 2 (clip_len_frames - 1), crop, crop),
+    window-major, the windows of transforms.eval_window_starts (flows s .. s + clip_len - 2
+    of the frame window starting at s), crops in ten_crops order with u negated on the
+    flipped ones. normalized: float32 q - 128; False: the uint8 q (4x less memory; a paper
+    item is 250 x 20 x 224 x 224 = 250 MB as uint8), convert per chunk with `to_network_input`.
+    """
+    _check_rank(rank, world_size)
+    if num_crops not in (1, 5, 10):
+        raise ValueError(f"num_crops must be 1, 5 or 10, got {num_crops}")
+    if num_workers < 0 or num_windows < 1 or clip_len_frames < 2:
+        raise ValueError("need num_workers >= 0, num_windows >= 1 and clip_len_frames >= 2")
+    videos = _selected_videos(flows_uri, split, subset)
+    too_small = [v.key for v in videos if v.min_side < crop_size]
+    if too_small:
+        raise ValueError(f"crop_size {crop_size} exceeds the flows of {len(too_small)} videos (e.g. {too_small[0]})")
+    dataset = _FlowEvalStream(videos, rank, world_size, clip_len_frames, crop_size, num_windows, num_crops,
+                              cache_dir, normalized)
+    dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
+                            prefetch_factor=1 if num_workers else None)
+    return EvalLoader(dataloader, [v.key for v in videos][rank::world_size])
+
+
+# ----------------------------------------------------------------------------- scoring (evaluate stage)
+
+
+def _mean_scores(vgg: torch.nn.Module, inputs: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
+    """uint8 (N, 2L, h, w) quantised stacks -> mean pre-softmax scores (C,) over the N inputs."""
+    total = None
+    with torch.no_grad():
+        for chunk in inputs.split(batch):
+            scores = vgg(to_network_input(chunk.to(device))).float().sum(0)
+            total = scores if total is None else total + scores
+    return (total / len(inputs)).cpu()
+
+
+def tvl1_eval_scores(
+    vgg: torch.nn.Module,
+    flows_uri: str,
+    split: int | None,
+    subset: Literal["train", "test"] | None,
+    rank: int,
+    world_size: int,
+    num_windows: int = 25,
+    num_crops: int = 10,
+    crop_size: int = 224,
+    device: torch.device | str = "cpu",
+    batch: int = 50,
+    num_workers: int = 0,
+    cache_dir: str | None = None,
+) -> dict[str, tuple[int, torch.Tensor]]:
+    """{key: (label, scores (C,))} of this rank's videos (each video on exactly one rank):
+    pre-softmax scores averaged over num_windows x num_crops inputs of cached flows
+    (flipped crops have u negated). Clip length follows the VGG16's input: 2 (L - 1) channels.
+    Skipped videos are absent (the loader logs them)."""
+    device = torch.device(device)
+    vgg = vgg.to(device).eval()
+    clip_len = vgg.config.in_channels // 2 + 1
+    loader = flow_eval_loader(
+        flows_uri, split, subset, rank=rank, world_size=world_size, clip_len_frames=clip_len,
+        crop_size=crop_size, num_windows=num_windows, num_crops=num_crops, num_workers=num_workers,
+        cache_dir=cache_dir, normalized=False,
+    )
+    return {item.key: (item.label, _mean_scores(vgg, item.clips, device, batch)) for item in loader}
+
+
+@dataclass(frozen=True)
+class VideoScores:
+    """One video scored from its frames: scores (C,) pre-softmax mean; seconds spent in
+    TV-L1 (flow of the needed pairs + quantisation) and in the CNN (crops + forward)."""
+
+    scores: torch.Tensor
+    tvl1_s: float
+    cnn_s: float
+    num_pairs: int
+
+
+def tvl1_video_scores(
+    vgg: torch.nn.Module,
+    frames: np.ndarray,
+    *,
+    num_windows: int = 25,
+    num_crops: int = 10,
+    crop_size: int = 224,
+    device: torch.device | str = "cpu",
+    batch: int = 50,
+    bound: float = tvl1.DEFAULT_BOUND_PX,
+    params: tvl1.TVL1Params = tvl1.DEFAULT_PARAMS,
+) -> VideoScores:
+    """Decode-to-scores of the two-stage baseline for one video, frames (T, H, W, 3) uint8
+    RGB (already at the test size, 340x256 for the paper): TV-L1 of every frame pair the
+    test windows use (each pair once, though windows overlap), then the windows x crops
+    of `tvl1_eval_scores`. Times TV-L1 and CNN separately (the paper's fps split)."""
+    device = torch.device(device)
+    clip_len = vgg.config.in_channels // 2 + 1
+    length, num_flows = clip_len - 1, max(len(frames) - 1, 1)
+    starts = transforms.eval_window_starts(len(frames), clip_len, num_windows)
+    needed = sorted({i for s in starts for i in range(s, s + length) if i < num_flows and len(frames) > 1})
+    started = time.perf_counter()
+    flows = np.full((starts[-1] + length,) + frames.shape[1:3] + (2,), ZERO_FLOW_Q, np.uint8)
+    gray = {}
+    for i in needed:
+        for j in (i, i + 1):
+            if j not in gray:
+                gray[j] = tvl1.to_gray(frames[j])
+        flows[i] = tvl1.quantize_flow(tvl1.tvl1_flow(gray[i], gray[i + 1], params), bound)
+    tvl1_s = time.perf_counter() - started
+    started = time.perf_counter()
+    crops, _ = eval_flow_crops(flows, starts, length, crop_size, num_crops)
+    vgg = vgg.to(device).eval()
+    scores = _mean_scores(vgg, torch.from_numpy(np.ascontiguousarray(crops)), device, batch)
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return VideoScores(scores, tvl1_s, time.perf_counter() - started, len(needed))

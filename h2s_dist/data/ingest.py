@@ -1,0 +1,568 @@
+"""Ingest: video corpora -> WebDataset shards + Parquet manifest at a URI (path or s3://).
+
+    h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
+    python -m h2s_dist.data.ingest synthetic --output /tmp/synth --num-videos 64
+
+    report = ingest(ucf101_entries(root, splits), "s3://bucket/ucf101", num_workers=8)
+
+Steps (docs/data.md has the layout and the encoding numbers):
+1. Plan. Entries are sorted by (split-1 group: train, test, neither; key) and packed
+   greedily into shards of about `shard_target_bytes`, using an *estimate* of each stored
+   video (source file bytes x a measured stored/source ratio), never mixing split-1
+   groups in one shard. The plan depends only on the inputs and the options, so a rerun
+   makes the same plan; it is saved as URI/_ingest/plan.json with a fingerprint.
+2. Encode. Worker processes decode (video.read_video, resized to `size`) and encode
+   (codec.encode_frames) each video; the parent writes the samples of one shard as a tar
+   through `storage.atomic_write` (a local temp file, renamed or uploaded whole), then writes
+   URI/_ingest/shard-NNNNNN.json (its manifest rows and skipped videos) -- the shard's
+   "done" record. A bad video (undecodable, truncated, empty, shorter than
+   `min_frames`) is skipped and listed with its reason; it never stops the ingest.
+3. Resume. A rerun with the same plan skips every shard that has a done record and a
+   tar; it rewrites none of them. A different plan at the same URI is refused.
+4. Finish. manifest.parquet (rows of every shard, in shard order), classes.json and
+   ingest_report.json are written from the done records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import concurrent.futures
+import contextlib
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import re
+import tarfile
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from h2s_dist.data import codec, manifest, storage
+from h2s_dist.data.sources import SourceListing, VideoEntry
+
+DEFAULT_SIZE = (340, 256)
+DEFAULT_SHARD_TARGET_BYTES = 64 * 2**20
+# Stored bytes / source bytes per encoding, from bench/data.py (docs/data.md); only used
+# to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
+_ESTIMATED_RATIO = {"jpeg": 7.0, "mp4": 0.3}
+_GENERATED_VIDEO_BYTES = 200_000  # estimate for in-memory videos (no source file to stat)
+_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+_PLAN_VERSION = 1
+_SPLIT1_GROUP = {"train": 0, "test": 1, "": 2}
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    """Everything besides the entries that decides what the shards hold (part of the plan)."""
+
+    encoding: str = codec.DEFAULT_ENCODING
+    """"jpeg" (JPEG frame stack, the default) or "mp4" (H.264)."""
+    size: tuple[int, int] | None = DEFAULT_SIZE
+    """(width, height) every frame is resized to; None keeps the source size."""
+    min_frames: int = 11
+    """Videos with fewer frames are skipped (one paper clip is 11 frames)."""
+    quality: int | None = None
+    """codec quality: JPEG quality or x264 CRF; None = codec.DEFAULT_QUALITY."""
+    shard_target_bytes: int = DEFAULT_SHARD_TARGET_BYTES
+    """About how many stored bytes per shard (planned from estimates)."""
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; also written as URI/ingest_report.json."""
+
+    output_uri: str
+    manifest_uri: str
+    source: str
+    options: dict[str, Any]
+    num_entries: int
+    num_ok: int
+    num_skipped: int
+    skipped: list[dict[str, str]]
+    """[{"key", "source", "reason"}] for every video that was not ingested."""
+    missing: list[str]
+    """Split-list entries with no file on disk (not counted in num_entries)."""
+    num_shards: int
+    shards_written: int
+    shards_reused: int
+    """Shards found complete from an earlier run and left untouched."""
+    stored_bytes: int
+    source_bytes: int
+    seconds: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def summary(self) -> str:
+        reasons = collections.Counter(_reason_kind(s["reason"]) for s in self.skipped)
+        lines = [
+            f"ingested {self.num_ok} of {self.num_entries} videos into {self.num_shards} shards "
+            f"({self.shards_written} written, {self.shards_reused} already complete) in {self.seconds:.1f} s",
+            f"stored {self.stored_bytes / 1e6:.1f} MB ({self.options['encoding']})"
+            + (f" from {self.source_bytes / 1e6:.1f} MB of source files" if self.source_bytes else ""),
+        ]
+        if self.skipped:
+            lines.append(f"skipped {self.num_skipped}: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
+            lines += [f"  {s['source']}: {s['reason']}" for s in self.skipped[:10]]
+            if len(self.skipped) > 10:
+                lines.append(f"  ... {len(self.skipped) - 10} more in ingest_report.json")
+        if self.missing:
+            lines.append(f"{len(self.missing)} split-list entries have no file, e.g. {self.missing[0]}")
+        lines.append(f"manifest: {self.manifest_uri}")
+        return "\n".join(lines)
+
+
+def _reason_kind(reason: str) -> str:
+    return reason.split(":", 1)[0]
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def split1_group(entry: VideoEntry) -> int:
+    """0 = split-1 train, 1 = split-1 test, 2 = neither: the order videos are written in."""
+    return _SPLIT1_GROUP[entry.split(1)]
+
+
+def estimate_stored_bytes(entry: VideoEntry, encoding: str) -> int:
+    """A planning estimate of the stored size of `entry` (source bytes x measured ratio)."""
+    if entry.generate is not None:
+        return _GENERATED_VIDEO_BYTES
+    try:
+        source = os.path.getsize(entry.path)
+    except OSError:
+        source = 0  # missing or unreadable: it will be skipped, it takes no room
+    return int(source * _ESTIMATED_RATIO[encoding])
+
+
+def plan_shards(entries: Sequence[VideoEntry], options: IngestOptions) -> list[list[VideoEntry]]:
+    """Entries -> shards (lists of entries), in writing order. Deterministic in its inputs.
+
+    Sorted by (split-1 group, key); a shard closes when its estimated bytes reach the
+    target or the split-1 group changes, so every shard is pure for split 1."""
+    ordered = sorted(entries, key=lambda e: (split1_group(e), e.key))
+    shards: list[list[VideoEntry]] = []
+    current: list[VideoEntry] = []
+    current_bytes = 0
+    for entry in ordered:
+        if current and (current_bytes >= options.shard_target_bytes or split1_group(current[-1]) != split1_group(entry)):
+            shards.append(current)
+            current, current_bytes = [], 0
+        current.append(entry)
+        current_bytes += estimate_stored_bytes(entry, options.encoding)
+    if current:
+        shards.append(current)
+    return shards
+
+
+def _plan_record(shards: list[list[VideoEntry]], options: IngestOptions) -> dict[str, Any]:
+    content = {
+        "version": _PLAN_VERSION,
+        "options": asdict(options),
+        "shards": [[[e.key, e.path, e.label, e.class_name, sorted(e.splits.items())] for e in s] for s in shards],
+    }
+    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
+    return {**content, "fingerprint": fingerprint}
+
+
+def shard_name(index: int) -> str:
+    return f"shard-{index:06d}.tar"
+
+
+# ----------------------------------------------------------------------------- one video (worker side)
+
+
+@dataclass
+class _Encoded:
+    """A worker's answer for one entry: an encoded sample, or a skip reason."""
+
+    key: str
+    reason: str | None = None
+    ext: str = ""
+    payload: bytes = b""
+    meta: dict[str, Any] = field(default_factory=dict)
+    sha256: str = ""
+    source_bytes: int = 0
+
+
+def encode_entry(entry: VideoEntry, options: IngestOptions) -> _Encoded:
+    """Decode, resize and encode one video. Never raises for bad input: returns a reason."""
+    from h2s_dist.data.video import VideoDecodeError, read_video, resize_frames
+
+    try:
+        if entry.generate is not None:
+            frames, fps = entry.generate()
+            digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
+            source_bytes = 0
+            if options.size is not None:
+                frames = resize_frames(frames, options.size)
+        else:
+            with open(entry.path, "rb") as fh:
+                data = fh.read()
+            digest, source_bytes = hashlib.sha256(data).hexdigest(), len(data)
+            decoded = read_video(data, size=options.size)
+            frames, fps = decoded.frames, decoded.fps
+        if len(frames) < options.min_frames:
+            return _Encoded(entry.key, f"too short: {len(frames)} frames, need {options.min_frames}")
+        fps = float(fps) if fps and fps > 0 else 25.0  # a file without a rate: the UCF101/HMDB51 rate
+        ext, payload = codec.encode_frames(frames, fps, options.encoding, options.quality)
+    except VideoDecodeError as err:
+        return _Encoded(entry.key, err.reason)
+    except FileNotFoundError:
+        return _Encoded(entry.key, "missing: file not found")
+    except Exception as err:  # noqa: BLE001 - any other failure on one video is a skip, listed with its cause
+        return _Encoded(entry.key, f"failed: {type(err).__name__}: {err}"[:300])
+    height, width = frames.shape[1:3]
+    meta = {
+        "key": entry.key, "label": entry.label, "class_name": entry.class_name, "num_frames": len(frames),
+        "fps": fps, "width": width, "height": height, "source": entry.path, "encoding": options.encoding,
+    }
+    return _Encoded(entry.key, None, ext, payload, meta, digest, source_bytes)
+
+
+def _encoded_in_order(
+    entries: Sequence[VideoEntry], options: IngestOptions, num_workers: int
+) -> Iterator[_Encoded]:
+    """encode_entry over `entries`, results in input order, at most 4 per worker in flight
+    (bounds the memory held by finished payloads waiting for a slow one)."""
+    if num_workers <= 0:
+        for entry in entries:
+            yield encode_entry(entry, options)
+        return
+    # forkserver: the parent may hold threads (s3fs event loop, tqdm) that fork would copy mid-state.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["h2s_dist.data.ingest"])  # import av/PIL/numpy once, not once per worker
+    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+        pending: collections.deque = collections.deque()
+        todo = iter(entries)
+        for entry in todo:
+            pending.append(pool.submit(encode_entry, entry, options))
+            if len(pending) >= 4 * num_workers:
+                break
+        try:
+            while pending:
+                result = pending.popleft().result()
+                entry = next(todo, None)
+                if entry is not None:
+                    pending.append(pool.submit(encode_entry, entry, options))
+                yield result
+        finally:  # the consumer stopped early (an error): do not wait for work nobody will write
+            for future in pending:
+                future.cancel()
+
+
+# ----------------------------------------------------------------------------- one shard (parent side)
+
+
+def _tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
+    assert "/" not in name and ".." not in name and _KEY_RE.match(name.split(".", 1)[0]), name
+    info = tarfile.TarInfo(name)
+    info.size, info.mode, info.mtime = len(payload), 0o444, 0  # fixed mtime: same input, same bytes
+    tar.addfile(info, io.BytesIO(payload))
+
+
+def _write_shard(results: list[_Encoded], shard_uri: str) -> None:
+    """The ok samples of one shard -> tar at `shard_uri`, atomically: storage.atomic_write
+    spools to a local temp file and renames/uploads it only when the tar is complete."""
+    with storage.atomic_write(shard_uri) as dst, tarfile.open(fileobj=dst, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for r in results:
+            if r.reason is None:
+                _tar_member(tar, f"{r.key}.{r.ext}", r.payload)
+                _tar_member(tar, f"{r.key}.json", json.dumps(r.meta, sort_keys=True).encode())
+
+
+def _done_record(
+    results: list[_Encoded], entries: list[VideoEntry], shard_uri: str, fingerprint: str
+) -> dict[str, Any]:
+    rows, skipped = [], []
+    for r, e in zip(results, entries):
+        if r.reason is not None:
+            skipped.append({"key": e.key, "source": e.path, "reason": r.reason})
+            continue
+        rows.append({
+            "key": e.key, "shard": shard_uri, "label": e.label, "class_name": e.class_name,
+            **{f"split_{n}": e.split(n) for n in (1, 2, 3)},
+            "num_frames": r.meta["num_frames"], "fps": r.meta["fps"], "width": r.meta["width"],
+            "height": r.meta["height"], "stored_bytes": len(r.payload), "source": e.path,
+            "sha256": r.sha256, "encoding": r.meta["encoding"], "source_bytes": r.source_bytes,
+        })
+    return {"fingerprint": fingerprint, "shard": shard_uri, "rows": rows, "skipped": skipped}
+
+
+# ----------------------------------------------------------------------------- ingest
+
+
+def _as_listing(entries: SourceListing | Iterable[VideoEntry]) -> SourceListing:
+    if isinstance(entries, SourceListing):
+        return entries
+    entries = list(entries)
+    names = {e.label: e.class_name for e in entries if e.label >= 0}
+    classes = [names.get(i, "") for i in range(max(names, default=-1) + 1)]
+    return SourceListing("entries", entries, classes)
+
+
+def _check_keys(entries: Sequence[VideoEntry]) -> None:
+    bad = [e.key for e in entries if not _KEY_RE.match(e.key)]
+    if bad:
+        raise ValueError(f"keys must match [A-Za-z0-9_-]+ (use sources.sanitize_key), got {bad[:5]}")
+    counts = collections.Counter(e.key for e in entries)
+    dupes = [k for k, n in counts.items() if n > 1]
+    if dupes:
+        raise ValueError(f"keys must be unique (use sources.unique_keys), repeated: {dupes[:5]}")
+
+
+def _load_or_save_plan(output_uri: str, plan: dict[str, Any], resume: bool) -> None:
+    plan_uri = storage.join(output_uri, "_ingest", "plan.json")
+    if resume and storage.exists(plan_uri):
+        stored = json.loads(storage.read_bytes(plan_uri))
+        if stored.get("fingerprint") != plan["fingerprint"]:
+            raise ValueError(
+                f"{output_uri} holds an ingest planned from other inputs or options "
+                f"(plan {stored.get('fingerprint', '?')[:12]} vs {plan['fingerprint'][:12]}); "
+                "use a new --output, or --no-resume to overwrite it"
+            )
+        return
+    if not resume:  # start over: old done records and shards must not be mistaken for ours
+        for sub in ("_ingest", "shards"):
+            for uri in storage.list_uris(storage.join(output_uri, sub)):
+                storage.delete(uri)
+    storage.write_bytes(plan_uri, json.dumps(plan).encode())
+
+
+def ingest(
+    entries: SourceListing | Iterable[VideoEntry],
+    output_uri: str,
+    *,
+    encoding: str = codec.DEFAULT_ENCODING,
+    size: tuple[int, int] | None = DEFAULT_SIZE,
+    min_frames: int = 11,
+    quality: int | None = None,
+    shard_target_bytes: int = DEFAULT_SHARD_TARGET_BYTES,
+    num_workers: int = 2,
+    resume: bool = True,
+    progress: bool = True,
+    on_shard_done: Callable[[int], None] | None = None,
+) -> IngestReport:
+    """Encode `entries` into WebDataset shards + manifest at `output_uri`; see the module doc.
+
+    entries: a SourceListing (sources.ucf101_entries, ...) or VideoEntry records.
+    size: (width, height) or None (keep source size). num_workers: decode processes
+    (0 = in this process). resume: skip shards an earlier run finished (False: start
+    over). on_shard_done(index): called after each shard this run writes (progress hooks,
+    tests). Raises ValueError when no video could be ingested.
+    """
+    t0 = time.perf_counter()
+    codec.check_encoding(encoding)
+    if min_frames < 1 or shard_target_bytes < 1:
+        raise ValueError(f"need min_frames >= 1 and shard_target_bytes >= 1, got {min_frames}, {shard_target_bytes}")
+    if size is not None and encoding == "mp4" and (size[0] % 2 or size[1] % 2):
+        raise ValueError(f"size {size[0]}x{size[1]}: mp4 (yuv420p) needs an even width and height")
+    options = IngestOptions(encoding, tuple(size) if size else None, min_frames, quality, int(shard_target_bytes))
+    listing = _as_listing(entries)
+    if not listing.entries:
+        raise ValueError(f"no videos to ingest from {listing.name} (check the root folder and its layout)")
+    _check_keys(listing.entries)
+    shards = plan_shards(listing.entries, options)
+    plan = _plan_record(shards, options)
+    _load_or_save_plan(output_uri, plan, resume)
+
+    shard_uris = [storage.join(output_uri, "shards", shard_name(i)) for i in range(len(shards))]
+    records: dict[int, dict[str, Any]] = {}
+    for i, uri in enumerate(shard_uris):
+        record = _read_done(output_uri, i, plan["fingerprint"]) if resume else None
+        if record is not None and storage.exists(uri):
+            records[i] = record
+    todo = [i for i in range(len(shards)) if i not in records]
+    written = _encode_shards(
+        [shards[i] for i in todo], todo, shard_uris, output_uri, options, plan["fingerprint"],
+        num_workers, progress, on_shard_done,
+    )
+    records.update(written)
+    return _finish(listing, output_uri, options, records, len(shards) - len(written), time.perf_counter() - t0)
+
+
+def _done_uri(output_uri: str, index: int) -> str:
+    return storage.join(output_uri, "_ingest", f"shard-{index:06d}.json")
+
+
+def _read_done(output_uri: str, index: int, fingerprint: str) -> dict[str, Any] | None:
+    uri = _done_uri(output_uri, index)
+    if not storage.exists(uri):
+        return None
+    record = json.loads(storage.read_bytes(uri))
+    return record if record.get("fingerprint") == fingerprint else None
+
+
+def _encode_shards(
+    shards: list[list[VideoEntry]], indices: list[int], shard_uris: list[str], output_uri: str,
+    options: IngestOptions, fingerprint: str, num_workers: int, progress: bool, on_shard_done: Callable[[int], None] | None,
+) -> dict[int, dict[str, Any]]:
+    from tqdm import tqdm
+
+    flat = [e for shard in shards for e in shard]
+    results = _encoded_in_order(flat, options, num_workers)
+    records: dict[int, dict[str, Any]] = {}
+    num_skipped = 0
+    with contextlib.closing(results), tqdm(total=len(flat), disable=not progress, unit="video", desc="ingest") as bar:
+        for shard, index in zip(shards, indices):
+            done = []
+            for _ in shard:
+                done.append(next(results))
+                num_skipped += done[-1].reason is not None
+                bar.update(1)
+                bar.set_postfix(shard=index, skipped=num_skipped, refresh=False)
+            _write_shard(done, shard_uris[index])
+            record = _done_record(done, shard, shard_uris[index], fingerprint)
+            storage.write_bytes(_done_uri(output_uri, index), json.dumps(record).encode())
+            records[index] = record
+            if on_shard_done is not None:
+                on_shard_done(index)
+    return records
+
+
+def _finish(
+    listing: SourceListing, output_uri: str, options: IngestOptions, records: dict[int, dict[str, Any]],
+    shards_reused: int, seconds: float,
+) -> IngestReport:
+    rows = [row for i in sorted(records) for row in records[i]["rows"]]
+    skipped = [s for i in sorted(records) for s in records[i]["skipped"]]
+    report = IngestReport(
+        output_uri=output_uri, manifest_uri=storage.join(output_uri, manifest.MANIFEST_NAME), source=listing.name,
+        options=asdict(options), num_entries=len(listing.entries), num_ok=len(rows), num_skipped=len(skipped),
+        skipped=skipped, missing=list(listing.missing), num_shards=len(records),
+        shards_written=len(records) - shards_reused, shards_reused=shards_reused,
+        stored_bytes=sum(r["stored_bytes"] for r in rows), source_bytes=sum(r["source_bytes"] for r in rows),
+        seconds=round(seconds, 3),
+    )
+    storage.write_bytes(storage.join(output_uri, "ingest_report.json"), json.dumps(report.to_dict(), indent=1).encode())
+    if not rows:
+        kinds = collections.Counter(_reason_kind(s["reason"]) for s in skipped)
+        raise ValueError(
+            f"no video could be ingested: all {len(skipped)} were skipped ({dict(kinds)}); "
+            f"see {storage.join(output_uri, 'ingest_report.json')} for each file's reason"
+        )
+    manifest.write_manifest(output_uri, rows)
+    manifest.write_classes(output_uri, listing.classes)
+    return report
+
+
+# ----------------------------------------------------------------------------- command line
+
+_EXAMPLES = """examples:
+  h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
+  h2s ingest hmdb51 /data/hmdb51 --splits /data/testTrainMulti_7030_splits --output /data/h2s/hmdb51
+  h2s ingest videos '/data/clips/**/*.mp4' --output /data/h2s/unlabeled --encoding mp4
+  h2s ingest videos list.txt --output /data/h2s/unlabeled        (one path per line)
+  h2s ingest synthetic --output /tmp/h2s/synth --num-videos 64 --num-frames 32
+
+A rerun with the same arguments resumes: finished shards are kept, the rest is written.
+"""
+
+
+def _parse_size(text: str) -> tuple[int, int] | str:
+    if text == "native":
+        return text
+    match = re.fullmatch(r"(\d+)x(\d+)", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT (e.g. 340x256) or 'native', got {text!r}")
+    return int(match[1]), int(match[2])
+
+
+def add_ingest_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    """Add `ingest {videos,ucf101,hmdb51,synthetic}` to a CLI; handler in args.func."""
+    parser = subparsers.add_parser(
+        "ingest", help="encode a video corpus into WebDataset shards + a Parquet manifest",
+        description=__doc__.split("\n\n")[0], epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _fill_ingest_parser(parser)
+    return parser
+
+
+def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
+    sources = parser.add_subparsers(dest="source", required=True, metavar="{videos,ucf101,hmdb51,synthetic}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--output", required=True, help="dataset URI to write: a path, file:// or s3://bucket/prefix")
+    common.add_argument("--encoding", choices=codec.ENCODINGS, default=codec.DEFAULT_ENCODING,
+                        help="jpeg: JPEG frame stack, ~4x faster window decode (default); mp4: H.264, ~25x smaller")
+    common.add_argument("--quality", type=int, help="JPEG quality (default 90) or x264 CRF (default 23)")
+    common.add_argument("--size", type=_parse_size,
+                        help="WIDTHxHEIGHT frames are resized to, or 'native' (default 340x256; synthetic: native)")
+    common.add_argument("--min-frames", type=int, default=11, help="skip shorter videos (default 11)")
+    common.add_argument("--num-workers", type=int, default=2, help="decode processes (default 2; 0 = in process)")
+    common.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_TARGET_BYTES / 2**20,
+                        help="target shard size in MiB (default %(default)g)")
+    common.add_argument("--no-resume", action="store_true", help="start over, deleting shards of an earlier run")
+    common.add_argument("--no-progress", action="store_true", help="no progress bar")
+    for name, root_help in (
+        ("ucf101", "UCF101 root: ROOT/ClassName/v_ClassName_gXX_cYY.avi"),
+        ("hmdb51", "HMDB51 root: ROOT/class_name/*.avi"),
+    ):
+        sub = sources.add_parser(name, parents=[common], help=f"{name.upper()} with its split lists",
+                                 epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+        sub.add_argument("root", help=root_help)
+        sub.add_argument("--splits", help="folder of the official split lists (without: no splits, classes from folders)")
+    sub = sources.add_parser("videos", parents=[common], help="any videos, unlabeled",
+                             epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("root", help="a folder (searched recursively), a glob ('**' allowed) or a text file of paths")
+    sub = sources.add_parser("synthetic", parents=[common], help="the synthetic motion dataset, rendered in memory",
+                             epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub.add_argument("--num-videos", type=int, default=64, help="videos, label = index %% 9 (default 64)")
+    sub.add_argument("--num-frames", type=int, default=32, help="frames per video (default 32)")
+    sub.add_argument("--height", type=int, default=128, help="frame height, even (default 128)")
+    sub.add_argument("--width", type=int, default=160, help="frame width, even (default 160)")
+    sub.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    parser.set_defaults(func=run_ingest_command)
+
+
+def listing_from_args(args: argparse.Namespace) -> SourceListing:
+    from h2s_dist.data import sources
+
+    if args.source == "ucf101":
+        return sources.ucf101_entries(args.root, args.splits)
+    if args.source == "hmdb51":
+        return sources.hmdb51_entries(args.root, args.splits)
+    if args.source == "videos":
+        return sources.unlabeled_entries(args.root)
+    from h2s_dist.data.synthetic import SyntheticMotionConfig
+
+    config = SyntheticMotionConfig(args.num_videos, args.num_frames, args.height, args.width, args.seed)
+    return sources.synthetic_entries(config)
+
+
+def run_ingest_command(args: argparse.Namespace) -> int:
+    """Handler of `h2s ingest ...`: runs the ingest and prints its summary; returns the exit code."""
+    if args.size is None:  # not given: the paper's 340x256, but synthetic videos keep their size
+        size = None if args.source == "synthetic" else DEFAULT_SIZE
+    else:
+        size = None if args.size == "native" else args.size
+    report = ingest(
+        listing_from_args(args), args.output, encoding=args.encoding, size=size, min_frames=args.min_frames,
+        quality=args.quality, shard_target_bytes=int(args.shard_size_mb * 2**20), num_workers=args.num_workers,
+        resume=not args.no_resume, progress=not args.no_progress,
+    )
+    print(report.summary())
+    return 0
+
+
+def ingest_cli(argv: Sequence[str] | None = None) -> int:
+    """`python -m h2s_dist.data.ingest ...`, the same arguments as `h2s ingest ...`."""
+    parser = argparse.ArgumentParser(
+        prog="python -m h2s_dist.data.ingest", description=__doc__.split("\n\n")[0], epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    _fill_ingest_parser(parser)
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as err:
+        parser.exit(2, f"error: {err}\n")
+
+
+if __name__ == "__main__":
+    raise SystemExit(ingest_cli())

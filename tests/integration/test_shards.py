@@ -1,0 +1,247 @@
+"""The shard readers on real shards: a tiny synthetic dataset ingested into a temp folder
+(and copied to the local S3 server), read back through torch DataLoader workers."""
+
+from __future__ import annotations
+
+import io
+import os
+import pathlib
+import secrets
+import tarfile
+
+import pytest
+import torch
+
+from h2s_dist.data import manifest, shards, storage
+from h2s_dist.data.shards import LoaderState, TrainStreamConfig, eval_loader, train_loader
+from h2s_dist.frames import MEAN_RGB_255
+from tests.conftest_parts.storage import S3_TEST_BUCKET
+
+pytestmark = pytest.mark.integration
+
+CLIP_LEN = 5
+CROP = 32
+
+
+@pytest.fixture(scope="module")
+def dataset(synthetic_dataset_uri) -> str:
+    """36 synthetic videos (27 train, 9 test), 16 frames of 48x64, JPEG stacks, 4 + 2 shards."""
+    return synthetic_dataset_uri
+
+
+def _keys(dataset_uri: str, subset: str | None) -> list[str]:
+    return manifest.select(manifest.read_manifest(dataset_uri), 1 if subset else None, subset).column("key").to_pylist()
+
+
+def _num_shards(dataset_uri: str, subset: str) -> int:
+    table = manifest.select(manifest.read_manifest(dataset_uri), 1, subset)
+    return len(set(table.column("shard").to_pylist()))
+
+
+def _config(dataset_uri: str, **kw) -> TrainStreamConfig:
+    base = dict(batch_size=4, epoch_length_samples=8, clip_len_frames=CLIP_LEN, crop_size=CROP, shuffle_buffer=8)
+    return TrainStreamConfig(dataset_uri, **{**base, **kw})
+
+
+def _eval_keys(dataset_uri: str, **kw) -> list[str]:
+    keys = []
+    for rank in range(2):
+        loader = eval_loader(dataset_uri, 1, "test", rank=rank, world_size=2, clip_len_frames=CLIP_LEN,
+                             crop_size=CROP, num_windows=3, **kw)
+        keys += [item.key for item in loader]
+        assert not loader.skipped
+    return keys
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+
+def test_eval_assignment_partitions_keys_over_ranks_and_workers():
+    keys = [f"k{i}" for i in range(11)]
+    slots = [
+        shards.eval_assignment(keys, rank=r, world_size=2, worker=w, num_workers=3) for r in range(2) for w in range(3)
+    ]
+    assert sorted(k for s in slots for k in s) == sorted(keys)
+    assert slots[0] == ["k0", "k2"]  # rank 0 holds k0, k2, ..., k10; worker 0 its first block
+
+
+def test_eval_stream_yields_every_test_video_exactly_once_over_2_ranks_x_2_workers(dataset):
+    assert _num_shards(dataset, "test") < 4  # fewer shards than rank x worker slots on purpose
+    keys = _eval_keys(dataset, num_workers=2)
+    assert sorted(keys) == sorted(_keys(dataset, "test"))
+
+
+def test_eval_item_holds_windows_x_ten_crops_with_flip_flags(dataset):
+    loader = eval_loader(dataset, 1, "test", rank=0, world_size=1, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                         num_windows=3)
+    item = next(iter(loader))
+    table = manifest.read_manifest(dataset)
+    labels = dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist()))
+    assert item.clips.shape == (30, CLIP_LEN, 3, CROP, CROP) and item.clips.dtype == torch.float32
+    assert item.flipped.tolist() == ([False] * 5 + [True] * 5) * 3
+    assert item.label == labels[item.key]
+    # crop 5 of a window is crop 0 mirrored
+    assert torch.equal(item.clips[5], item.clips[0].flip(-1))
+
+
+def test_eval_stream_decodes_mp4_shards_too(make_synthetic_dataset):
+    uri = make_synthetic_dataset(encoding="mp4")
+    loader = eval_loader(uri, 1, "test", rank=0, world_size=3, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                         num_windows=2, num_crops=1)
+    items = list(loader)
+    assert [i.key for i in items] == _keys(uri, "test")[0::3] and not loader.skipped
+    assert items[0].clips.shape == (2, CLIP_LEN, 3, CROP, CROP)
+
+
+def test_eval_crop_larger_than_frames_is_a_value_error(dataset):
+    with pytest.raises(ValueError, match="crop_size"):
+        eval_loader(dataset, 1, "test", rank=0, world_size=1, crop_size=64)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def test_shards_for_worker_partitions_shards_per_epoch_and_shares_when_too_few():
+    uris = [f"s{i}" for i in range(7)]
+    slots = [shards.shards_for_worker(uris, seed=3, epoch=0, global_worker=g, num_global_workers=4) for g in range(4)]
+    assert sorted(u for s in slots for u in s) == uris
+    other_epoch = [shards.shards_for_worker(uris, seed=3, epoch=1, global_worker=g, num_global_workers=4)
+                   for g in range(4)]
+    assert other_epoch != slots
+    assert sorted(shards.shards_for_worker(uris[:3], seed=3, epoch=0, global_worker=2, num_global_workers=4)) == uris[:3]
+
+
+def test_train_batches_have_shapes_dtypes_labels_and_normalised_range(dataset):
+    loader = train_loader(_config(dataset), rank=0, world_size=1)
+    table = manifest.read_manifest(dataset)
+    label_of = dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist()))
+    train_keys = set(_keys(dataset, "train"))
+    batches = 0
+    for clips, labels in loader:
+        batches += 1
+        assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP) and clips.dtype == torch.float32
+        assert labels.dtype == torch.int64
+        assert labels.tolist() == [label_of[k] for k in loader.last_keys]
+        assert set(loader.last_keys) <= train_keys
+        low = -max(MEAN_RGB_255) / 255
+        assert clips.min() >= low - 1e-6 and clips.max() <= (255 - min(MEAN_RGB_255)) / 255 + 1e-6
+    assert batches == 2 and len(loader) == 2
+    assert loader.state == LoaderState(samples_seen=0, seed=0, epoch=1)
+
+
+def test_train_ranks_read_disjoint_videos(dataset):
+    assert _num_shards(dataset, "train") >= 4
+    seen = []
+    for rank in range(2):
+        loader = train_loader(_config(dataset, num_workers=2, epoch_length_samples=16), rank=rank, world_size=2)
+        keys = set()
+        for _ in loader:
+            keys |= set(loader.last_keys)
+        seen.append(keys)
+    assert seen[0] and seen[1] and not seen[0] & seen[1]
+
+
+def test_resume_from_state_is_a_deterministic_continuation(dataset):
+    config = _config(dataset, epoch_length_samples=12)
+    first = train_loader(config, rank=0, world_size=1)
+    batches = iter(first)
+    next(batches)
+    state = first.state
+    assert state == LoaderState(samples_seen=4, seed=0, epoch=0)
+    runs = []
+    for _ in range(2):
+        resumed = train_loader(config, rank=0, world_size=1, state=state)
+        assert len(resumed) == 2
+        runs.append([(clips, labels) for clips, labels in resumed])
+        assert resumed.state == LoaderState(samples_seen=0, seed=0, epoch=1)
+    assert len(runs[0]) == 2
+    for (c0, l0), (c1, l1) in zip(*runs):
+        assert torch.equal(c0, c1) and torch.equal(l0, l1)
+
+
+def test_unlabeled_stream_reads_all_videos_with_label_minus_one(dataset):
+    config = _config(dataset, split=None, subset=None, labeled=False, epoch_length_samples=24, shuffle_buffer=4)
+    loader = train_loader(config, rank=0, world_size=1)
+    keys = set()
+    for _, labels in loader:
+        assert (labels == -1).all()
+        keys |= set(loader.last_keys)
+    assert keys & set(_keys(dataset, "test")) and keys & set(_keys(dataset, "train"))
+
+
+def test_corrupt_sample_is_skipped_and_listed(dataset, tmp_path):
+    """Copy the dataset, garble one test video's JPEG stack: both streams list it as skipped
+    and go on with the other videos."""
+    src = pathlib.Path(dataset)
+    (tmp_path / "shards").mkdir()
+    for name in ("manifest.parquet", "classes.json"):
+        (tmp_path / name).write_bytes((src / name).read_bytes())
+    victim = _keys(dataset, "test")[0]
+    for shard in (src / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tin, tarfile.open(tmp_path / "shards" / shard.name, "w") as tout:
+            for member in tin.getmembers():
+                data = tin.extractfile(member).read()
+                if member.name == f"{victim}.jpgs":
+                    data = data[:40] + b"\0" * (len(data) - 40)
+                tout.addfile(member, io.BytesIO(data))
+    loader = eval_loader(str(tmp_path), 1, "test", rank=0, world_size=1, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                         num_windows=2, num_crops=1)
+    keys = [item.key for item in loader]
+    assert sorted(keys) == sorted(set(_keys(dataset, "test")) - {victim})
+    assert [s["key"] for s in loader.skipped] == [victim]
+    train = train_loader(_config(str(tmp_path), subset="test", epoch_length_samples=24), rank=0, world_size=1)
+    assert sum(1 for _ in train) == 6
+    assert train.skipped and {s["key"] for s in train.skipped} == {victim}
+
+
+def test_missing_shards_stop_the_train_stream_loudly(dataset, tmp_path):
+    for name in ("manifest.parquet", "classes.json"):
+        (tmp_path / name).write_bytes((pathlib.Path(dataset) / name).read_bytes())
+    with pytest.raises(RuntimeError, match="gave no sample"):
+        next(iter(train_loader(_config(str(tmp_path)), rank=0, world_size=1)))
+
+
+# ----------------------------------------------------------------------------- s3 and cache
+
+
+@pytest.fixture(scope="module")
+def s3_copy(dataset, s3_server) -> str:
+    """The dataset copied once to the local S3 server (manifest, classes, shards); its URI."""
+    root, uri = pathlib.Path(dataset), f"s3://{S3_TEST_BUCKET}/readers-{secrets.token_hex(3)}"
+    with pytest.MonkeyPatch.context() as env:
+        for name, value in s3_server.env().items():
+            env.setenv(name, value)
+        for path in sorted(p for p in root.rglob("*") if p.is_file() and "_ingest" not in p.parts):
+            storage.write_bytes(storage.join(uri, *path.relative_to(root).parts), path.read_bytes())
+    return uri
+
+
+@pytest.fixture
+def s3_dataset(s3_copy, s3_env) -> str:
+    """s3_copy with the environment pointing at the server for this test."""
+    return s3_copy
+
+
+def test_s3_eval_stream_equals_the_local_one(dataset, s3_dataset):
+    local = eval_loader(dataset, 1, "test", rank=1, world_size=2, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                        num_windows=2, num_crops=1)
+    remote = eval_loader(s3_dataset, 1, "test", rank=1, world_size=2, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                         num_windows=2, num_crops=1, num_workers=2)
+    a = {i.key: i.clips for i in local}
+    b = {i.key: i.clips for i in remote}  # two workers: the order interleaves, the set does not
+    assert sorted(a) == sorted(b) and len(a) == 4
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_s3_train_stream_with_cache_downloads_each_shard_once(s3_dataset, tmp_path, monkeypatch):
+    opened = []
+    real_open = storage.open_uri
+    monkeypatch.setattr(storage, "open_uri", lambda uri, mode="rb": opened.append(uri) or real_open(uri, mode))
+    config = _config(s3_dataset, cache_dir=str(tmp_path / "cache"), epoch_length_samples=16, shuffle_buffer=4)
+    for _ in range(2):
+        for clips, _ in train_loader(config, rank=0, world_size=1):
+            assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP)
+    cached = [p for p in os.listdir(tmp_path / "cache") if p.endswith(".tar")]
+    assert opened and sorted(opened) == sorted(set(opened))  # each shard fetched at most once
+    assert len(cached) == len(opened)
+    assert not [p for p in os.listdir(tmp_path / "cache") if p.startswith(".partial-")]

@@ -1,0 +1,133 @@
+"""Oracle tests for h2s_dist.data.transforms on tiny arrays."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from h2s_dist.data import transforms as T
+from h2s_dist.frames import MEAN_RGB_255
+
+
+def _ramp(num_frames: int = 2, height: int = 6, width: int = 8) -> np.ndarray:
+    """Frames whose pixel value encodes (t, y, x): channel 0 = y, 1 = x, 2 = t."""
+    t, y, x = np.meshgrid(np.arange(num_frames), np.arange(height), np.arange(width), indexing="ij")
+    return np.stack([y, x, t], axis=-1).astype(np.uint8)
+
+
+def test_eval_window_starts_follow_paper_step_for_100_frames():
+    starts = T.eval_window_starts(100, clip_len=11, num_windows=25)
+    assert starts == [3 * i for i in range(25)]  # step = floor(90 / 25) = 3
+    assert starts[-1] + 11 <= 100
+
+
+def test_eval_window_starts_for_exactly_one_window_repeat_it():
+    assert T.eval_window_starts(11) == [0] * 25
+
+
+def test_eval_window_starts_for_short_video_spread_over_valid_range():
+    starts = T.eval_window_starts(30)  # step = floor(20 / 25) = 0
+    assert len(starts) == 25 and starts[0] == 0 and starts[-1] == 19
+    assert starts == sorted(starts)
+
+
+def test_eval_window_starts_shorter_than_clip_are_zero():
+    assert T.eval_window_starts(5) == [0] * 25
+
+
+def test_random_window_start_stays_in_valid_range_and_hits_both_ends():
+    rng = np.random.default_rng(0)
+    starts = {T.random_window_start(15, 11, rng) for _ in range(300)}
+    assert starts == {0, 1, 2, 3, 4}
+    assert T.random_window_start(5, 11, rng) == 0
+
+
+def test_pad_to_length_repeats_last_frame():
+    frames = _ramp(num_frames=3)
+    padded = T.pad_to_length(frames, 5)
+    assert padded.shape[0] == 5
+    np.testing.assert_array_equal(padded[3], frames[2])
+    np.testing.assert_array_equal(padded[4], frames[2])
+    assert T.pad_to_length(frames, 2).shape[0] == 2
+
+
+def test_crop_offsets_are_corners_then_centre():
+    assert T.crop_offsets(6, 8, 4) == [(0, 0), (0, 4), (2, 0), (2, 4), (1, 2)]
+
+
+def test_crop_larger_than_frame_is_a_value_error():
+    with pytest.raises(ValueError, match="crop_size"):
+        T.crop_offsets(6, 8, 7)
+
+
+def test_ten_crops_take_pixels_from_the_named_corners():
+    frames = _ramp(height=6, width=8)
+    crops, flipped = T.ten_crops(frames, 4)
+    assert crops.shape == (10, 2, 4, 4, 3)
+    assert flipped.tolist() == [False] * 5 + [True] * 5
+    # top-left pixel (y, x) of each unflipped crop is its offset
+    for i, (y0, x0) in enumerate([(0, 0), (0, 4), (2, 0), (2, 4), (1, 2)]):
+        assert tuple(crops[i, 0, 0, 0, :2]) == (y0, x0)
+    # crop i + 5 is crop i mirrored: its top-left pixel is crop i's top-right
+    np.testing.assert_array_equal(crops[5 + 1, :, :, 0], crops[1, :, :, -1])
+
+
+def test_horizontal_flip_twice_is_identity_and_mirrors_x():
+    frames = _ramp()
+    once = T.horizontal_flip(frames)
+    assert once[0, 0, 0, 1] == 7  # column 0 now holds what was column W - 1
+    np.testing.assert_array_equal(T.horizontal_flip(once), frames)
+
+
+def test_multiscale_corner_crop_at_scale_1_is_the_square_resized():
+    frames = _ramp(height=6, width=8)
+    rng = np.random.default_rng(1)
+    out = T.multiscale_corner_crop(frames, 6, rng, scales=(1.0,))
+    assert out.shape == (2, 6, 6, 3) and out.dtype == np.uint8
+    # side = min(H, W) = 6 equals crop_size: no resampling, one of the 5 exact crops
+    candidates = [frames[:, y0 : y0 + 6, x0 : x0 + 6] for y0, x0 in T.crop_offsets(6, 8, 6)]
+    assert any(np.array_equal(out, c) for c in candidates)
+
+
+def test_multiscale_corner_crop_draws_every_position_and_scale():
+    frames = _ramp(num_frames=1, height=16, width=16)
+    oracle = []  # the 15 possible outputs: 3 sides x 5 positions, each resized to 12
+    for side in (16, 14, 12):
+        for y0, x0 in T.crop_offsets(16, 16, side):
+            oracle.append(T.resize_frames(frames[:, y0 : y0 + side, x0 : x0 + side], (12, 12)))
+    rng = np.random.default_rng(2)
+    hits = set()
+    for _ in range(300):
+        out = T.multiscale_corner_crop(frames, 12, rng)
+        matches = [i for i, o in enumerate(oracle) if np.array_equal(out, o)]
+        assert matches, "output is not one of the 15 scale/position crops"
+        hits.update(matches)
+    assert hits == set(range(15))
+
+
+def test_resize_of_constant_frames_is_constant():
+    frames = np.full((2, 6, 8, 3), 77, np.uint8)
+    out = T.resize_frames(frames, (3, 5))
+    assert out.shape == (2, 3, 5, 3)
+    assert (out == 77).all()
+
+
+def test_to_network_input_layout_and_mean():
+    frames = np.zeros((2, 4, 5, 3), np.uint8)
+    frames[..., 0] = 123
+    frames[0, 1, 2] = (255, 117, 104)
+    x = T.to_network_input(frames)
+    assert x.shape == (2, 3, 4, 5) and x.dtype == torch.float32
+    assert torch.allclose(x[1, 0], torch.zeros(4, 5))
+    expected = (torch.tensor([255.0, 117.0, 104.0]) - torch.tensor(MEAN_RGB_255)) / 255.0
+    assert torch.allclose(x[0, :, 1, 2], expected)
+
+
+def test_select_crops_centre_only():
+    crops, flipped = T.ten_crops(_ramp(height=6, width=8), 4)
+    one, f1 = T.select_crops(crops, flipped, 1)
+    np.testing.assert_array_equal(one[0], crops[4])
+    assert f1.tolist() == [False]
+    with pytest.raises(ValueError):
+        T.select_crops(crops, flipped, 3)
