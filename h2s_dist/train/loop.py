@@ -1,0 +1,176 @@
+"""The training loop every stage runs, the same at world size 1 and N.
+
+A stage supplies a `Task`: its model, its parameter groups, its data stream, the loss of
+one batch and the pictures worth logging. `fit` does the rest, top to bottom: restore,
+accumulate, step, log, picture, checkpoint. Ranks differ only in what they are handed:
+rank 0 a real tracker, the others a `NullTracker`; the rank-0 checkpoint state.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from h2s_dist.train import checkpoint as ckpt
+from h2s_dist.train import dist
+from h2s_dist.train.specs import LoopSpec, OptimSpec
+
+
+class Task(Protocol):
+    """What a stage plugs into `fit`."""
+
+    def build_model(self) -> torch.nn.Module: ...
+
+    def param_groups(self, model: torch.nn.Module, optim: OptimSpec) -> list[dict[str, Any]]:
+        """Parameter groups with their own `lr` where the stage needs them."""
+
+    def batches(self, rank: int, world_size: int, samples_seen: int, seed: int) -> Iterable[Any]:
+        """An endless stream of batches for this rank, continuing after `samples_seen`."""
+
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+        """(total loss, {term name: value}) of one micro-batch; names like `loss/pixel`."""
+
+    def batch_size(self, batch: Any) -> int: ...
+
+    def pictures(self, model: torch.nn.Module, batch: Any, device: torch.device) -> dict[str, np.ndarray]:
+        """{artifact name: (H, W, 3) uint8} pictures of this batch; called on rank 0 only."""
+
+    def final_weights(self, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
+        """{name: state dict} of the weights this stage hands on (e.g. `motionnet`)."""
+
+
+@dataclass
+class FitResult:
+    step: int
+    samples_seen: int
+    metrics: dict[str, float]
+    weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
+    resumed_from_step: int | None = None
+    first_batch_checksums: list[float] = field(default_factory=list)
+    """Sum of the first batch's input tensor on every rank: equal values would mean the
+    ranks were fed the same clips (a forgotten rank split)."""
+
+
+def build_optimizer(groups: list[dict[str, Any]], optim: OptimSpec) -> torch.optim.Optimizer:
+    if optim.name == "adam":
+        return torch.optim.Adam(groups, lr=optim.lr, betas=optim.betas, weight_decay=optim.weight_decay)
+    return torch.optim.SGD(groups, lr=optim.lr, momentum=optim.momentum, weight_decay=optim.weight_decay)
+
+
+def split_bias_groups(named: Iterable[tuple[str, torch.nn.Parameter]], lr: float, bias_mult: float, tag: str) -> list[dict]:
+    """Two parameter groups, weights at `lr` and biases at `lr * bias_mult` (the release's lr_mult 2)."""
+    weights, biases = [], []
+    for name, param in named:
+        if param.requires_grad:
+            (biases if name.endswith("bias") else weights).append(param)
+    groups = [{"params": weights, "lr": lr, "name": f"{tag}.weight"}]
+    if biases:
+        groups.append({"params": biases, "lr": lr * bias_mult, "name": f"{tag}.bias"})
+    return [g for g in groups if g["params"]]
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager:
+    if not bf16:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any, device: torch.device, spec_hash: str) -> FitResult:
+    """Train `task` for `loop.max_steps` optimiser steps, resuming from the session's checkpoint."""
+    torch.manual_seed(loop.seed + dist.rank())
+    model = task.build_model().to(device)
+    if loop.channels_last:
+        model = model.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(task.param_groups(model, optim), optim)
+    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=optim.milestones, gamma=optim.gamma)
+
+    step, samples_seen, resumed_from = 0, 0, None
+    metrics: dict[str, float] = {}
+    state = session.restore()
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        # Per-rank data position and RNG; a resume on fewer ranks takes the nearest rank's.
+        mine = min(dist.rank(), len(state["samples_seen"]) - 1)
+        step, samples_seen = state["step"], state["samples_seen"][mine]
+        metrics = dict(state.get("metrics", {}))
+        ckpt.set_rng_state(state["rng"][mine])
+        resumed_from = step
+        tracker.set_tags({"h2s.resumed_from_step": str(step)})
+
+    trained = dist.wrap_ddp(model, device)
+    batches: Iterator[Any] = iter(task.batches(dist.rank(), dist.world_size(), samples_seen, loop.seed))
+    window_start, window_samples = time.perf_counter(), 0
+    checksums: list[float] = []
+    while step < loop.max_steps:
+        trained.train()
+        terms_sum: dict[str, float] = {}
+        for micro in range(loop.grad_accum_steps):
+            batch = next(batches)
+            if not checksums:
+                checksums = [float(c) for c in dist.gather_objects(_checksum(batch))]
+            # Only the last micro-batch synchronises gradients across ranks.
+            sync = micro == loop.grad_accum_steps - 1 or not dist.is_distributed()
+            with (contextlib.nullcontext() if sync else trained.no_sync()), _autocast(device, loop.bf16):
+                total, terms = task.loss(trained, batch, device)
+            (total / loop.grad_accum_steps).backward()
+            for name, value in terms.items():
+                terms_sum[name] = terms_sum.get(name, 0.0) + value / loop.grad_accum_steps
+            window_samples += task.batch_size(batch)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        scheduler.step()
+        step += 1
+        samples_seen += task.batch_size(batch) * loop.grad_accum_steps
+
+        is_last = step == loop.max_steps
+        if step % loop.log_every_steps == 0 or is_last:
+            metrics = dist.mean_across_ranks(terms_sum, device)
+            elapsed = time.perf_counter() - window_start
+            metrics["throughput/samples_per_s"] = window_samples * dist.world_size() / max(elapsed, 1e-9)
+            for group in optimizer.param_groups:
+                metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
+            tracker.log_metrics(metrics, step=step)
+            window_start, window_samples = time.perf_counter(), 0
+        if dist.is_main() and (step % loop.picture_every_steps == 0 or is_last):
+            trained.eval()
+            with torch.no_grad():
+                for name, image in task.pictures(dist.unwrap(trained), batch, device).items():
+                    tracker.log_image(image, f"{name}/step_{step:07d}.png")
+        if step % loop.checkpoint_every_steps == 0 or is_last:
+            session.report(metrics, _resume_state(model, optimizer, scheduler, step, samples_seen, spec_hash, metrics), step)
+
+    weights = task.final_weights(model) if dist.is_main() else {}
+    return FitResult(step, samples_seen, metrics, weights, resumed_from, checksums)
+
+
+def _checksum(batch: Any) -> float:
+    inputs = batch[0] if isinstance(batch, (tuple, list)) else batch
+    return float(inputs.double().sum())
+
+
+def _resume_state(
+    model, optimizer, scheduler, step: int, samples_seen: int, spec_hash: str, metrics: Mapping[str, float]
+) -> Mapping[str, Any] | None:
+    """Rank 0's checkpoint, holding every rank's data position and RNG (gathered)."""
+    positions = dist.gather_objects(samples_seen)
+    rngs = dist.gather_objects(ckpt.rng_state())
+    if not dist.is_main():
+        return None
+    return {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict(),
+        "step": step,
+        "samples_seen": positions,
+        "rng": rngs,
+        "spec_hash": spec_hash,
+        "metrics": dict(metrics),
+    }

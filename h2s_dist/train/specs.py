@@ -1,0 +1,146 @@
+"""Typed stage specs: plain data, validated once, loudly (STYLE habit 7).
+
+Each stage kind has one spec model. Defaults are the paper's values (../shared/PAPER.md);
+the CPU quickstart differs only in values (tiny flavours, small crops, few steps), never
+in code path. Unknown keys are errors. The job-spec loader (h2s_dist.config) nests these
+models, so errors read `stages[2].optim.lr: Input should be greater than 0`.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic_core import PydanticUndefined
+
+PositiveInt = Annotated[int, Field(gt=0)]
+PositiveFloat = Annotated[float, Field(gt=0)]
+Flavour = Literal["paper", "tiny"]
+
+
+class Strict(BaseModel):
+    """Base of every spec: unknown keys are errors, values are checked on assignment.
+
+    A partial mapping given for a nested spec is laid over that field's default, so
+    `optim: {lr: 1e-4}` in a pretraining stage keeps the stage's Adam and schedule
+    instead of falling back to OptimSpec's generic defaults.
+    """
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, use_attribute_docstrings=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _partial_nested_specs_keep_their_defaults(cls, data):
+        if not isinstance(data, dict):
+            return data
+        merged = dict(data)
+        for name, field in cls.model_fields.items():
+            given = data.get(name)
+            if not isinstance(given, dict):
+                continue
+            if field.default is not PydanticUndefined:
+                default = field.default
+            elif field.default_factory is not None:
+                default = field.default_factory()
+            else:
+                continue
+            if isinstance(default, BaseModel):
+                merged[name] = {**default.model_dump(exclude_unset=True), **given}
+        return merged
+
+
+class ScalingSpec(Strict):
+    num_workers: int = Field(0, ge=0)
+    """Training processes. 0 runs the loop in this process without Ray (fastest on a laptop);
+    N >= 1 starts N Ray Train workers that train with DDP over the shards."""
+    use_gpu: bool = False
+    """One GPU per worker, NCCL between them. On CPU workers use gloo."""
+    cpus_per_worker: PositiveFloat = 1.0
+    """CPUs Ray reserves for each worker (its DataLoader processes run inside that share)."""
+    max_failures: int = Field(0, ge=0)
+    """How often a run restarts its workers from the last checkpoint after a worker dies."""
+
+
+class DataSpec(Strict):
+    dataset: str
+    """URI of an ingested dataset (the folder holding manifest.parquet), e.g. s3://bucket/ucf101."""
+    split: int | None = Field(1, ge=1, le=3)
+    """Official split (1-3) whose membership selects the videos; null = every video."""
+    subset: Literal["train", "test"] | None = "train"
+    """Which side of the split to read; null = both."""
+    clip_len_frames: int = Field(11, ge=1)
+    """Frames per training window (11 -> 10 flow fields; 1 for the spatial stream)."""
+    crop_size: PositiveInt = 224
+    """Side of the square crop fed to the networks."""
+    batch_size: PositiveInt = 16
+    """Clips per optimiser micro-step on each worker."""
+    loader_workers: int = Field(2, ge=0)
+    """DataLoader processes per training worker (decode and augmentation)."""
+    shuffle_buffer: int = Field(64, ge=0)
+    """Samples held in the shuffle buffer of each loader process."""
+    epoch_length_samples: PositiveInt = 1024
+    """Clips per epoch on each worker; shards are re-drawn with a new seed every epoch."""
+    cache_dir: str | None = None
+    """Local folder to keep downloaded shards of a remote dataset; null streams every time."""
+
+
+class OptimSpec(Strict):
+    name: Literal["adam", "sgd"] = "sgd"
+    """Optimiser."""
+    lr: PositiveFloat = 1e-3
+    """Base learning rate (of the VGG16 in fine-tuning)."""
+    momentum: float = Field(0.9, ge=0, lt=1)
+    """SGD momentum."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """Adam betas."""
+    weight_decay: float = Field(5e-4, ge=0)
+    """L2 weight decay."""
+    bias_lr_multiplier: PositiveFloat = 1.0
+    """Learning-rate multiplier for biases (the release uses 2 in fine-tuning)."""
+    milestones: list[PositiveInt] = []
+    """Optimiser steps at which the learning rate is multiplied by `gamma`."""
+    gamma: PositiveFloat = 0.1
+    """Learning-rate decay factor at each milestone."""
+
+
+class LoopSpec(Strict):
+    max_steps: PositiveInt = 1000
+    """Optimiser steps to train for (the step budget)."""
+    grad_accum_steps: PositiveInt = 1
+    """Micro-batches accumulated per optimiser step (effective batch = batch_size x this x workers)."""
+    log_every_steps: PositiveInt = 10
+    """Steps between logged metrics."""
+    picture_every_steps: PositiveInt = 200
+    """Steps between pictures (flows, warped frames) logged to MLflow."""
+    checkpoint_every_steps: PositiveInt = 500
+    """Steps between checkpoints (one is always written at the end)."""
+    bf16: bool = False
+    """bf16 autocast for forward passes (about 1.75x faster on recent CPUs, standard on GPUs)."""
+    channels_last: bool = False
+    """channels_last memory format (helps convolutions on GPUs)."""
+    seed: int = 0
+    """Seed of weights initialisation, augmentation and data order."""
+
+
+class MotionNetSpec(Strict):
+    flavour: Flavour = "paper"
+    """`paper` = Table 1 widths; `tiny` = same topology, narrow (tests, CPU quickstart)."""
+    small_displacement: bool = True
+    """Table 3 ablation switch: 3x3 stride-1 first layers for small motions."""
+    conv_between_deconv: bool = True
+    """Table 3 ablation switch: a 3x3 conv after each concat in the decoder."""
+
+
+class UnsupLossSpec(Strict):
+    smoothness_weight: float = Field(1.0, ge=0)
+    """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta)."""
+    ssim_weight_scale: float = Field(1.0, ge=0)
+    """Multiplier of the per-level SSIM weights (0.16 ... 0.01); 0.1 in fine-tuning."""
+    pixel_weight: float = Field(1.0, ge=0)
+    """Weight of the photometric (Charbonnier) term at every level."""
+    pixel_alpha: PositiveFloat = 0.4
+    """Charbonnier exponent of the photometric term."""
+    smooth_alpha: PositiveFloat = 0.3
+    """Charbonnier exponent of the smoothness term."""
+    use_lrn: bool = False
+    """Local response normalisation of the loss images, as in the Caffe release."""

@@ -1,0 +1,109 @@
+"""Pieces several stages share: the endless clip stream, flow pictures, weights output."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+
+import numpy as np
+import torch
+
+from h2s_dist import frames as frame_conv
+from h2s_dist.data import storage
+from h2s_dist.data.flow_io import flow_to_color
+from h2s_dist.data.shards import LoaderState, TrainStreamConfig, train_loader
+from h2s_dist.losses import reconstruction_images
+from h2s_dist.models import full_resolution_flow
+from h2s_dist.train.specs import DataSpec
+
+
+def clip_stream(
+    data: DataSpec, *, labeled: bool, rank: int, world_size: int, samples_seen: int, seed: int
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (clips, labels) batches for one rank, epoch after epoch, continuing after
+    `samples_seen` clips (the loop's checkpointed position)."""
+    config = TrainStreamConfig(
+        dataset_uri=data.dataset,
+        batch_size=data.batch_size,
+        split=data.split,
+        subset=data.subset,
+        clip_len_frames=data.clip_len_frames,
+        crop_size=data.crop_size,
+        num_workers=data.loader_workers,
+        shuffle_buffer=max(data.shuffle_buffer, 1),
+        epoch_length_samples=data.epoch_length_samples,
+        seed=seed,
+        labeled=labeled,
+        cache_dir=data.cache_dir,
+    )
+    per_epoch = config.batches_per_epoch * config.batch_size
+    epoch, within = divmod(samples_seen, per_epoch)
+    within -= within % config.batch_size
+    while True:
+        state = LoaderState(samples_seen=within, seed=seed, epoch=epoch)
+        yield from train_loader(config, rank=rank, world_size=world_size, state=state)
+        epoch, within = epoch + 1, 0
+
+
+def _to_uint8(image01: torch.Tensor) -> np.ndarray:
+    """(3, H, W) in [0, 1] -> (H, W, 3) uint8."""
+    return (image01.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
+
+
+def flow_picture(clip: torch.Tensor, flow2_raw: torch.Tensor, pair: int = 0) -> np.ndarray:
+    """One row to look at: frame i | frame i+1 | flow i (Middlebury colours) |
+    frame i+1 warped back onto frame i | |frame i - warped| (bright = the loss sees it).
+
+    clip (T, 3, H, W) network input (normalised); flow2_raw (2(T-1), h, w) raw.
+    """
+    frames01 = frame_conv.denormalize(clip.float()).unsqueeze(0)
+    raw = flow2_raw.float().unsqueeze(0)
+    h, w = frames01.shape[-2:]
+    flow = full_resolution_flow(raw, (h, w))[0, pair].permute(1, 2, 0).cpu().numpy()
+    warped = reconstruction_images(frames01, raw)[0, pair]
+    error = (frames01[0, pair] - warped).abs() * 4  # x4: small errors stay visible
+    tiles = [
+        _to_uint8(frames01[0, pair]),
+        _to_uint8(frames01[0, pair + 1]),
+        flow_to_color(flow),
+        _to_uint8(warped),
+        _to_uint8(error),
+    ]
+    return np.concatenate(tiles, axis=1)
+
+
+def save_weights(
+    output_uri: str, name: str, state_dict: Mapping[str, torch.Tensor], tracker, register_as: str | None = None
+) -> str:
+    """Write `output_uri/weights/<name>.pt` (the URI later stages read) and log it to MLflow."""
+    from h2s_dist.weights import save_state_dict
+
+    uri = storage.join(output_uri, "weights", f"{name}.pt")
+    save_state_dict(dict(state_dict), uri)
+    tracker.log_state_dict(state_dict, name, register_as=register_as)
+    return uri
+
+
+def run_training(spec, task, session, tracker, output_uri: str) -> dict:
+    """Fit `task` under `spec` and hand on its final weights: the body of every training stage.
+
+    Outputs: {"metrics", "steps", "resumed_from_step", "checkpoint", <weights name>: URI}.
+    Each weights name is also a model-registry name (`motionnet`, `stacked_temporal`, ...).
+    """
+    from h2s_dist.train import dist
+    from h2s_dist.train.loop import fit
+
+    device = dist.pick_device(spec.scaling.use_gpu)
+    tracker.log_params(spec.model_dump(mode="json"))
+    tracker.set_tags({"h2s.stage_kind": spec.kind})
+    result = fit(task, spec.loop, spec.optim, session, tracker, device, session.spec_hash)
+    outputs: dict = {
+        "metrics": result.metrics,
+        "steps": result.step,
+        "resumed_from_step": result.resumed_from_step,
+        "first_batch_checksums": result.first_batch_checksums,
+    }
+    if dist.is_main():
+        for name, state_dict in result.weights.items():
+            outputs[name] = save_weights(output_uri, name, state_dict, tracker, register_as=name)
+        outputs["checkpoint"] = session.latest_checkpoint_uri()
+    return outputs

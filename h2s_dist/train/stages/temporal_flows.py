@@ -1,0 +1,130 @@
+"""Stage `train_temporal_flows`: the TV-L1 baseline's temporal VGG16, trained on cached flows.
+
+Input: a flow dataset (stage `tvl1_flows`): stacks of 2 (clip_len_frames - 1) = 20
+channels u0, v0, ..., u9, v9 at q - 128, the scale the stacked stream's FlowNormalize
+feeds the same VGG16. Output weights `tvl1_temporal`. Defaults are the recipe of the
+stacked stream's VGG16 (SGD 1e-3, biases x2, x0.1 at 5000 and 9500 of 16000 steps,
+effective batch 128), since PAPER.md gives none for the baseline.
+Test-time scoring (evaluate stage) lives in h2s_dist.data.flow_shards: `tvl1_eval_scores`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any, Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from pydantic import Field, model_validator
+
+from h2s_dist.data import flow_shards
+from h2s_dist.data.flow_io import flow_to_color
+from h2s_dist.data.manifest import read_classes
+from h2s_dist.data.shards import LoaderState, TrainStreamConfig
+from h2s_dist.train.loop import split_bias_groups
+from h2s_dist.train.specs import DataSpec, Flavour, LoopSpec, OptimSpec, ScalingSpec, Strict
+from h2s_dist.train.stages.common import run_training
+
+
+class TemporalFlowsSpec(Strict):
+    """Temporal VGG16 on precomputed TV-L1 flows."""
+
+    kind: Literal["train_temporal_flows"] = "train_temporal_flows"
+    """Stage kind."""
+    flows: str
+    """URI of a flow dataset (the tvl1_flows stage's `flows` output)."""
+    vgg_flavour: Flavour = "paper"
+    """Temporal VGG16 flavour."""
+    vgg_weights: str | None = None
+    """URI of temporal VGG16 weights to start from; wins over vgg_rgb_weights."""
+    vgg_rgb_weights: str | None = None
+    """URI of RGB VGG16 weights (e.g. ImageNet) turned into a 20-channel VGG16 by cross-modality init."""
+    data: DataSpec = Field(default_factory=lambda: DataSpec(dataset="", batch_size=32))
+    """Clip length, crop, batch, loader; `data.dataset` stays empty (`flows` says where to read)."""
+    optim: OptimSpec = OptimSpec(
+        name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, bias_lr_multiplier=2.0, milestones=[5000, 9500]
+    )
+    """SGD with step decay, as the stacked stream's VGG16."""
+    loop: LoopSpec = LoopSpec(max_steps=16_000, grad_accum_steps=4, checkpoint_every_steps=1000)
+    """16k steps of 32 clips x 4 accumulated (effective batch 128)."""
+    scaling: ScalingSpec = ScalingSpec()
+    """Workers and resources."""
+
+    @model_validator(mode="after")
+    def _one_dataset(self) -> TemporalFlowsSpec:
+        if self.data.dataset not in ("", self.flows):
+            raise ValueError("data.dataset must stay empty: this stage reads the flow dataset named by `flows`")
+        return self
+
+
+SPEC = TemporalFlowsSpec
+
+
+def flow_stream(spec: TemporalFlowsSpec, rank: int, world_size: int, samples_seen: int, seed: int
+                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Endless (flows (B, 2L, crop, crop), labels) batches for one rank, epoch after epoch,
+    continuing after `samples_seen` clips (as common.clip_stream for frames)."""
+    data = spec.data
+    config = TrainStreamConfig(
+        dataset_uri=spec.flows, batch_size=data.batch_size, split=data.split, subset=data.subset,
+        clip_len_frames=data.clip_len_frames, crop_size=data.crop_size, num_workers=data.loader_workers,
+        shuffle_buffer=max(data.shuffle_buffer, 1), epoch_length_samples=data.epoch_length_samples,
+        seed=seed, labeled=True, cache_dir=data.cache_dir,
+    )
+    per_epoch = config.batches_per_epoch * config.batch_size
+    epoch, within = divmod(samples_seen, per_epoch)
+    within -= within % config.batch_size
+    while True:
+        state = LoaderState(samples_seen=within, seed=seed, epoch=epoch)
+        yield from flow_shards.flow_train_loader(config, rank=rank, world_size=world_size, state=state)
+        epoch, within = epoch + 1, 0
+
+
+class TemporalFlowsTask:
+    def __init__(self, spec: TemporalFlowsSpec):
+        self.spec = spec
+        self.num_classes = len(read_classes(spec.flows))
+        self.bound = float(flow_shards.read_flow_info(spec.flows)["bound"])
+        self.in_channels = 2 * (spec.data.clip_len_frames - 1)
+
+    def build_model(self) -> torch.nn.Module:
+        from h2s_dist.train.stages.finetune import build_temporal_vgg
+
+        spec = self.spec
+        return build_temporal_vgg(spec.vgg_flavour, self.num_classes, self.in_channels, spec.vgg_weights,
+                                  spec.vgg_rgb_weights)
+
+    def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:
+        return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "vgg")
+
+    def batches(self, rank, world_size, samples_seen, seed):
+        return flow_stream(self.spec, rank, world_size, samples_seen, seed)
+
+    def batch_size(self, batch) -> int:
+        return int(batch[0].shape[0])
+
+    def loss(self, model, batch, device):
+        flows, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        scores = model(flows)
+        loss = F.cross_entropy(scores.float(), labels)
+        top1 = float((scores.argmax(1) == labels).float().mean())
+        return loss, {"loss/action": float(loss.detach()), "train/top1": top1}
+
+    def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
+        return {"flows": flow_input_picture(batch[0][0], self.bound)}
+
+    def final_weights(self, model) -> dict[str, dict[str, torch.Tensor]]:
+        return {"tvl1_temporal": model.state_dict()}
+
+
+def flow_input_picture(stacked: torch.Tensor, bound: float) -> np.ndarray:
+    """Network input (2L, h, w) at q - 128 -> the Middlebury colours of its first flow field
+    (dequantised to pixels), saturation at `bound` px: (h, w, 3) uint8."""
+    q = (stacked[:2].float() + flow_shards.FLOW_MEAN).permute(1, 2, 0).cpu().numpy()
+    flow = q * (2.0 * bound / 255.0) - bound
+    return flow_to_color(flow, max_flow=bound)
+
+
+def run(spec: TemporalFlowsSpec, session, tracker, output_uri: str) -> dict[str, Any]:
+    return run_training(spec, TemporalFlowsTask(spec), session, tracker, output_uri)

@@ -1,0 +1,305 @@
+"""Stage `tvl1_flows`: the first stage of the TV-L1 two-stage baseline (precomputed flow).
+
+Reads a frame dataset, computes quantised Dual TV-L1 flow of every frame pair of every
+selected video (h2s_dist.baseline.tvl1) and writes a flow dataset (h2s_dist.data.flow_shards)
+to `output_uri/flows`. Not a training loop: `run` ignores the session.
+
+Work is cut into chunks: consecutive selected videos of one frame shard, at most
+`videos_per_shard` each; chunk i becomes flow shard i (so flow shards stay pure per split-1
+side, like the frame shards). Chunks run as Ray tasks (one CPU each, at most `num_tasks` in
+flight; `num_tasks: 0` computes in this process). A chunk is done when its shard and its
+record `flows/_flows/chunk-NNNNNN.json` exist; a rerun skips done chunks, and a rerun with
+another plan (other videos, size, bound, quality, TV-L1 settings) at the same URI is refused.
+
+    outputs = launch("tvl1_flows", TVL1FlowsSpec(dataset="s3://b/ucf101", num_tasks=32), "s3://b/job/tvl1")
+    outputs["flows"]      # the flow dataset URI, for train_temporal_flows and evaluate
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import posixpath
+import time
+from collections.abc import Callable
+from typing import Any, Literal
+
+from pydantic import Field, model_validator
+
+from h2s_dist.baseline.tvl1 import TVL1Params
+from h2s_dist.data import manifest, storage
+from h2s_dist.data.flow_shards import DEFAULT_FLOW_QUALITY, FLOW_ENCODING, write_flow_info
+from h2s_dist.train.specs import PositiveFloat, PositiveInt, ScalingSpec, Strict
+
+PLAN_VERSION = 1
+
+
+class TVL1Spec(Strict):
+    """Dual TV-L1 settings (h2s_dist.baseline.tvl1.TVL1Params); defaults are OpenCV's."""
+
+    tau: PositiveFloat = 0.25
+    """Time step of the numerical scheme."""
+    lambda_: PositiveFloat = 0.15
+    """Weight of the data term (smaller = smoother flow)."""
+    theta: PositiveFloat = 0.3
+    """Coupling of the two sub-problems."""
+    num_scales: PositiveInt = 5
+    """Levels of the image pyramid."""
+    scale_step: float = Field(0.8, gt=0, lt=1)
+    """Size ratio between pyramid levels."""
+    num_warps: PositiveInt = 5
+    """Warpings per pyramid level."""
+    epsilon: PositiveFloat = 0.01
+    """Stopping threshold of the inner iterations."""
+    inner_iterations: PositiveInt = 30
+    """Inner iterations per warping."""
+    outer_iterations: PositiveInt = 10
+    """Outer iterations per warping."""
+    median_filtering: PositiveInt = 5
+    """Median filter size after each warping (1 = off)."""
+
+    def params(self) -> TVL1Params:
+        return TVL1Params(**self.model_dump())
+
+
+class TVL1FlowsSpec(Strict):
+    """Precompute TV-L1 flow of a frame dataset (the baseline's first stage)."""
+
+    kind: Literal["tvl1_flows"] = "tvl1_flows"
+    """Stage kind."""
+    dataset: str
+    """URI of an ingested frame dataset (the folder holding manifest.parquet)."""
+    split: int | None = Field(1, ge=1, le=3)
+    """Split whose `subset` is computed; ignored when subset is null."""
+    subset: Literal["train", "test"] | None = None
+    """Side of `split` to compute; null = every video of the dataset."""
+    size: tuple[PositiveInt, PositiveInt] | None = None
+    """(width, height) frames are resized to before TV-L1; null keeps the dataset's size (340x256 for the paper)."""
+    bound: PositiveFloat = 20.0
+    """Flow is clipped to [-bound, bound] px and stored as 8 bits; 20 matches FlowNormalize."""
+    quality: int = Field(DEFAULT_FLOW_QUALITY, ge=1, le=95)
+    """JPEG quality of the stored u and v images."""
+    videos_per_shard: PositiveInt = 32
+    """Videos per flow shard and per task (a UCF101 video at 340x256 is about 1-2 MB of flow)."""
+    num_tasks: int = Field(4, ge=0)
+    """Ray tasks in flight (one CPU each); 0 computes in this process without Ray."""
+    tvl1: TVL1Spec = TVL1Spec()
+    """TV-L1 solver settings."""
+    scaling: ScalingSpec = ScalingSpec()
+    """Kept at num_workers 0: the launcher runs this stage in-process, the Ray tasks are its parallelism."""
+
+    @model_validator(mode="after")
+    def _no_train_workers(self) -> TVL1FlowsSpec:
+        if self.scaling.num_workers != 0:
+            raise ValueError("tvl1_flows runs its own Ray tasks: set num_tasks, keep scaling.num_workers 0")
+        return self
+
+
+SPEC = TVL1FlowsSpec
+
+
+# ----------------------------------------------------------------------------- plan
+
+
+def selected_rows(dataset_uri: str, split: int | None, subset: str | None) -> list[dict[str, Any]]:
+    """Frame-manifest rows to compute, manifest order; subset None = every video."""
+    table = manifest.read_manifest(dataset_uri)
+    rows = manifest.select(table, split if subset else None, subset).to_pylist()
+    if not rows:
+        raise ValueError(f"{dataset_uri}: no video in split={split} subset={subset!r}; check the manifest")
+    return rows
+
+
+def plan_chunks(rows: list[dict[str, Any]], videos_per_shard: int) -> list[list[dict[str, Any]]]:
+    """Consecutive rows of one frame shard, at most `videos_per_shard` per chunk, order kept."""
+    chunks: list[list[dict[str, Any]]] = []
+    for row in rows:
+        last = chunks[-1] if chunks else None
+        if last and last[0]["shard"] == row["shard"] and len(last) < videos_per_shard:
+            last.append(row)
+        else:
+            chunks.append([row])
+    return chunks
+
+
+def plan_fingerprint(spec: TVL1FlowsSpec, chunks: list[list[dict[str, Any]]]) -> str:
+    """What decides the flow bytes: the videos (by content hash), chunking and every setting."""
+    plan = {
+        "version": PLAN_VERSION,
+        "chunks": [[(r["key"], r["sha256"], r["num_frames"], posixpath.basename(r["shard"])) for r in chunk]
+                   for chunk in chunks],
+        "size": spec.size, "bound": spec.bound, "quality": spec.quality, "tvl1": spec.tvl1.model_dump(),
+    }
+    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _state_uri(flows_uri: str, name: str) -> str:
+    return storage.join(flows_uri, "_flows", name)
+
+
+def _shard_uri(flows_uri: str, index: int) -> str:
+    return storage.join(flows_uri, "shards", f"shard-{index:06d}.tar")
+
+
+def _check_plan(flows_uri: str, fingerprint: str) -> None:
+    uri = _state_uri(flows_uri, "plan.json")
+    if storage.exists(uri):
+        found = json.loads(storage.read_bytes(uri)).get("fingerprint")
+        if found != fingerprint:
+            raise ValueError(
+                f"{flows_uri} holds flows of another plan ({found} != {fingerprint}: other videos or settings); "
+                "write to a new output URI or delete that one"
+            )
+        return
+    storage.write_bytes(uri, json.dumps({"fingerprint": fingerprint}).encode())
+
+
+def _done_record(flows_uri: str, index: int, fingerprint: str) -> dict[str, Any] | None:
+    uri = _state_uri(flows_uri, f"chunk-{index:06d}.json")
+    if not storage.exists(uri) or not storage.exists(_shard_uri(flows_uri, index)):
+        return None
+    record = json.loads(storage.read_bytes(uri))
+    return record if record.get("fingerprint") == fingerprint else None
+
+
+# ----------------------------------------------------------------------------- one chunk (a Ray task)
+
+
+def compute_chunk(job: dict[str, Any]) -> dict[str, Any]:
+    """Flows of one chunk -> its flow shard (written here) and its record (returned).
+
+    job: {"frame_shard", "flow_shard", "rows", "size", "bound", "quality", "params", "num_threads"}.
+    Record: {"rows": flow-manifest rows, "skipped": [{key, url, error}], "pairs", "tvl1_s",
+    "shard_bytes"}. A video that fails to decode is skipped and listed, never fatal."""
+    from h2s_dist.baseline import tvl1
+    from h2s_dist.data import codec, flow_shards, transforms
+    from h2s_dist.data.shards import SkipRecorder, _samples
+
+    if job["num_threads"] is not None:
+        tvl1.set_num_threads(job["num_threads"])
+    by_key = {r["key"]: r for r in job["rows"]}
+    recorder, done, tvl1_s, pairs = SkipRecorder(), {}, 0.0, 0
+    for sample in _samples([job["frame_shard"]], set(by_key), recorder, None):
+        key = sample["__key__"]
+        if key in done:
+            continue
+        try:
+            frames = codec.decode_frames(sample)
+            if job["size"]:
+                frames = transforms.resize_frames(frames, (job["size"][1], job["size"][0]))
+            started = time.perf_counter()
+            flows = tvl1.window_flows(frames, job["bound"], job["params"])
+            tvl1_s += time.perf_counter() - started
+        except Exception as exn:  # one bad video is a listed skip, not a failed stage
+            recorder.record(key, job["frame_shard"], exn)
+            continue
+        pairs += len(flows)
+        payload = flow_shards.encode_flow_stack(flows, job["quality"])
+        height, width = flows.shape[1:3]
+        meta = flow_shards.flow_sample_meta(key, by_key[key], len(flows), width, height, job["bound"])
+        row = {**by_key[key], "shard": job["flow_shard"], "num_frames": len(frames), "width": width,
+               "height": height, "stored_bytes": len(payload), "encoding": FLOW_ENCODING}
+        done[key] = (payload, meta, row)
+    for key in by_key:
+        if key not in done and not any(s["key"] == key for s in recorder.skipped):
+            recorder.record(key, job["frame_shard"], "sample not found in its shard")
+    ordered = [done[k] for k in by_key if k in done]
+    shard_bytes = flow_shards.write_flow_shard(job["flow_shard"], [(m["key"], p, m) for p, m, _ in ordered])
+    return {"rows": [r for _, _, r in ordered], "skipped": recorder.skipped, "pairs": pairs,
+            "tvl1_s": round(tvl1_s, 4), "shard_bytes": shard_bytes}
+
+
+def _run_chunks(jobs: list[dict[str, Any]], num_tasks: int, on_done: Callable[[int, dict], None]) -> None:
+    """compute_chunk every job, in this process (num_tasks 0) or as <= num_tasks Ray tasks."""
+    if num_tasks == 0:
+        for job in jobs:
+            on_done(job["index"], compute_chunk(job))
+        return
+    import ray
+
+    from h2s_dist.train.launch import ensure_ray
+
+    ensure_ray()
+    remote = ray.remote(num_cpus=1)(compute_chunk)
+    pending: dict[Any, int] = {}
+
+    def finish_one() -> None:
+        ready, _ = ray.wait(list(pending), num_returns=1)
+        on_done(pending.pop(ready[0]), ray.get(ready[0]))
+
+    for job in jobs:
+        if len(pending) >= num_tasks:
+            finish_one()
+        pending[remote.remote(job)] = job["index"]
+    while pending:
+        finish_one()
+
+
+# ----------------------------------------------------------------------------- the stage
+
+
+def run(spec: TVL1FlowsSpec, session, tracker, output_uri: str) -> dict[str, Any]:
+    """Compute (or finish computing) the flow dataset; outputs {"flows": URI, "flow_bytes",
+    "frame_bytes", "seconds", "pairs_per_s", ...}. `session` is unused (no training loop)."""
+    started = time.perf_counter()
+    tracker.log_params(spec.model_dump(mode="json"))
+    tracker.set_tags({"h2s.stage_kind": spec.kind})
+    flows_uri = storage.join(output_uri, "flows")
+    rows = selected_rows(spec.dataset, spec.split, spec.subset)
+    chunks = plan_chunks(rows, spec.videos_per_shard)
+    fingerprint = plan_fingerprint(spec, chunks)
+    _check_plan(flows_uri, fingerprint)
+
+    records = {i: r for i in range(len(chunks)) if (r := _done_record(flows_uri, i, fingerprint)) is not None}
+    jobs = [
+        {"index": i, "rows": chunk, "flow_shard": _shard_uri(flows_uri, i),
+         "frame_shard": storage.join(spec.dataset, "shards", posixpath.basename(chunk[0]["shard"])),
+         "size": spec.size, "bound": spec.bound, "quality": spec.quality, "params": spec.tvl1.params(),
+         "num_threads": 1 if spec.num_tasks else None}
+        for i, chunk in enumerate(chunks) if i not in records
+    ]
+    reused, computed_pairs = len(records), 0
+
+    def on_done(index: int, record: dict[str, Any]) -> None:
+        nonlocal computed_pairs
+        record["fingerprint"] = fingerprint
+        storage.write_bytes(_state_uri(flows_uri, f"chunk-{index:06d}.json"), json.dumps(record).encode())
+        records[index] = record
+        computed_pairs += record["pairs"]
+        tracker.log_metrics({"flows/chunks_done": len(records), "flows/pairs_computed": computed_pairs},
+                            step=len(records))
+
+    _run_chunks(jobs, spec.num_tasks, on_done)
+    seconds = time.perf_counter() - started
+    outputs = _finish(spec, flows_uri, [records[i] for i in range(len(chunks))], rows)
+    outputs.update(seconds=round(seconds, 3), pairs_per_s=round(computed_pairs / seconds, 3) if computed_pairs else 0.0,
+                   chunks_reused=reused, chunks_computed=len(jobs))
+    tracker.log_metrics({f"flows/{k}": float(v) for k, v in outputs.items() if k != "flows"}, step=len(chunks))
+    return outputs
+
+
+def _finish(spec: TVL1FlowsSpec, flows_uri: str, records: list[dict[str, Any]], frame_rows: list[dict]) -> dict:
+    """Manifest, classes, flow_info and report of the finished flow dataset; the size outputs."""
+    rows = [row for r in records for row in r["rows"]]
+    skipped = [s for r in records for s in r["skipped"]]
+    report = {"num_videos": len(rows), "num_skipped": len(skipped), "skipped": skipped}
+    storage.write_bytes(storage.join(flows_uri, "flows_report.json"), json.dumps(report, indent=1).encode())
+    if not rows:
+        raise ValueError(f"no video gave flows: all {len(skipped)} were skipped; see {flows_uri}/flows_report.json")
+    manifest.write_manifest(flows_uri, rows)
+    manifest.write_classes(flows_uri, manifest.read_classes(spec.dataset))
+    write_flow_info(flows_uri, {"bound": spec.bound, "quality": spec.quality, "source_dataset": spec.dataset,
+                                "size": spec.size, "tvl1": spec.tvl1.model_dump()})
+    kept = {r["key"] for r in rows}
+    pairs = sum(r["pairs"] for r in records)
+    tvl1_s = sum(r["tvl1_s"] for r in records)
+    return {
+        "flows": flows_uri,
+        "flow_bytes": sum(int(r["stored_bytes"]) for r in rows),
+        "frame_bytes": sum(int(r["stored_bytes"]) for r in frame_rows if r["key"] in kept),
+        "flow_shard_bytes": sum(int(r["shard_bytes"]) for r in records),
+        "num_videos": len(rows),
+        "num_skipped": len(skipped),
+        "num_pairs": pairs,
+        "tvl1_ms_per_pair": round(1000 * tvl1_s / pairs, 3) if pairs else 0.0,
+    }

@@ -1,0 +1,112 @@
+"""Every training stage in this process on tiny models and synthetic shards: weights are
+handed on, a crash resumes at the checkpointed step, MLflow holds what a researcher reads."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from h2s_dist.train.launch import launch
+from h2s_dist.train.session import LocalSession
+from h2s_dist.train.checkpoint import CheckpointMismatchError
+from h2s_dist.train.stages.evaluate import EvaluateSpec
+from h2s_dist.train.stages.finetune import FinetuneSpec, FinetuneTask
+from h2s_dist.train.stages.pretrain import PretrainSpec, PretrainTask
+from h2s_dist.train.stages.spatial import SpatialSpec
+
+TINY = {"flavour": "tiny"}
+
+
+def data(uri: str, **overrides) -> dict:
+    return {"dataset": uri, "crop_size": 32, "batch_size": 4, "loader_workers": 0, "shuffle_buffer": 8,
+            "epoch_length_samples": 32, **overrides}
+
+
+LOOP = {"max_steps": 4, "log_every_steps": 2, "picture_every_steps": 4, "checkpoint_every_steps": 2}
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    torch.set_num_threads(1)
+
+
+def test_stages_chain_pretrain_finetune_spatial_evaluate(make_synthetic_dataset, tmp_path, stage_run):
+    uri = make_synthetic_dataset()
+    pre = launch("pretrain_motionnet", PretrainSpec(motionnet=TINY, data=data(uri), loop=LOOP),
+                 str(tmp_path / "pre"), stage_run("pretrain"))
+    assert pre["steps"] == 4 and pre["motionnet"].endswith("motionnet.pt")
+    for mode in ("frozen", "action_only", "action_plus_unsup"):
+        ft = launch("finetune_stacked", FinetuneSpec(
+            mode=mode, motionnet=TINY, motionnet_weights=pre["motionnet"], vgg_flavour="tiny",
+            data=data(uri), loop=LOOP), str(tmp_path / f"ft-{mode}"), stage_run(f"finetune-{mode}"))
+        assert set(k for k in ft["metrics"] if k.startswith("loss/")) >= {"loss/action", "loss/total"}
+        assert ("loss/pixel" in ft["metrics"]) == (mode == "action_plus_unsup")
+    sp = launch("train_spatial", SpatialSpec(vgg_flavour="tiny", data=data(uri, clip_len_frames=1), loop=LOOP),
+                str(tmp_path / "sp"), stage_run("spatial"))
+    ev = launch("evaluate", EvaluateSpec(
+        dataset=uri, crop_size=32, num_windows=2, num_crops=10, spatial_weights=sp["spatial"],
+        stacked_weights=ft["stacked_temporal"], motionnet=TINY, vgg_flavour="tiny", loader_workers=0),
+        str(tmp_path / "ev"), stage_run("evaluate"))
+    metrics = ev["metrics"]
+    assert metrics["eval/videos"] == 9  # split 1 test side of 36 synthetic videos
+    for stream in ("spatial", "stacked", "hidden_two_stream", "hidden_two_stream_weighted_sum"):
+        assert 0.0 <= metrics[f"accuracy/{stream}/top1"] <= metrics[f"accuracy/{stream}/top5"] <= 1.0
+    assert metrics["fps/hidden_two_stream"] < metrics["fps/stacked"]
+
+
+def test_frozen_mode_trains_only_the_vgg(make_synthetic_dataset, tmp_path):
+    from h2s_dist.train.specs import OptimSpec
+
+    spec = FinetuneSpec(mode="frozen", motionnet=TINY, vgg_flavour="tiny", data=data(make_synthetic_dataset()))
+    task = FinetuneTask(spec)
+    model = task.build_model()
+    names = [g["name"] for g in task.param_groups(model, OptimSpec())]
+    assert names == ["vgg.weight", "vgg.bias"]
+
+
+def test_crash_resumes_at_the_checkpointed_step(make_synthetic_dataset, tmp_path, monkeypatch):
+    spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()), loop={**LOOP, "max_steps": 6})
+    calls = {"n": 0}
+    real_loss = PretrainTask.loss
+
+    def crash_on_fourth_step(self, model, batch, device):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("simulated crash")
+        return real_loss(self, model, batch, device)
+
+    monkeypatch.setattr(PretrainTask, "loss", crash_on_fourth_step)
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
+    monkeypatch.setattr(PretrainTask, "loss", real_loss)
+    out = launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
+    assert out["resumed_from_step"] == 2 and out["steps"] == 6
+
+
+def test_checkpoint_of_another_spec_is_refused(make_synthetic_dataset, tmp_path):
+    spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()), loop={**LOOP, "max_steps": 2})
+    launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
+    session = LocalSession(str(tmp_path / "pre" / "checkpoints"), spec_hash="another-spec")
+    with pytest.raises(CheckpointMismatchError, match="different stage spec"):
+        session.restore()
+
+
+def test_mlflow_run_holds_params_metrics_pictures_and_registered_weights(make_synthetic_dataset, tmp_path, stage_run):
+    from mlflow.tracking import MlflowClient
+
+    tracking = stage_run("pretrain")
+    spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()), loop=LOOP,
+                        optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0})
+    launch("pretrain_motionnet", spec, str(tmp_path / "pre"), tracking)
+    client = MlflowClient(tracking.uri)
+    run = client.get_run(tracking.run_id)
+    assert run.data.params["optim.lr"] == "0.001"
+    assert run.data.params["motionnet.flavour"] == "tiny"
+    assert {"loss/pixel", "loss/smooth", "loss/ssim", "loss/total", "throughput/samples_per_s"} <= set(run.data.metrics)
+    history = client.get_metric_history(tracking.run_id, "loss/total")
+    assert [m.step for m in history] == [2, 4]
+    pictures = [a.path for a in client.list_artifacts(tracking.run_id, "flows")]
+    assert pictures == ["flows/step_0000004.png"]
+    assert [a.path for a in client.list_artifacts(tracking.run_id, "weights")] == ["weights/motionnet.pt"]
+    versions = client.search_model_versions("name='motionnet'")
+    assert any(v.run_id == tracking.run_id for v in versions)
