@@ -1,0 +1,377 @@
+"""The `h2s` command: run, validate and submit YAML jobs; look at their MLflow runs.
+
+    h2s run jobs/quickstart.yaml --set stages.pretrain.loop.max_steps=10
+    h2s validate jobs/ucf101_split1.yaml
+    h2s submit jobs/ucf101_split1.yaml --address http://HEAD:8265
+    h2s runs;  h2s ui
+
+Every command has `--help` with examples. User errors exit with status 2 and a message
+saying what to fix; nothing runs when a spec does not validate.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+
+# Environment forwarded to Ray jobs when set here (never credentials: see `--env`).
+FORWARDED_ENV = (
+    "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
+    "H2S_S3_ENDPOINT_URL", "AWS_PROFILE", "RAY_AUTH_MODE",
+)
+WORKING_DIR_EXCLUDES = [".git", ".venv", ".h2s", "mlruns", "mlartifacts", "**/__pycache__", "*.tar", "*.pt"]
+
+
+def _fmt(parser_kwargs: dict) -> dict:
+    return {"formatter_class": argparse.RawDescriptionHelpFormatter, **parser_kwargs}
+
+
+def _add_set(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--set", dest="overrides", action="append", default=[], metavar="KEY.PATH=VALUE",
+        help="override a spec value (VALUE parsed as YAML); stages are picked by name or index, "
+        "e.g. stages.pretrain.loop.max_steps=10 (repeatable)",
+    )
+
+
+# ----------------------------------------------------------------------------- run / validate / schema
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from h2s_dist.config import load_job
+    from h2s_dist.pipeline.runner import default_env, run_job
+
+    default_env()
+    job = load_job(args.spec, args.overrides)
+    run_job(job, fresh=args.fresh, only=args.only or None, ray_address=args.address)
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from h2s_dist.config import job_to_yaml, load_job
+
+    job = load_job(args.spec, args.overrides)
+    sys.stdout.write(job_to_yaml(job))
+    return 0
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    import json
+
+    from h2s_dist.config import job_json_schema
+    from h2s_dist.pipeline.spec_docs import spec_reference_markdown
+
+    text = spec_reference_markdown() if args.markdown else json.dumps(job_json_schema(), indent=2) + "\n"
+    if args.output:
+        pathlib.Path(args.output).write_text(text)
+        print(f"wrote {args.output}", file=sys.stderr)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+# ----------------------------------------------------------------------------- Ray Jobs
+
+
+def find_repo_root(start: pathlib.Path) -> pathlib.Path | None:
+    """The h2s-dist checkout holding `start` (a folder with pyproject.toml and h2s_dist/)."""
+    for folder in [start, *start.parents]:
+        if (folder / "pyproject.toml").is_file() and (folder / "h2s_dist").is_dir():
+            return folder
+    return None
+
+
+def submission(spec: str, overrides: Sequence[str], extra_env: Sequence[str], fresh: bool, only: Sequence[str]) -> tuple[str, dict]:
+    """(entrypoint, runtime_env) of `h2s submit`: the repo (or the spec's folder) is shipped as
+    the working dir and the job runs `python -m h2s_dist run <spec> ...` inside it."""
+    spec_path = pathlib.Path(spec).resolve()
+    root = find_repo_root(spec_path.parent) or spec_path.parent
+    relative = spec_path.relative_to(root).as_posix()
+    words = ["python", "-m", "h2s_dist", "run", relative]
+    for item in overrides:
+        words += ["--set", item]
+    words += ["--fresh"] if fresh else []
+    for name in only:
+        words += ["--only", name]
+    env = {name: os.environ[name] for name in (*FORWARDED_ENV, *extra_env) if name in os.environ}
+    env.setdefault("RAY_AUTH_MODE", "disabled")
+    runtime_env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env}
+    return shlex.join(words), runtime_env
+
+
+def _client(address: str):
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from ray.job_submission import JobSubmissionClient
+
+    return JobSubmissionClient(address)
+
+
+def cmd_submit(args: argparse.Namespace) -> int:
+    from h2s_dist.config import load_job
+
+    load_job(args.spec, args.overrides)  # refuse a broken spec before shipping anything
+    entrypoint, runtime_env = submission(args.spec, args.overrides, args.env, args.fresh, args.only)
+    # Names only: values may be endpoints with tokens in them.
+    print(f"entrypoint: {entrypoint}\nworking_dir: {runtime_env['working_dir']}\n"
+          f"env: {', '.join(sorted(runtime_env['env_vars'])) or '-'}", file=sys.stderr)
+    submission_id = _client(args.address).submit_job(
+        entrypoint=entrypoint, runtime_env=runtime_env, submission_id=args.submission_id
+    )
+    print(submission_id)
+    print(f"follow it: h2s logs {submission_id} --address {args.address} --follow", file=sys.stderr)
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    info = _client(args.address).get_job_info(args.id)
+    print(f"{args.id}: {info.status}" + (f" ({info.message})" if info.message else ""))
+    return 0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    client = _client(args.address)
+    if not args.follow:
+        sys.stdout.write(client.get_job_logs(args.id))
+        return 0
+    import asyncio
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(args.id):
+            sys.stdout.write(lines)
+            sys.stdout.flush()
+
+    asyncio.run(tail())
+    return 0
+
+
+def cmd_stop(args: argparse.Namespace) -> int:
+    stopped = _client(args.address).stop_job(args.id)
+    print(f"{args.id}: {'stop requested' if stopped else 'not running'}")
+    return 0
+
+
+# ----------------------------------------------------------------------------- MLflow
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    from h2s_dist.pipeline.report import job_runs_table
+
+    print(job_runs_table(args.tracking_uri, limit=args.limit, experiment=args.experiment))
+    return 0
+
+
+def mlflow_server_command(backend_store_uri: str, port: int, artifacts_destination: str | None = None) -> list[str]:
+    """`mlflow server` on 127.0.0.1 with one worker (a sqlite store wants one writer)."""
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", backend_store_uri,
+               "--host", "127.0.0.1", "--port", str(port), "--workers", "1"]
+    if artifacts_destination:
+        command += ["--artifacts-destination", artifacts_destination, "--serve-artifacts"]
+    return command
+
+
+def _serve(command: list[str]) -> int:
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    print("running: " + shlex.join(command), file=sys.stderr)
+    try:
+        return subprocess.call(command, env=env)
+    except KeyboardInterrupt:
+        return 0
+
+
+def cmd_ui(args: argparse.Namespace) -> int:
+    from h2s_dist.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    if uri.startswith(("http://", "https://")):
+        print(f"{uri} is a tracking server already: open it in a browser", file=sys.stderr)
+        return 0
+    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}", file=sys.stderr)
+    return _serve(mlflow_server_command(uri, args.port))
+
+
+def cmd_tracking_server(args: argparse.Namespace) -> int:
+    from h2s_dist.tracking import resolve_tracking_uri
+
+    uri = resolve_tracking_uri(args.backend_store_uri)
+    print(f"MLflow tracking server at http://127.0.0.1:{args.port} (store {uri}, artifacts "
+          f"{args.artifacts_destination}); jobs use it with tracking_uri: http://127.0.0.1:{args.port}", file=sys.stderr)
+    return _serve(mlflow_server_command(uri, args.port, args.artifacts_destination))
+
+
+def cmd_s3_serve(args: argparse.Namespace) -> int:
+    from h2s_dist.data.s3server import serve_forever
+
+    serve_forever(args.directory, port=args.port, bucket=args.bucket)
+    return 0
+
+
+# ----------------------------------------------------------------------------- parser
+
+_RUN_EXAMPLES = """examples:
+  h2s run jobs/quickstart.yaml
+  h2s run jobs/quickstart.yaml --set stages.pretrain.loop.max_steps=10 --set workspace=/tmp/h2s
+  h2s run jobs/ucf101_split1.yaml --address ray://head:10001 --only finetune
+  h2s run jobs/quickstart.yaml --fresh          (rerun every stage from scratch)
+
+Stages whose output (same spec, same inputs) is complete are reused; rerunning a command
+that crashed resumes the interrupted stage from its last checkpoint.
+"""
+_VALIDATE_EXAMPLES = """examples:
+  h2s validate jobs/quickstart.yaml
+  h2s validate jobs/ucf101_split1.yaml --set stages.finetune.optim.lr=1e-4
+
+Prints the spec with every default filled in, or each error as FILE: FIELD.PATH: message
+(exit status 2).
+"""
+_SCHEMA_EXAMPLES = """examples:
+  h2s schema -o jobspec.schema.json       (for editors: yaml-language-server $schema=...)
+  h2s schema --markdown -o docs/spec_reference.md
+"""
+_SUBMIT_EXAMPLES = """examples:
+  h2s submit jobs/ucf101_split1.yaml --address http://head:8265
+  h2s submit jobs/pretrain_unlabeled.yaml --address http://head:8265 --set stages.pretrain.scaling.num_workers=16
+  h2s submit jobs/ucf101_split1.yaml --address http://head:8265 --env AWS_PROFILE
+
+Ships this checkout (or the spec's folder) as the job's working_dir and runs
+`python -m h2s_dist run SPEC ...` on the cluster. MLFLOW_TRACKING_URI, AWS_ENDPOINT_URL(_S3),
+AWS_REGION, AWS_PROFILE and H2S_S3_ENDPOINT_URL are forwarded when set; credentials
+(AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, ...) are not: give the cluster its own, or
+forward a variable by name with --env at your own risk (runtime_env is visible in the
+Ray dashboard).
+"""
+_JOB_EXAMPLES = """examples:
+  h2s status raysubmit_XYZ --address http://head:8265
+  h2s logs raysubmit_XYZ --address http://head:8265 --follow
+  h2s stop raysubmit_XYZ --address http://head:8265
+"""
+_RUNS_EXAMPLES = """examples:
+  h2s runs
+  h2s runs --tracking-uri http://127.0.0.1:5000 --limit 5
+"""
+_UI_EXAMPLES = """examples:
+  h2s ui                                   (the local store .h2s/mlflow.db, on http://127.0.0.1:5000)
+  h2s ui --tracking-uri sqlite:////data/h2s/mlflow.db --port 5001
+Reach it from another machine through an SSH tunnel: ssh -L 5000:127.0.0.1:5000 HOST
+"""
+_SERVER_EXAMPLES = """examples:
+  h2s tracking-server --backend-store-uri sqlite:///.h2s/server.db --artifacts-destination s3://bucket/mlflow
+  h2s tracking-server --backend-store-uri sqlite:////data/mlflow.db --artifacts-destination /data/mlartifacts --port 5001
+Then set tracking_uri: http://127.0.0.1:5000 in a job (or MLFLOW_TRACKING_URI).
+"""
+_S3_EXAMPLES = """examples:
+  h2s s3-serve /data/s3 --port 9000
+Serves DIR's sub-folders as buckets on 127.0.0.1 (for tests and single-machine setups) and
+prints the variables to export in the shells that run jobs.
+"""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="h2s", **_fmt({"description": __doc__.split("\n\n")[0], "epilog": (
+        "run `h2s COMMAND --help` for each command's options and examples")}))
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = commands.add_parser("run", help="run a job spec here (stages reused or resumed)", **_fmt({"epilog": _RUN_EXAMPLES}))
+    run.add_argument("spec", help="YAML job spec, e.g. jobs/quickstart.yaml")
+    _add_set(run)
+    run.add_argument("--fresh", action="store_true", help="rerun stages even when a finished output exists (deletes it)")
+    run.add_argument("--address", help="Ray cluster for multi-worker stages (default: the spec's ray_address, "
+                     "$RAY_ADDRESS, else an embedded local Ray)")
+    run.add_argument("--only", action="append", default=[], metavar="STAGE",
+                     help="run only this stage (repeatable); the stages it needs must have finished")
+    run.set_defaults(func=cmd_run)
+
+    validate = commands.add_parser("validate", help="check a job spec and print it resolved", **_fmt({"epilog": _VALIDATE_EXAMPLES}))
+    validate.add_argument("spec", help="YAML job spec")
+    _add_set(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    schema = commands.add_parser("schema", help="write the JSON schema (or the Markdown reference) of job specs",
+                                 **_fmt({"epilog": _SCHEMA_EXAMPLES}))
+    schema.add_argument("-o", "--output", help="file to write (default: stdout)")
+    schema.add_argument("--markdown", action="store_true", help="the field reference in Markdown (docs/spec_reference.md)")
+    schema.set_defaults(func=cmd_schema)
+
+    submit = commands.add_parser("submit", help="submit a job spec to a Ray cluster (Ray Jobs API)", **_fmt({"epilog": _SUBMIT_EXAMPLES}))
+    submit.add_argument("spec", help="YAML job spec inside this checkout")
+    submit.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
+    _add_set(submit)
+    submit.add_argument("--fresh", action="store_true", help="pass --fresh to h2s run")
+    submit.add_argument("--only", action="append", default=[], metavar="STAGE", help="pass --only STAGE to h2s run")
+    submit.add_argument("--env", action="append", default=[], metavar="NAME", help="also forward this environment variable")
+    submit.add_argument("--submission-id", help="choose the submission id (default: Ray picks one)")
+    submit.set_defaults(func=cmd_submit)
+
+    for name, func, text in (
+        ("status", cmd_status, "state of a submitted job"),
+        ("logs", cmd_logs, "driver logs of a submitted job"),
+        ("stop", cmd_stop, "stop a submitted job"),
+    ):
+        sub = commands.add_parser(name, help=text, **_fmt({"epilog": _JOB_EXAMPLES}))
+        sub.add_argument("id", help="submission id printed by h2s submit")
+        sub.add_argument("--address", required=True, help="Ray dashboard address, e.g. http://head:8265")
+        if name == "logs":
+            sub.add_argument("--follow", "-f", action="store_true", help="keep printing until the job ends")
+        sub.set_defaults(func=func)
+
+    runs = commands.add_parser("runs", help="table of recent job runs with each stage's state and key metrics",
+                               **_fmt({"epilog": _RUNS_EXAMPLES}))
+    runs.add_argument("--tracking-uri", help="MLflow tracking URI (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
+    runs.add_argument("--experiment", help="only this experiment (default: all)")
+    runs.add_argument("--limit", type=int, default=10, help="job runs to show (default 10)")
+    runs.set_defaults(func=cmd_runs)
+
+    ui = commands.add_parser("ui", help="MLflow UI for a tracking store, on 127.0.0.1", **_fmt({"epilog": _UI_EXAMPLES}))
+    ui.add_argument("--tracking-uri", help="store to browse (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
+    ui.add_argument("--port", type=int, default=5000)
+    ui.set_defaults(func=cmd_ui)
+
+    server = commands.add_parser("tracking-server", help="an MLflow tracking server on 127.0.0.1 for many jobs and workers",
+                                 **_fmt({"epilog": _SERVER_EXAMPLES}))
+    server.add_argument("--backend-store-uri", default="sqlite:///.h2s/server.db", help="runs database (default %(default)s)")
+    server.add_argument("--artifacts-destination", default=str(pathlib.Path(".h2s/server-artifacts").resolve()),
+                        help="where artifacts go: a path or s3://bucket/prefix (default %(default)s)")
+    server.add_argument("--port", type=int, default=5000)
+    server.set_defaults(func=cmd_tracking_server)
+
+    from h2s_dist.data.ingest import add_ingest_parser
+
+    add_ingest_parser(commands)
+
+    s3 = commands.add_parser("s3-serve", help="a local S3-compatible server over a folder", **_fmt({"epilog": _S3_EXAMPLES}))
+    s3.add_argument("directory", help="folder whose sub-folders are the buckets")
+    s3.add_argument("--port", type=int, default=9000)
+    s3.add_argument("--bucket", default="h2s", help="bucket (sub-folder) to create if missing (default %(default)s)")
+    s3.set_defaults(func=cmd_s3_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    from h2s_dist.config import JobSpecError
+    from h2s_dist.pipeline.runner import StageFailedError
+
+    try:
+        return int(args.func(args) or 0)
+    except JobSpecError as err:
+        print(f"error: the job spec is not valid:\n{err}", file=sys.stderr)
+        return 2
+    except StageFailedError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    except ValueError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted: rerun the same command to resume (finished stages are reused)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
