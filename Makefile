@@ -45,7 +45,7 @@ integration: $(STAMP)
 	$(VENV)/bin/python -m pytest tests/integration $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(VENV)/bin/python -m h2s_dist.demo
+	$(VENV)/bin/h2s run jobs/quickstart.yaml
 
 bench: $(STAMP)
 	$(VENV)/bin/python bench/models.py --quick
