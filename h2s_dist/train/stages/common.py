@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from h2s_dist import frames as frame_conv
 from h2s_dist.data import storage
@@ -17,12 +19,24 @@ from h2s_dist.train.specs import DataSpec
 
 
 def clip_stream(
-    data: DataSpec, *, labeled: bool, rank: int, world_size: int, samples_seen: int, seed: int
+    data: DataSpec,
+    *,
+    labeled: bool,
+    rank: int,
+    world_size: int,
+    samples_seen: int,
+    seed: int,
+    dataset_uri: str | None = None,
+    loader: Callable[..., Iterable] = train_loader,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (clips, labels) batches for one rank, epoch after epoch, continuing after
-    `samples_seen` clips (the loop's checkpointed position)."""
+    """Endless (inputs, labels) batches for one rank, epoch after epoch, continuing after
+    `samples_seen` clips (the loop's checkpointed position).
+
+    `loader` reads one epoch (`shards.train_loader` for frames, `flow_shards.flow_train_loader`
+    for cached flows) from `dataset_uri` (default `data.dataset`).
+    """
     config = TrainStreamConfig(
-        dataset_uri=data.dataset,
+        dataset_uri=dataset_uri or data.dataset,
         batch_size=data.batch_size,
         split=data.split,
         subset=data.subset,
@@ -40,8 +54,43 @@ def clip_stream(
     within -= within % config.batch_size
     while True:
         state = LoaderState(samples_seen=within, seed=seed, epoch=epoch)
-        yield from train_loader(config, rank=rank, world_size=world_size, state=state)
+        yield from loader(config, rank=rank, world_size=world_size, state=state)
         epoch, within = epoch + 1, 0
+
+
+class StreamTask:
+    """`batches` and `batch_size` of a Task that reads `self.spec.data` as a clip stream.
+
+    Subclasses set `labeled` (False for MotionNet pretraining), and may point the stream
+    at another dataset (`dataset_uri`) or reader (`loader`).
+    """
+
+    spec: Any
+    labeled: bool = True
+    loader: Callable[..., Iterable] = staticmethod(train_loader)
+
+    @property
+    def dataset_uri(self) -> str:
+        return self.spec.data.dataset
+
+    def batches(self, rank: int, world_size: int, samples_seen: int, seed: int):
+        return clip_stream(
+            self.spec.data, labeled=self.labeled, rank=rank, world_size=world_size, samples_seen=samples_seen,
+            seed=seed, dataset_uri=self.dataset_uri, loader=self.loader,
+        )
+
+    def batch_size(self, batch) -> int:
+        return int(batch[0].shape[0])
+
+    def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
+        return {}
+
+
+def action_loss(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of class scores, with the terms every classifier stage logs."""
+    loss = F.cross_entropy(scores.float(), labels)
+    top1 = float((scores.argmax(1) == labels).float().mean())
+    return loss, {"loss/action": float(loss.detach()), "train/top1": top1}
 
 
 def _to_uint8(image01: torch.Tensor) -> np.ndarray:

@@ -12,7 +12,6 @@ from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from h2s_dist import frames as frame_conv
@@ -32,7 +31,7 @@ from h2s_dist.train.specs import (
     Strict,
     UnsupLossSpec,
 )
-from h2s_dist.train.stages.common import clip_stream, flow_picture, run_training
+from h2s_dist.train.stages.common import StreamTask, action_loss, flow_picture, run_training
 from h2s_dist.train.stages.pretrain import build_motionnet_from, unsup_loss_config
 
 
@@ -86,7 +85,7 @@ def build_temporal_vgg(flavour: str, num_classes: int, in_channels: int, weights
     return vgg
 
 
-class FinetuneTask:
+class FinetuneTask(StreamTask):
     def __init__(self, spec: FinetuneSpec):
         self.spec = spec
         self.num_classes = len(read_classes(spec.data.dataset))
@@ -112,20 +111,10 @@ class FinetuneTask:
             )
         return groups
 
-    def batches(self, rank, world_size, samples_seen, seed):
-        return clip_stream(
-            self.spec.data, labeled=True, rank=rank, world_size=world_size, samples_seen=samples_seen, seed=seed
-        )
-
-    def batch_size(self, batch) -> int:
-        return int(batch[0].shape[0])
-
     def loss(self, model, batch, device):
         clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         out = model(clips)
-        action = F.cross_entropy(out.scores.float(), labels)
-        terms = {"loss/action": float(action.detach()), "train/top1": float((out.scores.argmax(1) == labels).float().mean())}
-        total = action
+        total, terms = action_loss(out.scores, labels)
         if dist.unwrap(model).uses_unsupervised_loss and self.spec.unsup_weight > 0:
             unsup, parts = unsupervised_flow_loss(
                 frame_conv.denormalize(clips), [f.float() for f in out.flows], self.loss_config

@@ -18,7 +18,7 @@ from h2s_dist.losses import UnsupervisedLossConfig, unsupervised_flow_loss
 from h2s_dist.models import build_motionnet
 from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.train.specs import DataSpec, LoopSpec, MotionNetSpec, OptimSpec, ScalingSpec, Strict, UnsupLossSpec
-from h2s_dist.train.stages.common import clip_stream, flow_picture, run_training
+from h2s_dist.train.stages.common import StreamTask, flow_picture, run_training
 
 
 class PretrainSpec(Strict):
@@ -70,7 +70,9 @@ def build_motionnet_from(spec: MotionNetSpec, num_frames: int) -> torch.nn.Modul
     )
 
 
-class PretrainTask:
+class PretrainTask(StreamTask):
+    labeled = False  # MotionNet learns from any video
+
     def __init__(self, spec: PretrainSpec):
         self.spec = spec
         self.loss_config = unsup_loss_config(spec.loss, finetuning=False)
@@ -85,14 +87,6 @@ class PretrainTask:
 
     def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:
         return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "motionnet")
-
-    def batches(self, rank, world_size, samples_seen, seed):
-        return clip_stream(
-            self.spec.data, labeled=False, rank=rank, world_size=world_size, samples_seen=samples_seen, seed=seed
-        )
-
-    def batch_size(self, batch) -> int:
-        return int(batch[0].shape[0])
 
     def loss(self, model, batch, device):
         clips = batch[0].to(device, non_blocking=True)

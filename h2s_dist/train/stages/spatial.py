@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field
 
 from h2s_dist.data.manifest import read_classes
 from h2s_dist.models import build_vgg16
 from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.train.specs import DataSpec, Flavour, LoopSpec, OptimSpec, ScalingSpec, Strict
-from h2s_dist.train.stages.common import clip_stream, run_training
+from h2s_dist.train.stages.common import StreamTask, action_loss, run_training
 
 
 class SpatialSpec(Strict):
@@ -39,7 +37,7 @@ class SpatialSpec(Strict):
 SPEC = SpatialSpec
 
 
-class SpatialTask:
+class SpatialTask(StreamTask):
     def __init__(self, spec: SpatialSpec):
         self.spec = spec
         self.num_classes = len(read_classes(spec.data.dataset))
@@ -55,24 +53,11 @@ class SpatialTask:
     def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:
         return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "vgg")
 
-    def batches(self, rank, world_size, samples_seen, seed):
-        return clip_stream(
-            self.spec.data, labeled=True, rank=rank, world_size=world_size, samples_seen=samples_seen, seed=seed
-        )
-
-    def batch_size(self, batch) -> int:
-        return int(batch[0].shape[0])
-
     def loss(self, model, batch, device):
         # The stream yields (B, T, 3, H, W); the spatial stream looks at each frame alone.
         images = batch[0].to(device, non_blocking=True).flatten(0, 1)
         labels = batch[1].to(device, non_blocking=True).repeat_interleave(batch[0].shape[1])
-        scores = model(images)
-        loss = F.cross_entropy(scores.float(), labels)
-        return loss, {"loss/action": float(loss.detach()), "train/top1": float((scores.argmax(1) == labels).float().mean())}
-
-    def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
-        return {}
+        return action_loss(model(images), labels)
 
     def final_weights(self, model) -> dict[str, dict[str, torch.Tensor]]:
         return {"spatial": model.state_dict()}

@@ -10,21 +10,18 @@ Test-time scoring (evaluate stage) lives in h2s_dist.data.flow_shards: `tvl1_eva
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from typing import Any, Literal
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from pydantic import Field, model_validator
 
 from h2s_dist.data import flow_shards
 from h2s_dist.data.flow_io import flow_to_color
 from h2s_dist.data.manifest import read_classes
-from h2s_dist.data.shards import LoaderState, TrainStreamConfig
 from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.train.specs import DataSpec, Flavour, LoopSpec, OptimSpec, ScalingSpec, Strict
-from h2s_dist.train.stages.common import run_training
+from h2s_dist.train.stages.common import StreamTask, action_loss, run_training
 
 
 class TemporalFlowsSpec(Strict):
@@ -61,27 +58,9 @@ class TemporalFlowsSpec(Strict):
 SPEC = TemporalFlowsSpec
 
 
-def flow_stream(spec: TemporalFlowsSpec, rank: int, world_size: int, samples_seen: int, seed: int
-                ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (flows (B, 2L, crop, crop), labels) batches for one rank, epoch after epoch,
-    continuing after `samples_seen` clips (as common.clip_stream for frames)."""
-    data = spec.data
-    config = TrainStreamConfig(
-        dataset_uri=spec.flows, batch_size=data.batch_size, split=data.split, subset=data.subset,
-        clip_len_frames=data.clip_len_frames, crop_size=data.crop_size, num_workers=data.loader_workers,
-        shuffle_buffer=max(data.shuffle_buffer, 1), epoch_length_samples=data.epoch_length_samples,
-        seed=seed, labeled=True, cache_dir=data.cache_dir,
-    )
-    per_epoch = config.batches_per_epoch * config.batch_size
-    epoch, within = divmod(samples_seen, per_epoch)
-    within -= within % config.batch_size
-    while True:
-        state = LoaderState(samples_seen=within, seed=seed, epoch=epoch)
-        yield from flow_shards.flow_train_loader(config, rank=rank, world_size=world_size, state=state)
-        epoch, within = epoch + 1, 0
+class TemporalFlowsTask(StreamTask):
+    loader = staticmethod(flow_shards.flow_train_loader)
 
-
-class TemporalFlowsTask:
     def __init__(self, spec: TemporalFlowsSpec):
         self.spec = spec
         self.num_classes = len(read_classes(spec.flows))
@@ -98,18 +77,13 @@ class TemporalFlowsTask:
     def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:
         return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "vgg")
 
-    def batches(self, rank, world_size, samples_seen, seed):
-        return flow_stream(self.spec, rank, world_size, samples_seen, seed)
-
-    def batch_size(self, batch) -> int:
-        return int(batch[0].shape[0])
+    @property
+    def dataset_uri(self) -> str:
+        return self.spec.flows
 
     def loss(self, model, batch, device):
         flows, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        scores = model(flows)
-        loss = F.cross_entropy(scores.float(), labels)
-        top1 = float((scores.argmax(1) == labels).float().mean())
-        return loss, {"loss/action": float(loss.detach()), "train/top1": top1}
+        return action_loss(model(flows), labels)
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
         return {"flows": flow_input_picture(batch[0][0], self.bound)}
