@@ -149,7 +149,7 @@ def _decode_jpeg_window(payload: bytes, start: int, length: int | None) -> np.nd
     for i, t in enumerate(range(start, stop)):
         jpeg = view[data + int(offsets[t]): data + int(offsets[t + 1])]
         with Image.open(io.BytesIO(jpeg)) as image:
-            out[i] = np.asarray(image.convert("RGB"))
+            out[i] = np.asarray(image if image.mode == "RGB" else image.convert("RGB"))
     return out
 
 

@@ -57,6 +57,9 @@ class EvaluateSpec(Strict):
     """URI of the TV-L1 temporal VGG16 weights (train_temporal_flows' output); null skips it."""
     tvl1_flows: str | None = None
     """URI of the cached TV-L1 flow dataset covering the evaluated videos (tvl1_flows' output)."""
+    tvl1_timed_videos: int = Field(2, ge=0)
+    """Videos on which the two-stage baseline is also run end to end (decode, TV-L1 on the
+    fly, temporal VGG16) to measure its frames per second; its accuracy uses the cache."""
     motionnet: MotionNetSpec = MotionNetSpec()
     """MotionNet architecture inside the stacked weights."""
     vgg_flavour: Flavour = "paper"
@@ -155,6 +158,44 @@ def _score_tvl1(spec: EvaluateSpec, num_classes: int, device: torch.device) -> t
     return {key: {"label": label, "tvl1": s.cpu().numpy()} for key, (label, s) in scores.items()}, time.perf_counter() - start
 
 
+def _video_frames(dataset_uri: str, key: str) -> np.ndarray:
+    """Every frame of one ingested video, (T, H, W, 3) uint8, read from its shard."""
+    import posixpath
+    import tarfile
+
+    from h2s_dist.data import codec
+    from h2s_dist.data.manifest import read_manifest
+
+    rows = read_manifest(dataset_uri).to_pylist()
+    shard = next(r["shard"] for r in rows if r["key"] == key)
+    sample: dict[str, bytes] = {}
+    with storage.open_uri(storage.join(dataset_uri, "shards", posixpath.basename(shard))) as raw:
+        with tarfile.open(fileobj=raw, mode="r|") as tar:
+            for member in tar:
+                name, _, ext = member.name.partition(".")
+                if name == key and member.isfile():
+                    sample[ext] = tar.extractfile(member).read()
+    return codec.decode_frames(sample)
+
+
+def _time_tvl1_two_stage(spec: EvaluateSpec, keys: list[str], num_classes: int, device: torch.device) -> dict[str, float]:
+    """Seconds of decode, TV-L1 and CNN for the two-stage baseline run end to end on `keys`."""
+    from h2s_dist.data.flow_shards import tvl1_video_scores
+
+    vgg = _load(build_vgg16(spec.vgg_flavour, 2 * (spec.clip_len_frames - 1), num_classes), spec.tvl1_weights, device)
+    seconds = {"decode": 0.0, "tvl1": 0.0, "cnn": 0.0, "videos": 0.0}
+    for key in keys:
+        start = time.perf_counter()
+        frames = _video_frames(spec.dataset, key)
+        seconds["decode"] += time.perf_counter() - start
+        timed = tvl1_video_scores(vgg, frames, num_windows=spec.num_windows, num_crops=spec.num_crops,
+                                  crop_size=spec.crop_size, device=device, batch=spec.inputs_per_forward)
+        seconds["tvl1"] += timed.tvl1_s
+        seconds["cnn"] += timed.cnn_s
+        seconds["videos"] += 1
+    return seconds
+
+
 def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
     merged: dict[str, dict] = {}
     for part in parts:
@@ -196,7 +237,8 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     skipped = results.pop("__skipped__", {}).get("skipped", [])
     total_seconds = {part: sum(s[part] for _, s in gathered) for part in seconds}
     labels, streams = stream_scores(results, spec)
-    frames_scored = len(labels) * spec.num_windows * spec.num_crops * (spec.clip_len_frames - 1)
+    frames_per_video = spec.num_windows * spec.num_crops * (spec.clip_len_frames - 1)
+    frames_scored = len(labels) * frames_per_video
     metrics: dict[str, float] = {"eval/videos": float(len(labels)), "eval/skipped": float(len(skipped))}
     per_class: dict[str, list] = {"class": classes}
     for name, scores in streams.items():
@@ -218,6 +260,16 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     for name, secs in timing.items():
         if secs > 0 and frames_scored:
             metrics[f"fps/{name}"] = frames_scored / secs
+    if spec.tvl1_weights and spec.tvl1_timed_videos and len(labels):
+        timed_keys = sorted(k for k in results if not k.startswith("__"))[: spec.tvl1_timed_videos]
+        two_stage = _time_tvl1_two_stage(spec, timed_keys, len(classes), device)
+        per_video_spatial = total_seconds["spatial"] / len(labels)
+        temporal_s = two_stage["decode"] + two_stage["tvl1"] + two_stage["cnn"]
+        timed_frames = two_stage["videos"] * frames_per_video
+        metrics["fps/tvl1_two_stage"] = timed_frames / temporal_s
+        metrics["fps/two_stream_tvl1"] = timed_frames / (temporal_s + per_video_spatial * two_stage["videos"])
+        metrics["fps/tvl1_flow_only"] = timed_frames / max(two_stage["tvl1"], 1e-9)
+        total_seconds["tvl1_two_stage"] = two_stage
     tracker.log_metrics(metrics, step=0)
     tracker.log_table(per_class, "per_class_accuracy.json")
     report = {"metrics": metrics, "per_class": per_class, "skipped": skipped, "seconds": total_seconds}
