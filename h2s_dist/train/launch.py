@@ -31,6 +31,7 @@ STAGE_MODULES = {
     "tvl1_flows": "h2s_dist.train.stages.tvl1_flows",
     "train_temporal_flows": "h2s_dist.train.stages.temporal_flows",
     "evaluate": "h2s_dist.train.stages.evaluate",
+    "tune": "h2s_dist.train.stages.tune",
 }
 OUTPUTS_FILE = "outputs.json"
 
@@ -79,7 +80,7 @@ def train_worker(config: dict) -> None:
     from h2s_dist.train.session import RayTrainSession
 
     tracking = Tracking(**config["tracking"])
-    session = RayTrainSession(config["spec_hash"])
+    session = RayTrainSession(config["spec_hash"], config.get("checkpoint_root"))
     _run_on_this_rank(config["kind"], config["spec"], config["output_uri"], tracking, session)
 
 
@@ -125,7 +126,12 @@ def _fit_on_ray(kind, spec_data, spec_hash, scaling, output_uri, tracking, ray_a
     from ray.train.torch import TorchConfig, TorchTrainer
 
     ensure_ray(ray_address)
-    ray_fs, ray_path = storage.pyarrow_filesystem(storage.join(output_uri, "ray"))
+    ray_root = storage.join(output_uri, "ray")
+    ray_fs, ray_path = storage.pyarrow_filesystem(ray_root)
+    # The run name is tied to the spec hash: rerunning the same spec resumes its
+    # checkpoints (Ray restores a run by name), a changed spec starts a new run.
+    name = run_name or f"{kind}-{spec_hash}"
+    workers = (scaling.min_workers, scaling.num_workers) if scaling.min_workers else scaling.num_workers
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={
@@ -134,16 +140,19 @@ def _fit_on_ray(kind, spec_data, spec_hash, scaling, output_uri, tracking, ray_a
             "spec_hash": spec_hash,
             "output_uri": output_uri,
             "tracking": asdict(tracking),
+            "checkpoint_root": storage.join(ray_root, name),
         },
         scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers,
+            num_workers=workers,
             use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+            resources_per_worker={
+                "CPU": scaling.cpus_per_worker,
+                **({"GPU": 1} if scaling.use_gpu else {}),
+                **scaling.resources_per_worker,
+            },
         ),
-        # The run name is tied to the spec hash: rerunning the same spec resumes its
-        # checkpoints (Ray restores a run by name), a changed spec starts a new run.
         run_config=RunConfig(
-            name=run_name or f"{kind}-{spec_hash}",
+            name=name,
             storage_path=ray_path,
             storage_filesystem=ray_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),

@@ -138,6 +138,10 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
             for group in optimizer.param_groups:
                 metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
             tracker.log_metrics(metrics, step=step)
+            # Sessions that want every logged step (a Tune trial's, for early stopping) say so.
+            report_metrics = getattr(session, "report_metrics", None)
+            if report_metrics is not None:
+                report_metrics(metrics, step)
             window_start, window_samples = time.perf_counter(), 0
         if dist.is_main() and (step % loop.picture_every_steps == 0 or is_last):
             trained.eval()

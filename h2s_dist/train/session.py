@@ -73,8 +73,9 @@ class LocalSession:
 class RayTrainSession:
     """Inside a Ray Train worker: checkpoints through `ray.train.report`."""
 
-    def __init__(self, spec_hash: str):
+    def __init__(self, spec_hash: str, checkpoint_root: str | None = None):
         self.spec_hash = spec_hash
+        self.checkpoint_root = checkpoint_root  # where Ray persists this run's checkpoints
         self._latest: str | None = None
 
     def restore(self) -> dict[str, Any] | None:
@@ -103,6 +104,8 @@ class RayTrainSession:
                 checkpoint=ray.train.Checkpoint.from_directory(folder),
                 checkpoint_dir_name=_checkpoint_name(step),
             )
+        if self.checkpoint_root:
+            self._latest = storage.join(self.checkpoint_root, _checkpoint_name(step), CHECKPOINT_FILE)
 
     def latest_checkpoint_uri(self) -> str | None:
         return self._latest

@@ -59,6 +59,17 @@ class ScalingSpec(Strict):
     """CPUs Ray reserves for each worker (its DataLoader processes run inside that share)."""
     max_failures: int = Field(0, ge=0)
     """How often a run restarts its workers from the last checkpoint after a worker dies."""
+    min_workers: int | None = Field(None, ge=1)
+    """Elastic training: keep going with as few as this many workers when nodes are lost
+    (Ray Train resizes between min_workers and num_workers). Null = a fixed num_workers."""
+    resources_per_worker: dict[str, float] = {}
+    """Extra Ray resources each worker needs, e.g. {"node_type_a100": 1} to pin workers to labelled nodes."""
+
+    @model_validator(mode="after")
+    def _min_within_num(self) -> ScalingSpec:
+        if self.min_workers is not None and self.min_workers > self.num_workers:
+            raise ValueError(f"min_workers ({self.min_workers}) must not exceed num_workers ({self.num_workers})")
+        return self
 
 
 class DataSpec(Strict):

@@ -78,6 +78,7 @@ def test_two_workers_split_data_and_survive_a_killed_worker(local_ray, make_synt
 
     assert killed, "no Ray Train worker was found to kill"
     assert outputs["steps"] == 60
+    assert outputs["checkpoint"].endswith("step_000000060/state.pt")
     # The restarted workers began at a checkpointed step, not at 0 and not at the end.
     assert outputs["resumed_from_step"] in range(10, 60, 10)
     # Both ranks were fed, and fed different clips.

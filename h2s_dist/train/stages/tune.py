@@ -1,0 +1,339 @@
+"""Stage `tune`: a Ray Tune search over a training stage's loss weights and learning rates.
+
+The stage embeds one trial spec (`pretrain_motionnet` or `finetune_stacked`) and a search
+space of dotted paths into it (tune/*.yaml or inline). Each trial:
+  - is that stage with the sampled values set, run in a Tune function: in the function's
+    process (`trial.scaling.num_workers: 0`, TuneSession) or as a TorchTrainer started
+    inside the function (Train V2 refuses a trainer handed to a Tuner);
+  - logs into its own MLflow child run under the tune stage's run (tag mlflow.parentRunId);
+  - reports its metrics to Tune at every log step (`step` is ASHA's time attribute), so
+    ASHA stops poor trials early;
+  - writes checkpoints, weights and outputs.json under `<output>/trials/<trial id>/`.
+
+Outputs: `best_config`, `best_metric`, `best_trial`, the best trial's weights under their
+usual names (`motionnet` / `stacked_temporal`: `${tune.motionnet}` feeds a later stage),
+its `checkpoint`, and a summary of every trial. An interrupted search resumes:
+`<output>/ray/tune` is restored with `Tuner.restore` (finished trials are kept, unfinished
+ones continue from their checkpoints) instead of starting over.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from h2s_dist import tune_spaces
+from h2s_dist.data import storage
+from h2s_dist.train.specs import PositiveFloat, PositiveInt, ScalingSpec, Strict
+from h2s_dist.train.stages.finetune import FinetuneSpec
+from h2s_dist.train.stages.pretrain import PretrainSpec
+
+TRIAL_SPECS = {"pretrain_motionnet": PretrainSpec, "finetune_stacked": FinetuneSpec}
+EXPERIMENT_NAME = "tune"
+RUN_ID_FILE = "mlflow_run_id"
+# Outputs of a training stage that are not weights URIs.
+_NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint"}
+
+TrialSpec = Annotated[
+    Union[Annotated[PretrainSpec, Tag("pretrain_motionnet")], Annotated[FinetuneSpec, Tag("finetune_stacked")]],  # noqa: UP007
+    Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)),
+]
+
+
+class AshaSpec(Strict):
+    """Asynchronous successive halving: at each rung keep the best 1/reduction_factor."""
+
+    grace_period_steps: PositiveInt = 10
+    """Steps every trial runs before it may be stopped (the first rung)."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """Rungs at grace x factor^k steps; only the top 1/factor of trials pass each rung."""
+
+
+class TuneSpec(Strict):
+    """A hyperparameter search; each trial is a full training stage of kind `trial.kind`."""
+
+    kind: Literal["tune"] = "tune"
+    """Stage kind."""
+    trial: TrialSpec
+    """The stage every trial runs (a pretrain_motionnet or finetune_stacked spec, with `kind`)."""
+    search_space: str | dict[str, tune_spaces.Distribution]
+    """Path or URI of a tune/*.yaml, or inline `{dotted.path: {loguniform: [lo, hi]}}`."""
+    metric: str = "loss/total"
+    """Metric the search optimises: any metric the trial logs (`loss/total`, `train/top1`)."""
+    mode: Literal["min", "max"] = "min"
+    """Minimise or maximise `metric`."""
+    asha: AshaSpec | None = AshaSpec()
+    """Early stopping of poor trials; null = every trial runs its whole step budget."""
+    num_samples: PositiveInt = 8
+    """Trials to sample (a `grid` distribution multiplies this by the grid's size)."""
+    max_concurrent_trials: PositiveInt = 2
+    """Trials running at once."""
+    cpus_per_trial: PositiveFloat = 1.0
+    """CPUs of each Tune function (a multi-worker trial's workers reserve trial.scaling's on top)."""
+    gpus_per_trial: float = Field(0.0, ge=0)
+    """GPUs of each Tune function (for in-process trials with trial.scaling.use_gpu)."""
+    max_failures_per_trial: int = Field(0, ge=0)
+    """How often a crashed trial restarts from its last checkpoint."""
+    seed: int | None = 0
+    """Seed of the sampled configs (null = new configs every run)."""
+    scaling: ScalingSpec = ScalingSpec()
+    """The search's driver runs in the job's process: keep num_workers 0 (trials scale with trial.scaling)."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if self.scaling.num_workers != 0:
+            raise ValueError("scaling.num_workers must be 0 for a tune stage; give trial.scaling.num_workers instead")
+        if isinstance(self.search_space, dict):
+            space = tune_spaces.parse_search_space(self.search_space, source="search_space")
+            tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), "search_space")
+        if self.asha is not None and self.asha.grace_period_steps > self.trial.loop.max_steps:
+            raise ValueError(
+                f"asha.grace_period_steps ({self.asha.grace_period_steps}) exceeds trial.loop.max_steps "
+                f"({self.trial.loop.max_steps}); lower it or train trials longer"
+            )
+        return self
+
+    def trial_data(self) -> dict[str, Any]:
+        return self.trial.model_dump(mode="json")
+
+    def space(self) -> tune_spaces.SearchSpaceFile:
+        """The validated search space, read from its file when given as a path or URI."""
+        if isinstance(self.search_space, str):
+            space, source = tune_spaces.read_search_space(self.search_space), self.search_space
+        else:
+            space, source = tune_spaces.parse_search_space(self.search_space), "search_space"
+        tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), source)
+        return space
+
+
+SPEC = TuneSpec
+
+
+# ----------------------------------------------------------------------------- one trial
+
+
+def trial_uri(output_uri: str, trial_id: str) -> str:
+    return storage.join(output_uri, "trials", trial_id)
+
+
+def _trial_tracker(setup: dict, trial_id: str, folder: str, config: dict):
+    """The trial's MLflow child run (the same one again when a restored trial continues)."""
+    from h2s_dist.tracking import MlflowTracker, NullTracker
+
+    uri, parent = setup["tracking"]["uri"], setup["tracking"]["run_id"]
+    if not parent:
+        return NullTracker()
+    id_file = storage.join(folder, RUN_ID_FILE)
+    if storage.exists(id_file):
+        return MlflowTracker(uri, storage.read_bytes(id_file).decode().strip())
+    tracker = MlflowTracker(uri, parent)
+    experiment_id = tracker.client.get_run(parent).info.experiment_id
+    run = tracker.client.create_run(
+        experiment_id,
+        run_name=f"trial-{trial_id}",
+        tags={
+            "mlflow.parentRunId": parent, "h2s.run_type": "trial", "h2s.trial_id": trial_id,
+            "h2s.stage_kind": setup["kind"], "h2s.tune_config": json.dumps(config, sort_keys=True),
+        },
+    )
+    storage.write_bytes(id_file, run.info.run_id.encode())
+    child = MlflowTracker(uri, run.info.run_id)
+    child.log_params({f"tune.{path}": value for path, value in config.items()})
+    return child
+
+
+def tune_trial(config: dict, setup: dict) -> None:
+    """The Tune function of every trial (importable, so Ray ships it by reference)."""
+    import torch
+    from ray import tune
+
+    from h2s_dist.train.launch import hash_of, stage_module
+
+    torch.set_num_threads(max(1, int(setup["cpus_per_trial"])))
+    trial_id = tune.get_context().get_trial_id()
+    module = stage_module(setup["kind"])
+    spec = module.SPEC.model_validate(tune_spaces.apply_config(setup["trial"], config))
+    folder = trial_uri(setup["output_uri"], trial_id)
+    tracker = _trial_tracker(setup, trial_id, folder, config)
+    session = None
+    try:
+        if spec.scaling.num_workers == 0:
+            from h2s_dist.train.tune_session import TuneSession
+
+            session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
+            outputs = module.run(spec, session, tracker, folder)
+            storage.write_bytes(storage.join(folder, "outputs.json"), json.dumps(outputs, indent=2).encode())
+        else:
+            _fit_trial_on_workers(setup["kind"], spec, folder, tracker, trial_id)
+    except BaseException:
+        tracker.close("FAILED")
+        raise
+    tracker.close("FINISHED")
+    if session is not None:
+        session.flush()  # last: Tune may stop the trial inside this report (ASHA at max_t)
+
+
+def _fit_trial_on_workers(kind: str, spec, folder: str, tracker, trial_id: str) -> None:
+    """A multi-worker trial: a TorchTrainer started inside the Tune function (Train V2), its
+    reports passed on to Tune by TuneReportCallback (at checkpoint cadence: RayTrainSession)."""
+    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from h2s_dist.train.launch import hash_of, train_worker
+
+    scaling = spec.scaling
+    ray_fs, ray_path = storage.pyarrow_filesystem(storage.join(folder, "ray"))
+    TorchTrainer(
+        train_worker,
+        train_loop_config={
+            "kind": kind, "spec": spec.model_dump(mode="json"), "spec_hash": hash_of(spec), "output_uri": folder,
+            "tracking": {"uri": getattr(tracker, "tracking_uri", None), "run_id": tracker.run_id},
+        },
+        scaling_config=ScalingConfig(
+            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
+            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
+        ),
+        run_config=RunConfig(
+            name=f"trial-{trial_id}", storage_path=ray_path, storage_filesystem=ray_fs,
+            failure_config=FailureConfig(max_failures=scaling.max_failures), callbacks=[TuneReportCallback()],
+        ),
+        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+    ).fit()
+
+
+# ----------------------------------------------------------------------------- the search
+
+
+def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, tracker):
+    """A restored Tuner when `<output>/ray/tune` holds an interrupted search, else a new one."""
+    from ray import tune
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.search import BasicVariantGenerator
+
+    setup = {
+        "kind": spec.trial.kind, "trial": spec.trial_data(), "output_uri": output_uri,
+        "cpus_per_trial": spec.cpus_per_trial,
+        "tracking": {"uri": getattr(tracker, "tracking_uri", None), "run_id": tracker.run_id},
+    }
+    resources = {"CPU": spec.cpus_per_trial, **({"GPU": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
+    trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), resources)
+    ray_fs, ray_path = storage.pyarrow_filesystem(storage.join(output_uri, "ray"))
+    experiment_path = f"{ray_path.rstrip('/')}/{EXPERIMENT_NAME}"
+    if tune.Tuner.can_restore(experiment_path, storage_filesystem=ray_fs):
+        return tune.Tuner.restore(experiment_path, trainable, resume_errored=True, storage_filesystem=ray_fs), True
+    if spec.asha is not None:
+        scheduler = ASHAScheduler(
+            time_attr="step", max_t=spec.trial.loop.max_steps,
+            grace_period=spec.asha.grace_period_steps, reduction_factor=spec.asha.reduction_factor,
+        )
+    else:
+        scheduler = FIFOScheduler()
+    tuner = tune.Tuner(
+        trainable,
+        param_space=tune_spaces.to_param_space(space),
+        tune_config=tune.TuneConfig(
+            metric=spec.metric, mode=spec.mode, scheduler=scheduler, num_samples=spec.num_samples,
+            reuse_actors=True,  # a new actor per trial re-imports torch and mlflow (seconds each)
+            search_alg=BasicVariantGenerator(random_state=spec.seed, max_concurrent=spec.max_concurrent_trials),
+        ),
+        run_config=tune.RunConfig(
+            name=EXPERIMENT_NAME, storage_path=ray_path, storage_filesystem=ray_fs, verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.max_failures_per_trial),
+        ),
+    )
+    return tuner, False
+
+
+def trial_summaries(results, spec: TuneSpec, output_uri: str) -> list[dict[str, Any]]:
+    """One row per trial: id, config, last metric, steps, whether it finished, its outputs."""
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        trial_id = str(metrics.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1])
+        outputs_uri = storage.join(trial_uri(output_uri, trial_id), "outputs.json")
+        outputs = json.loads(storage.read_bytes(outputs_uri)) if storage.exists(outputs_uri) else None
+        value = metrics.get(spec.metric)
+        rows.append({
+            "trial_id": trial_id,
+            "config": {k: v for k, v in (result.config or {}).items()},
+            "metric": float(value) if isinstance(value, (int, float)) else None,
+            "steps": int(metrics.get("step") or 0),
+            "finished": outputs is not None,
+            "error": str(result.error) if result.error else None,
+            "outputs": outputs,
+        })
+    return rows
+
+
+def best_of(rows: list[dict[str, Any]], spec: TuneSpec) -> dict[str, Any]:
+    """The finished trial with the best final metric (a stopped trial has no final weights)."""
+    finished = [r for r in rows if r["finished"] and r["metric"] is not None and math.isfinite(r["metric"])]
+    if not finished:
+        seen = sorted({k for r in rows for k in (r["outputs"] or {}).get("metrics", {})})
+        raise ValueError(
+            f"no trial finished with metric {spec.metric!r} ({len(rows)} trials; errors: "
+            f"{[r['error'] for r in rows if r['error']][:3]}; metrics the trials logged: {seen}); "
+            "check `metric` or the trials' logs under <output>/ray/tune"
+        )
+    pick = min if spec.mode == "min" else max
+    return pick(finished, key=lambda r: r["metric"])
+
+
+def _close_stopped_runs(rows: list[dict[str, Any]], output_uri: str, tracker) -> None:
+    """Trials ASHA stopped never closed their MLflow runs: mark them KILLED and say why."""
+    from h2s_dist.tracking import MlflowTracker
+
+    if not tracker.run_id:
+        return
+    for row in rows:
+        id_file = storage.join(trial_uri(output_uri, row["trial_id"]), RUN_ID_FILE)
+        if row["finished"] or not storage.exists(id_file):
+            continue
+        child = MlflowTracker(tracker.tracking_uri, storage.read_bytes(id_file).decode().strip())
+        child.set_tags({"h2s.stopped_early": "true", "h2s.stopped_at_step": str(row["steps"])})
+        child.close("FAILED" if row["error"] else "KILLED")
+
+
+def run(spec: TuneSpec, session, tracker, output_uri: str) -> dict[str, Any]:
+    import ray
+
+    from h2s_dist.train.launch import ensure_ray
+
+    space = spec.space()  # loud before Ray starts
+    tracker.set_tags({"h2s.stage_kind": spec.kind, "h2s.trial_kind": spec.trial.kind})
+    tracker.log_params({"metric": spec.metric, "mode": spec.mode, "num_samples": spec.num_samples,
+                        "search_space": space.model_dump(mode="json", exclude_none=True)["space"]})
+    started_ray = not ray.is_initialized()
+    ensure_ray()
+    try:
+        tuner, restored = _tuner(spec, space, output_uri, tracker)
+        if restored:
+            tracker.set_tags({"h2s.tune_restored": "true"})
+        results = tuner.fit()
+    finally:
+        if started_ray:
+            ray.shutdown()
+    rows = trial_summaries(results, spec, output_uri)
+    _close_stopped_runs(rows, output_uri, tracker)
+    best = best_of(rows, spec)
+    stopped = sum(1 for r in rows if not r["finished"] and not r["error"])
+    metrics = {f"best/{spec.metric}": best["metric"], "tune/trials": float(len(rows)), "tune/stopped_early": float(stopped)}
+    tracker.log_metrics(metrics, step=0)
+    tracker.log_dict({"rows": [{k: v for k, v in r.items() if k != "outputs"} for r in rows]}, "tune/trials.json")
+    outputs: dict[str, Any] = {
+        "metrics": metrics,
+        "metric": spec.metric,
+        "best_metric": best["metric"],
+        "best_config": best["config"],
+        "best_trial": best["trial_id"],
+        "restored": restored,
+        "trials": {r["trial_id"]: {"config": r["config"], "metric": r["metric"], "steps": r["steps"],
+                                   "finished": r["finished"]} for r in rows},
+        "checkpoint": best["outputs"].get("checkpoint"),
+    }
+    outputs.update({k: v for k, v in best["outputs"].items() if k not in _NOT_WEIGHTS})
+    return outputs

@@ -1,0 +1,251 @@
+"""Cluster files carry what their tools require, and `h2s submit` reaches a real Ray head:
+a local head on 127.0.0.1 with the dashboard (Jobs API), a tiny job spec submitted, followed
+with `h2s status` / `h2s logs` to success, and the head's processes gone afterwards; and
+a two-node Ray cluster on this machine running pretraining with one worker per node, which
+loses its second node mid-run and resumes from the last checkpoint when the node is back.
+
+The head is started with `ray start --block` in its own process group and a private temp
+dir, and stopped by signalling that group: `ray stop` would stop every Ray on this machine,
+including other people's.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+
+import pytest
+import yaml
+
+pytestmark = pytest.mark.integration
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+CLUSTER = REPO / "cluster"
+BIN = pathlib.Path(sys.executable).parent
+
+
+def test_cluster_launcher_config_has_the_fields_ray_up_requires():
+    config = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
+    assert {"cluster_name", "provider", "available_node_types", "head_node_type"} <= set(config)
+    assert config["provider"]["type"] == "aws" and config["head_node_type"] in config["available_node_types"]
+    gpu = config["available_node_types"]["gpu_worker"]
+    assert gpu["min_workers"] == 0 and gpu["max_workers"] >= 1 and "node_config" in gpu
+    assert config["docker"]["image"] and any("MLFLOW_TRACKING_URI" in o for o in config["docker"]["run_options"])
+    assert config["setup_commands"] and config["head_start_ray_commands"] and config["worker_start_ray_commands"]
+
+
+def test_kuberay_manifests_have_the_fields_the_operator_requires():
+    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
+    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
+    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    assert job["spec"]["entrypoint"] == "h2s run jobs/ucf101_split1.yaml"
+    assert (REPO / "jobs" / "ucf101_split1.yaml").is_file()
+    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
+        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
+        assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
+        assert any(port["containerPort"] == 8265 for port in head["ports"])
+        (workers,) = spec["workerGroupSpecs"]
+        container = workers["template"]["spec"]["containers"][0]
+        assert workers["groupName"] and workers["maxReplicas"] >= workers["minReplicas"]
+        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert any(e["name"] == "MLFLOW_TRACKING_URI" for e in container["env"])
+
+
+def test_dockerfile_installs_a_cuda_torch_before_the_project():
+    text = (CLUSTER / "Dockerfile").read_text()
+    torch_at = text.index("pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
+    assert text.startswith("#") and "FROM rayproject/ray:" in text and "-cu12" in text
+    assert torch_at < text.index('pip install --no-cache-dir ".[baseline]"')
+
+
+# ----------------------------------------------------------------------------- a real head
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _pids_mentioning(marker: str) -> list[int]:
+    found = []
+    for cmdline in pathlib.Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if marker.encode() in cmdline.read_bytes() and int(cmdline.parent.name) != os.getpid():
+                found.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    return found
+
+
+def _wait_for_dashboard(port: int, timeout_s: float = 90) -> None:
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"the Ray dashboard on port {port} did not answer in {timeout_s}s")
+
+
+@pytest.fixture
+def ray_head():
+    """A Ray head of our own on 127.0.0.1: (dashboard address, env for h2s commands)."""
+    temp_dir = tempfile.mkdtemp(prefix="h2sray", dir="/tmp")  # short: Ray's sockets live under it
+    port, dashboard = _free_port(), _free_port()
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
+    env.pop("RAY_ADDRESS", None)
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
+         "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        _wait_for_dashboard(dashboard)
+        yield f"http://127.0.0.1:{dashboard}", env
+    finally:
+        os.killpg(head.pid, signal.SIGTERM)
+        try:
+            head.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            os.killpg(head.pid, signal.SIGKILL)
+        deadline = time.monotonic() + 15
+        while _pids_mentioning(temp_dir) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = _pids_mentioning(temp_dir)
+        for pid in left:  # ours: their command lines name our private temp dir
+            os.kill(pid, signal.SIGKILL)
+        assert not left, f"Ray processes were left after stopping the head: {left}"
+
+
+def _h2s(env, *args: str, timeout_s: float = 60) -> str:
+    done = subprocess.run([str(BIN / "h2s"), *args], env=env, capture_output=True, text=True, timeout=timeout_s, cwd=REPO, check=False)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def _submit(env, spec: pathlib.Path, address: str, timeout_s: float = 60) -> str:
+    """`h2s submit`, retried while the head's job agent is still starting (HTTP 500 "No available agent")."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        done = subprocess.run([str(BIN / "h2s"), "submit", str(spec), "--address", address, "--submission-id",
+                               "h2s-submit-test"], env=env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+        if done.returncode == 0:
+            return done.stdout.strip()
+        if "No available agent" not in done.stderr or time.monotonic() > deadline:
+            raise AssertionError(done.stderr)
+        time.sleep(2)
+
+
+def test_submitted_job_spec_runs_to_success_on_a_local_head(ray_head, tmp_path):
+    address, env = ray_head
+    spec = REPO / "jobs" / f".test_submit_{os.getpid()}.yaml"  # inside the checkout: shipped as working_dir
+    spec.write_text(yaml.safe_dump({
+        "name": "submit-test",
+        "workspace": str(tmp_path / "ws"),
+        "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "stages": [{"name": "data", "kind": "ingest", "source": "synthetic", "decode_workers": 0,
+                    "synthetic": {"num_videos": 4, "num_frames": 16, "height": 48, "width": 64}}],
+    }))
+    try:
+        submission_id = _submit(env, spec, address)
+    finally:
+        spec.unlink()
+    assert submission_id == "h2s-submit-test"
+    deadline, status = time.monotonic() + 150, ""
+    while time.monotonic() < deadline:
+        status = _h2s(env, "status", submission_id, "--address", address)
+        if any(state in status for state in ("SUCCEEDED", "FAILED", "STOPPED")):
+            break
+        time.sleep(2)
+    logs = _h2s(env, "logs", submission_id, "--address", address)
+    assert "SUCCEEDED" in status, f"{status}\n{logs[-3000:]}"
+    assert "[h2s] job submit-test finished" in logs
+    assert "[h2s] stage data (ingest): finished" in logs
+    assert (tmp_path / "ws").is_dir()
+
+
+# ----------------------------------------------------------------------------- two nodes on this machine
+
+
+def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic_dataset, tmp_path, stage_run):
+    """Two Ray nodes (ray.cluster_utils.Cluster) of one CPU each, two workers of one CPU:
+    one worker lands on each node. The second node is removed after a checkpoint and added
+    back: the run restarts (max_failures) from that checkpoint on both nodes again."""
+    import threading
+
+    import ray
+    from mlflow.tracking import MlflowClient
+    from ray.cluster_utils import Cluster
+
+    from h2s_dist.train.launch import hash_of, launch
+    from h2s_dist.train.stages.pretrain import PretrainSpec
+
+    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    assert not ray.is_initialized(), "another test left Ray running in this process"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
+    second = cluster.add_node(num_cpus=1, resources={"node_b": 1})
+    ray.init(address=cluster.address)
+    events: list[str] = []
+    # Nodes are added and removed from this (the main) thread: starting a node installs
+    # signal handlers, which only the main thread may do. The run goes in a thread instead.
+    try:
+        assert {n["Resources"].get("node_b", 0) for n in ray.nodes() if n["Alive"]} == {0, 1}
+        spec = PretrainSpec(
+            motionnet={"flavour": "tiny"},
+            data={"dataset": make_synthetic_dataset(shard_target_bytes=200_000), "crop_size": 32, "batch_size": 2,
+                  "loader_workers": 0, "shuffle_buffer": 4, "epoch_length_samples": 32},
+            optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+            loop={"max_steps": 30, "log_every_steps": 5, "picture_every_steps": 30, "checkpoint_every_steps": 5},
+            scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1},
+        )
+        output = tmp_path / "pretrain"
+        tracking = stage_run("pretrain-two-nodes")
+        done: dict = {}
+
+        def fit() -> None:
+            try:
+                done["outputs"] = launch("pretrain_motionnet", spec, str(output), tracking)
+            except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
+                done["error"] = err
+
+        runner = threading.Thread(target=fit)
+        runner.start()
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and len(list((output / "ray").glob("**/step_*"))) < 2 and runner.is_alive():
+            time.sleep(0.1)
+        cluster.remove_node(second)
+        events.append("removed")
+        time.sleep(3)  # the run notices, and cannot place its second worker on one CPU
+        cluster.add_node(num_cpus=1, resources={"node_b": 1})
+        events.append("added")
+        runner.join(timeout=240)
+        assert not runner.is_alive(), "the run did not finish after the node came back"
+        if "error" in done:
+            raise done["error"]
+        outputs = done["outputs"]
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+
+    assert events == ["removed", "added"]
+    assert outputs["steps"] == 30 and outputs["resumed_from_step"] in range(5, 30, 5)
+    first = outputs["first_batch_checksums"]
+    assert len(first) == 2 and first[0] != first[1]  # each node's worker read its own shard
+    assert pathlib.Path(outputs["motionnet"]).is_file()
+    assert (output / "ray" / f"pretrain_motionnet-{hash_of(spec)}" / "step_000000030" / "state.pt").is_file()
+    run = MlflowClient(tracking.uri).get_run(tracking.run_id)
+    assert run.data.tags["h2s.resumed_from_step"] == str(outputs["resumed_from_step"])
+    steps = [m.step for m in MlflowClient(tracking.uri).get_metric_history(tracking.run_id, "loss/total")]
+    assert max(steps) == 30
