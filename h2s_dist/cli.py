@@ -338,7 +338,7 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--port", type=int, default=5000)
     server.set_defaults(func=cmd_tracking_server)
 
-    from h2s_dist.data.ingest import add_ingest_parser
+    from h2s_dist.data.ingest_cli import add_ingest_parser
 
     add_ingest_parser(commands)
 

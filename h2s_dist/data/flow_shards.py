@@ -22,9 +22,10 @@ field costs one JPEG per component, so u and v decode independently.
     for item in flow_eval_loader(flows_uri, split=1, rank=0, world_size=1):
         item.clips                 # (25 * 10, 20, 224, 224), window-major; flipped crops have u negated
 
-The readers are the frame readers of h2s_dist.data.shards with another decode step: the
-same shard opening, rank/worker splitting, shuffle buffer, skip records and eval
-assignment (every video exactly once across ranks and workers).
+The readers are the frame readers with another decode step (`shards.train_loader` with
+FlowTrainStream, `eval_stream.eval_loader` with FlowEvalStream): the same shard opening,
+rank/worker splitting, shuffle buffer, skip records and eval assignment (every video
+exactly once across ranks and workers).
 
 Test-time scoring of the baseline's temporal stream (used by the evaluate stage):
 `tvl1_eval_scores` on cached flows, `tvl1_video_scores` from frames with TV-L1 on the fly
@@ -35,36 +36,30 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import struct
 import tarfile
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader
 
 from h2s_dist.baseline import tvl1
 from h2s_dist.baseline.tvl1 import FLOW_MEAN, flip_quantized
 from h2s_dist.data import storage, transforms
 from h2s_dist.data.codec import ClipDecodeError
+from h2s_dist.data.eval_stream import EvalLoader, EvalStream, eval_loader
+from h2s_dist.data.shard_io import Video
 from h2s_dist.data.shards import (
-    MAX_CONSECUTIVE_FAILURES,
-    EvalLoader,
     LoaderState,
     TrainLoader,
+    TrainStream,
     TrainStreamConfig,
-    _check_rank,
-    _EvalStream,
-    _selected_videos,
-    _TrainStream,
+    train_loader,
 )
-
-log = logging.getLogger(__name__)
 
 FLOW_EXTENSION = "flows"
 FLOW_ENCODING = "tvl1_jpeg"
@@ -210,31 +205,23 @@ def eval_flow_crops(
 # ----------------------------------------------------------------------------- training
 
 
-class _FlowTrainStream(_TrainStream):
-    """_TrainStream with a flow decode step: clip_len_frames - 1 flows per clip."""
+class FlowTrainStream(TrainStream):
+    """TrainStream with a flow decode step: clip_len_frames - 1 flows per clip."""
 
-    def _clips(self, samples: Iterator[dict], rng: np.random.Generator, recorder) -> Iterator[tuple]:
-        cfg, failures, length = self.config, 0, self.config.clip_len_frames - 1
-        for sample in samples:
-            video = self.videos[sample["__key__"]]
-            try:
-                num_flows = max(video.num_frames - 1, 1)
-                start = transforms.random_window_start(num_flows, length, rng)
-                flows = read_flow_window(sample, start, length, num_flows)
-                flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales)
-                if cfg.flip and rng.random() < 0.5:  # the draw transforms.random_flip makes
-                    flows = flip_quantized(flows)
-                clip = to_network_input(stack_channels(flows))
-            except Exception as exn:  # a corrupt sample costs one warning, not the run
-                recorder.record(video.key, sample.get("__url__"), exn)
-                failures += 1
-                if failures > MAX_CONSECUTIVE_FAILURES:
-                    raise RuntimeError(
-                        f"{failures} consecutive flow samples failed to decode; last: {recorder.skipped[-1]}"
-                    ) from exn
-                continue
-            failures = 0
-            yield clip, (video.label if cfg.labeled else -1), video.key
+    content = "flow"
+    min_clip_len_frames = 2  # one flow field per frame pair
+
+    def make_clip(self, sample: dict, video: Video, rng: np.random.Generator) -> torch.Tensor:
+        """One sample -> (2 (clip_len_frames - 1), crop, crop) float32 q - 128: a random
+        window of flows, a multi-scale corner crop, a random flip (mirror + negate u)."""
+        cfg, length = self.config, self.config.clip_len_frames - 1
+        num_flows = max(video.num_frames - 1, 1)
+        start = transforms.random_window_start(num_flows, length, rng)
+        flows = read_flow_window(sample, start, length, num_flows)
+        flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales)
+        if cfg.flip and rng.random() < 0.5:  # the draw transforms.random_flip makes
+            flows = flip_quantized(flows)
+        return to_network_input(stack_channels(flows))
 
 
 def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
@@ -247,34 +234,20 @@ def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
     Batches: (B, 2 (clip_len_frames - 1), crop, crop) float32 q - 128 in [-128, 127], (B,) int64.
     Everything else (resampled shards, resume, skips) is `shards.train_loader`'s.
     """
-    _check_rank(rank, world_size)
-    if config.clip_len_frames < 2:
-        raise ValueError("a flow clip needs clip_len_frames >= 2 (one flow field per frame pair)")
-    state = state or LoaderState(seed=config.seed)
-    if state.samples_seen % config.batch_size or not 0 <= state.samples_seen <= config.epoch_length_samples:
-        raise ValueError(
-            f"LoaderState.samples_seen={state.samples_seen} is not a whole number of batches of "
-            f"{config.batch_size} within the epoch of {config.epoch_length_samples}: was batch_size changed?"
-        )
-    videos = _selected_videos(config.dataset_uri, config.split, config.subset)
-    if config.labeled and any(v.label < 0 for v in videos):
-        raise ValueError(f"{config.dataset_uri}: the selection holds unlabeled videos (label -1); pick a labeled split")
-    if len({v.shard for v in videos}) < world_size * max(config.num_workers, 1):
-        log.warning("fewer flow shards than rank x worker slots: ranks may see the same videos within an epoch")
-    num_batches = config.batches_per_epoch - state.samples_seen // config.batch_size
-    dataset = _FlowTrainStream(config, videos, rank, world_size, state, num_batches)
-    dataloader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
-                            prefetch_factor=2 if config.num_workers else None)
-    return TrainLoader(dataloader, state, config.batch_size, num_batches)
+    return train_loader(config, rank=rank, world_size=world_size, state=state, stream_cls=FlowTrainStream)
 
 
 # ----------------------------------------------------------------------------- evaluation
 
 
-class _FlowEvalStream(_EvalStream):
-    """_EvalStream whose inputs are the flow windows of `eval_flow_crops`."""
+class FlowEvalStream(EvalStream):
+    """EvalStream whose inputs are the flow windows of `eval_flow_crops`."""
 
-    def _inputs(self, sample: dict, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+    content = "flow"
+    min_clip_len_frames = 2  # one flow field per frame pair
+
+    def make_inputs(self, sample: dict, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """One sample -> (clips (num_windows * num_crops, 2 (clip_len - 1), crop, crop), flipped (N,) bool)."""
         length = self.clip_len - 1
         starts = transforms.eval_window_starts(num_frames, self.clip_len, self.num_windows)
         flows = read_flow_window(sample, 0, starts[-1] + length, max(num_frames - 1, 1))
@@ -284,41 +257,18 @@ class _FlowEvalStream(_EvalStream):
 
 
 def flow_eval_loader(
-    flows_uri: str,
-    split: int | None,
-    subset: Literal["train", "test"] | None = "test",
-    *,
-    rank: int,
-    world_size: int,
-    clip_len_frames: int = 11,
-    crop_size: int = 224,
-    num_windows: int = 25,
-    num_crops: int = 10,
-    num_workers: int = 0,
-    cache_dir: str | None = None,
-    normalized: bool = True,
+    flows_uri: str, split: int | None, subset: Literal["train", "test"] | None = "test", **options: Any
 ) -> EvalLoader:
-    """Every selected video exactly once across ranks and workers (shards.eval_assignment),
+    """Every selected video exactly once across ranks and workers (eval_stream.eval_assignment),
     as EvalItem: clips (num_windows * num_crops, 2 (clip_len_frames - 1), crop, crop),
     window-major, the windows of transforms.eval_window_starts (flows s .. s + clip_len - 2
     of the frame window starting at s), crops in ten_crops order with u negated on the
     flipped ones. normalized: float32 q - 128; False: the uint8 q (4x less memory; a paper
     item is 250 x 20 x 224 x 224 = 250 MB as uint8), convert per chunk with `to_network_input`.
+    options: the keywords of `eval_stream.eval_loader` (rank, world_size, clip_len_frames >= 2,
+    crop_size, num_windows, num_crops, num_workers, cache_dir, normalized).
     """
-    _check_rank(rank, world_size)
-    if num_crops not in (1, 5, 10):
-        raise ValueError(f"num_crops must be 1, 5 or 10, got {num_crops}")
-    if num_workers < 0 or num_windows < 1 or clip_len_frames < 2:
-        raise ValueError("need num_workers >= 0, num_windows >= 1 and clip_len_frames >= 2")
-    videos = _selected_videos(flows_uri, split, subset)
-    too_small = [v.key for v in videos if v.min_side < crop_size]
-    if too_small:
-        raise ValueError(f"crop_size {crop_size} exceeds the flows of {len(too_small)} videos (e.g. {too_small[0]})")
-    dataset = _FlowEvalStream(videos, rank, world_size, clip_len_frames, crop_size, num_windows, num_crops,
-                              cache_dir, normalized)
-    dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                            prefetch_factor=1 if num_workers else None)
-    return EvalLoader(dataloader, [v.key for v in videos][rank::world_size])
+    return eval_loader(flows_uri, split, subset, stream_cls=FlowEvalStream, **options)
 
 
 # ----------------------------------------------------------------------------- scoring (evaluate stage)

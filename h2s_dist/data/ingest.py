@@ -1,9 +1,12 @@
 """Ingest: video corpora -> WebDataset shards + Parquet manifest at a URI (path or s3://).
 
     h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
-    python -m h2s_dist.data.ingest synthetic --output /tmp/synth --num-videos 64
+    python -m h2s_dist.data.ingest_cli synthetic --output /tmp/synth --num-videos 64
 
     report = ingest(ucf101_entries(root, splits), "s3://bucket/ucf101", num_workers=8)
+    report = ingest(build_listing("synthetic", synthetic={"num_videos": 64}), "/tmp/synth")
+
+The command line lives in h2s_dist.data.ingest_cli.
 
 Steps (docs/data.md has the layout and the encoding numbers):
 1. Plan. Entries are sorted by (split-1 group: train, test, neither; key) and packed
@@ -25,7 +28,6 @@ Steps (docs/data.md has the layout and the encoding numbers):
 
 from __future__ import annotations
 
-import argparse
 import collections
 import concurrent.futures
 import contextlib
@@ -37,13 +39,13 @@ import os
 import re
 import tarfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from h2s_dist.data import codec, manifest, storage
+from h2s_dist.data import codec, manifest, sources, storage
 from h2s_dist.data.sources import SourceListing, VideoEntry
 
 DEFAULT_SIZE = (340, 256)
@@ -298,6 +300,32 @@ def _done_record(
 # ----------------------------------------------------------------------------- ingest
 
 
+def build_listing(
+    source: str, root: str | None = None, splits: str | None = None, synthetic: Mapping[str, Any] | None = None
+) -> SourceListing:
+    """The SourceListing of an `h2s ingest` source (one path for the CLI and the ingest stage).
+
+    ucf101 / hmdb51: the dataset's `root` folder and the folder of its official split lists
+    (`splits`; None = no splits, classes from folders); videos: `root` is a folder, a glob or
+    a text file of paths (unlabeled); synthetic: `synthetic` holds the fields of
+    h2s_dist.data.synthetic.SyntheticMotionConfig (num_videos, num_frames, height, width, seed).
+    """
+    if source == "ucf101":
+        return sources.ucf101_entries(root, splits)
+    if source == "hmdb51":
+        return sources.hmdb51_entries(root, splits)
+    if source == "videos":
+        return sources.unlabeled_entries(root)
+    if source == "synthetic":
+        if synthetic is None:
+            raise ValueError("source 'synthetic' needs synthetic={'num_videos': ..., ...} (SyntheticMotionConfig fields)")
+        # imported here: it pulls in PyAV, which the other sources do not need
+        from h2s_dist.data.synthetic import SyntheticMotionConfig
+
+        return sources.synthetic_entries(SyntheticMotionConfig(**synthetic))
+    raise ValueError(f"unknown source {source!r}: use ucf101, hmdb51, videos or synthetic")
+
+
 def _as_listing(entries: SourceListing | Iterable[VideoEntry]) -> SourceListing:
     if isinstance(entries, SourceListing):
         return entries
@@ -450,119 +478,3 @@ def _finish(
     manifest.write_manifest(output_uri, rows)
     manifest.write_classes(output_uri, listing.classes)
     return report
-
-
-# ----------------------------------------------------------------------------- command line
-
-_EXAMPLES = """examples:
-  h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
-  h2s ingest hmdb51 /data/hmdb51 --splits /data/testTrainMulti_7030_splits --output /data/h2s/hmdb51
-  h2s ingest videos '/data/clips/**/*.mp4' --output /data/h2s/unlabeled --encoding mp4
-  h2s ingest videos list.txt --output /data/h2s/unlabeled        (one path per line)
-  h2s ingest synthetic --output /tmp/h2s/synth --num-videos 64 --num-frames 32
-
-A rerun with the same arguments resumes: finished shards are kept, the rest is written.
-"""
-
-
-def _parse_size(text: str) -> tuple[int, int] | str:
-    if text == "native":
-        return text
-    match = re.fullmatch(r"(\d+)x(\d+)", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT (e.g. 340x256) or 'native', got {text!r}")
-    return int(match[1]), int(match[2])
-
-
-def add_ingest_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
-    """Add `ingest {videos,ucf101,hmdb51,synthetic}` to a CLI; handler in args.func."""
-    parser = subparsers.add_parser(
-        "ingest", help="encode a video corpus into WebDataset shards + a Parquet manifest",
-        description=__doc__.split("\n\n")[0], epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _fill_ingest_parser(parser)
-    return parser
-
-
-def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
-    sources = parser.add_subparsers(dest="source", required=True, metavar="{videos,ucf101,hmdb51,synthetic}")
-    common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--output", required=True, help="dataset URI to write: a path, file:// or s3://bucket/prefix")
-    common.add_argument("--encoding", choices=codec.ENCODINGS, default=codec.DEFAULT_ENCODING,
-                        help="jpeg: JPEG frame stack, ~4x faster window decode (default); mp4: H.264, ~25x smaller")
-    common.add_argument("--quality", type=int, help="JPEG quality (default 90) or x264 CRF (default 23)")
-    common.add_argument("--size", type=_parse_size,
-                        help="WIDTHxHEIGHT frames are resized to, or 'native' (default 340x256; synthetic: native)")
-    common.add_argument("--min-frames", type=int, default=11, help="skip shorter videos (default 11)")
-    common.add_argument("--num-workers", type=int, default=2, help="decode processes (default 2; 0 = in process)")
-    common.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_TARGET_BYTES / 2**20,
-                        help="target shard size in MiB (default %(default)g)")
-    common.add_argument("--no-resume", action="store_true", help="start over, deleting shards of an earlier run")
-    common.add_argument("--no-progress", action="store_true", help="no progress bar")
-    for name, root_help in (
-        ("ucf101", "UCF101 root: ROOT/ClassName/v_ClassName_gXX_cYY.avi"),
-        ("hmdb51", "HMDB51 root: ROOT/class_name/*.avi"),
-    ):
-        sub = sources.add_parser(name, parents=[common], help=f"{name.upper()} with its split lists",
-                                 epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-        sub.add_argument("root", help=root_help)
-        sub.add_argument("--splits", help="folder of the official split lists (without: no splits, classes from folders)")
-    sub = sources.add_parser("videos", parents=[common], help="any videos, unlabeled",
-                             epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument("root", help="a folder (searched recursively), a glob ('**' allowed) or a text file of paths")
-    sub = sources.add_parser("synthetic", parents=[common], help="the synthetic motion dataset, rendered in memory",
-                             epilog=_EXAMPLES, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub.add_argument("--num-videos", type=int, default=64, help="videos, label = index %% 9 (default 64)")
-    sub.add_argument("--num-frames", type=int, default=32, help="frames per video (default 32)")
-    sub.add_argument("--height", type=int, default=128, help="frame height, even (default 128)")
-    sub.add_argument("--width", type=int, default=160, help="frame width, even (default 160)")
-    sub.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.set_defaults(func=run_ingest_command)
-
-
-def listing_from_args(args: argparse.Namespace) -> SourceListing:
-    from h2s_dist.data import sources
-
-    if args.source == "ucf101":
-        return sources.ucf101_entries(args.root, args.splits)
-    if args.source == "hmdb51":
-        return sources.hmdb51_entries(args.root, args.splits)
-    if args.source == "videos":
-        return sources.unlabeled_entries(args.root)
-    from h2s_dist.data.synthetic import SyntheticMotionConfig
-
-    config = SyntheticMotionConfig(args.num_videos, args.num_frames, args.height, args.width, args.seed)
-    return sources.synthetic_entries(config)
-
-
-def run_ingest_command(args: argparse.Namespace) -> int:
-    """Handler of `h2s ingest ...`: runs the ingest and prints its summary; returns the exit code."""
-    if args.size is None:  # not given: the paper's 340x256, but synthetic videos keep their size
-        size = None if args.source == "synthetic" else DEFAULT_SIZE
-    else:
-        size = None if args.size == "native" else args.size
-    report = ingest(
-        listing_from_args(args), args.output, encoding=args.encoding, size=size, min_frames=args.min_frames,
-        quality=args.quality, shard_target_bytes=int(args.shard_size_mb * 2**20), num_workers=args.num_workers,
-        resume=not args.no_resume, progress=not args.no_progress,
-    )
-    print(report.summary())
-    return 0
-
-
-def ingest_cli(argv: Sequence[str] | None = None) -> int:
-    """`python -m h2s_dist.data.ingest ...`, the same arguments as `h2s ingest ...`."""
-    parser = argparse.ArgumentParser(
-        prog="python -m h2s_dist.data.ingest", description=__doc__.split("\n\n")[0], epilog=_EXAMPLES,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    _fill_ingest_parser(parser)
-    args = parser.parse_args(argv)
-    try:
-        return args.func(args)
-    except ValueError as err:
-        parser.exit(2, f"error: {err}\n")
-
-
-if __name__ == "__main__":
-    raise SystemExit(ingest_cli())

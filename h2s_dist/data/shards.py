@@ -1,52 +1,63 @@
-"""Clip streams from the WebDataset shards of an ingested dataset, for training and testing.
+"""The training clip stream of an ingested dataset's WebDataset shards.
 
     loader = train_loader(TrainStreamConfig(uri, batch_size=8, epoch_length_samples=512),
                           rank=0, world_size=1, state=None)
     for clips, labels in loader:        # (B, T, 3, H, W) float32 normalised, (B,) int64
         ...; checkpoint["data"] = loader.state   # resume: train_loader(..., state=that)
 
-    for item in eval_loader(uri, split=1, rank=0, world_size=1):
-        item.clips                      # (num_windows * num_crops, T, 3, H, W), window-major
-        item.flipped                    # (num_windows * num_crops,) bool: negate u of a TV-L1 flow
+A generator stage run inside torch DataLoader workers: open shard (h2s_dist.data.shard_io,
+optionally via a local cache) -> tar members (webdataset's tar_file_expander /
+group_by_keys) -> keep the manifest-selected keys -> shuffle buffer -> decode window
+(h2s_dist.data.codec) -> crops (h2s_dist.data.transforms) -> batch. Splitting by rank and
+by DataLoader worker is explicit (see `train_loader`). Corrupt samples are skipped with a
+warning and listed in the loader's `skipped` (workers send their lists along with the data).
+The flow reader (h2s_dist.data.flow_shards) is `train_loader(..., stream_cls=FlowTrainStream)`.
 
-Both are generator stages run inside torch DataLoader workers: open shard (through
-h2s_dist.data.storage, optionally via a local cache) -> tar members (webdataset's
-tar_file_expander / group_by_keys) -> keep the manifest-selected keys -> [train: shuffle
-buffer] -> decode window (h2s_dist.data.codec) -> crops (h2s_dist.data.transforms) ->
-[train: batch]. Splitting by rank and by DataLoader worker is explicit (see
-`train_loader` and `eval_loader`). Corrupt samples are skipped with a warning and listed
-in the loader's `skipped` (workers send their lists along with the data).
-
-Shard URIs are resolved as <dataset_uri>/shards/<basename of the manifest's shard>, so a
-dataset copied elsewhere (rclone to S3) reads from where it now lives.
+The test-time reader lives in h2s_dist.data.eval_stream and is re-exported here, as are the
+shard helpers of h2s_dist.data.shard_io, so `from h2s_dist.data.shards import eval_loader`
+keeps working.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import fcntl
-import hashlib
 import logging
-import os
-import posixpath
-import shutil
-import tempfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, IterableDataset, get_worker_info
-from webdataset.tariterators import group_by_keys, tar_file_expander
+from torch.utils.data import DataLoader, IterableDataset
 
-from h2s_dist.data import codec, manifest, storage, transforms
+from h2s_dist.data import transforms
+from h2s_dist.data.eval_stream import (
+    EvalItem,
+    EvalLoader,
+    EvalStream,
+    eval_assignment,
+    eval_loader,
+)
+from h2s_dist.data.shard_io import (
+    MAX_CONSECUTIVE_FAILURES,
+    SkipRecorder,
+    Video,
+    cached_shard_path,
+    check_rank,
+    iter_samples,
+    open_shard,
+    read_frame_window,
+    selected_videos,
+    worker_slot,
+)
+
+__all__ = [
+    "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "LoaderState", "SkipRecorder", "TrainLoader",
+    "TrainStream", "TrainStreamConfig", "cached_shard_path", "eval_assignment", "eval_loader", "open_shard",
+    "shards_for_worker", "train_loader",
+]
 
 log = logging.getLogger(__name__)
-
-# A worker that keeps failing (every sample corrupt, or its shards hold none of the
-# selected keys) would otherwise loop forever on a resampled stream.
-MAX_CONSECUTIVE_FAILURES = 200
 
 
 # ----------------------------------------------------------------------------- config
@@ -122,148 +133,7 @@ class LoaderState:
     epoch: int = 0
 
 
-@dataclass
-class EvalItem:
-    """All test inputs of one video. clips: (num_windows * num_crops, T, 3, H, W), index
-    window * num_crops + crop, crops in transforms.ten_crops order; flipped: (N,) bool."""
-
-    key: str
-    label: int
-    clips: torch.Tensor
-    flipped: torch.Tensor
-
-
-# ----------------------------------------------------------------------------- shard files
-
-
-def cached_shard_path(uri: str, cache_dir: str) -> str:
-    """Local copy of shard `uri` in `cache_dir`, downloaded on first use.
-
-    The file name is <sha1(uri)[:16]>-<basename>, so shards of different datasets never
-    collide. The download goes to a temporary file renamed into place (atomic), under an
-    exclusive lock file so that concurrent workers and ranks on one host download once.
-    """
-    os.makedirs(cache_dir, exist_ok=True)
-    digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
-    path = os.path.join(cache_dir, f"{digest}-{posixpath.basename(uri)}")
-    if os.path.exists(path):
-        return path
-    with open(path + ".lock", "a+b") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not os.path.exists(path):  # another process may have finished while we waited
-            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
-            try:
-                with os.fdopen(fd, "wb") as out, storage.open_uri(uri, "rb") as src:
-                    shutil.copyfileobj(src, out, length=1 << 20)
-                os.replace(tmp, path)
-            except BaseException:
-                os.unlink(tmp)
-                raise
-    return path
-
-
-def open_shard(uri: str, cache_dir: str | None = None):
-    """A binary file object on shard `uri`: local files directly, remote ones through the
-    cache when `cache_dir` is set, else streamed by h2s_dist.data.storage."""
-    local = storage.local_path_or_none(uri)
-    if local is not None:
-        return open(local, "rb")
-    if cache_dir is not None:
-        return open(cached_shard_path(uri, cache_dir), "rb")
-    return storage.open_uri(uri, "rb")
-
-
-# ----------------------------------------------------------------------------- helpers
-
-
-class SkipRecorder:
-    """A webdataset `handler=`: warn, remember, keep going. `drain()` hands the new records
-    to whoever forwards them out of a DataLoader worker."""
-
-    def __init__(self) -> None:
-        self.skipped: list[dict[str, Any]] = []
-        self._sent = 0
-
-    def __call__(self, exn: BaseException) -> bool:
-        url = next((a for a in getattr(exn, "args", ())[1:] if isinstance(a, str)), None)
-        self.record(None, url, exn)
-        return True
-
-    def record(self, key: str | None, url: str | None, exn: BaseException | str) -> None:
-        error = exn if isinstance(exn, str) else f"{type(exn).__name__}: {str(exn)[:300]}"
-        self.skipped.append({"key": key, "url": url, "error": error})
-        log.warning("skipping sample %s in %s: %s", key, url, error)
-
-    def drain(self) -> list[dict[str, Any]]:
-        new = self.skipped[self._sent :]
-        self._sent = len(self.skipped)
-        return new
-
-
-@dataclass(frozen=True)
-class _Video:
-    key: str
-    label: int
-    num_frames: int
-    shard: str
-    min_side: int  # min(height, width) of the stored frames
-
-
-def _selected_videos(dataset_uri: str, split: int | None, subset: str | None) -> list[_Video]:
-    """Manifest rows of the split/subset, in manifest order, shard URIs under dataset_uri."""
-    table = manifest.select(manifest.read_manifest(dataset_uri), split, subset)
-    rows = table.select(["key", "label", "num_frames", "shard", "height", "width"]).to_pylist()
-    videos = []
-    for r in rows:
-        shard = storage.join(dataset_uri, "shards", posixpath.basename(r["shard"]))
-        size = min(int(r["height"]), int(r["width"]))
-        videos.append(_Video(r["key"], int(r["label"]), int(r["num_frames"]), shard, size))
-    if not videos:
-        raise ValueError(f"{dataset_uri}: no video in split={split} subset={subset!r}; check the manifest")
-    return videos
-
-
-def _check_rank(rank: int, world_size: int) -> None:
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
-
-
-def _worker() -> tuple[int, int]:
-    info = get_worker_info()
-    return (0, 1) if info is None else (info.id, info.num_workers)
-
-
-def _samples(
-    shard_uris: Iterable[str], keys: set[str], recorder: SkipRecorder, cache_dir: str | None
-) -> Iterator[dict]:
-    """Shard URIs -> webdataset samples (raw bytes) whose key is in `keys`.
-
-    Members of other keys are skipped inside the tar stream without being read into memory.
-    """
-
-    def opened() -> Iterator[dict]:
-        for uri in shard_uris:
-            try:
-                stream = open_shard(uri, cache_dir)
-            except Exception as exn:  # a missing/unreadable shard is one skip, not a crash
-                recorder.record(None, uri, exn)
-                continue
-            try:
-                yield {"url": uri, "stream": stream}
-            finally:
-                stream.close()
-
-    def wanted(fname: str) -> bool:
-        return fname.split(".", 1)[0] in keys
-
-    files = tar_file_expander(opened(), handler=recorder, select_files=wanted)
-    return group_by_keys(files, handler=recorder)
-
-
-def _read_window(sample: dict, start: int, length: int, num_frames: int) -> np.ndarray:
-    """Frames [start, start + length) clamped to the video, padded by repeating the last one."""
-    available = max(1, min(length, num_frames - start))
-    return transforms.pad_to_length(codec.decode_frames(sample, start, available), length)
+# ----------------------------------------------------------------------------- training
 
 
 def _shuffled(samples: Iterable[Any], size: int, rng: np.random.Generator) -> Iterator[Any]:
@@ -278,9 +148,6 @@ def _shuffled(samples: Iterable[Any], size: int, rng: np.random.Generator) -> It
         buffer[i] = sample
     rng.shuffle(buffer)  # type: ignore[arg-type]
     yield from buffer
-
-
-# ----------------------------------------------------------------------------- training
 
 
 def shards_for_worker(
@@ -318,11 +185,20 @@ def _counted(samples: Iterable[dict], count: list[int]) -> Iterator[dict]:
         yield sample
 
 
-class _TrainStream(IterableDataset):
+class TrainStream(IterableDataset):
     """One rank's training stream; each DataLoader worker yields its share of the batches
-    as (clips, labels, keys, newly skipped)."""
+    as (clips, labels, keys, newly skipped).
 
-    def __init__(self, config: TrainStreamConfig, videos: list[_Video], rank: int, world_size: int,
+    Subclasses change what a sample becomes by overriding `make_clip` (and the class
+    attributes `content`, `min_clip_len_frames` that train_loader checks against).
+    """
+
+    content: ClassVar[str] = "frame"
+    """What the dataset stores (frame or flow), for messages."""
+    min_clip_len_frames: ClassVar[int] = 1
+    """Smallest clip_len_frames that gives a clip."""
+
+    def __init__(self, config: TrainStreamConfig, videos: list[Video], rank: int, world_size: int,
                  state: LoaderState, num_batches: int) -> None:
         self.config, self.rank, self.world_size = config, rank, world_size
         self.state, self.num_batches = state, num_batches
@@ -331,7 +207,7 @@ class _TrainStream(IterableDataset):
 
     def __iter__(self) -> Iterator[tuple]:
         cfg, state = self.config, self.state
-        worker, num_workers = _worker()
+        worker, num_workers = worker_slot()
         my_batches = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
         if my_batches == 0:
             return
@@ -341,7 +217,7 @@ class _TrainStream(IterableDataset):
         )
         rng = np.random.default_rng([state.seed, state.epoch, state.samples_seen, self.rank, worker])
         recorder, count = SkipRecorder(), [0]
-        samples = _samples(_resampled(shards, rng, count), set(self.videos), recorder, cfg.cache_dir)
+        samples = iter_samples(_resampled(shards, rng, count), set(self.videos), recorder, cfg.cache_dir)
         clips = self._clips(_shuffled(_counted(samples, count), cfg.shuffle_buffer, rng), rng, recorder)
         for _ in range(my_batches):
             batch = [next(clips) for _ in range(cfg.batch_size)]
@@ -358,22 +234,28 @@ class _TrainStream(IterableDataset):
         for sample in samples:
             video = self.videos[sample["__key__"]]
             try:
-                start = transforms.random_window_start(video.num_frames, cfg.clip_len_frames, rng)
-                frames = _read_window(sample, start, cfg.clip_len_frames, video.num_frames)
-                frames = transforms.multiscale_corner_crop(frames, cfg.crop_size, rng, cfg.scales)
-                if cfg.flip:
-                    frames = transforms.random_flip(frames, rng)
-                clip = transforms.to_network_input(frames)
+                clip = self.make_clip(sample, video, rng)
             except Exception as exn:  # a corrupt sample costs one warning, not the run
                 recorder.record(video.key, sample.get("__url__"), exn)
                 failures += 1
                 if failures > MAX_CONSECUTIVE_FAILURES:
                     raise RuntimeError(
-                        f"{failures} consecutive samples failed to decode; last: {recorder.skipped[-1]}"
+                        f"{failures} consecutive {self.content} samples failed to decode; last: {recorder.skipped[-1]}"
                     ) from exn
                 continue
             failures = 0
             yield clip, (video.label if cfg.labeled else -1), video.key
+
+    def make_clip(self, sample: dict, video: Video, rng: np.random.Generator) -> torch.Tensor:
+        """One sample -> one augmented clip (T, 3, crop, crop) float32: a random window of
+        clip_len_frames, a multi-scale corner crop, a random flip, normalisation."""
+        cfg = self.config
+        start = transforms.random_window_start(video.num_frames, cfg.clip_len_frames, rng)
+        frames = read_frame_window(sample, start, cfg.clip_len_frames, video.num_frames)
+        frames = transforms.multiscale_corner_crop(frames, cfg.crop_size, rng, cfg.scales)
+        if cfg.flip:
+            frames = transforms.random_flip(frames, rng)
+        return transforms.to_network_input(frames)
 
 
 class TrainLoader:
@@ -402,8 +284,8 @@ class TrainLoader:
         self.state = LoaderState(samples_seen=0, seed=self.state.seed, epoch=self.state.epoch + 1)
 
 
-def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
-                 state: LoaderState | None = None) -> TrainLoader:
+def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, state: LoaderState | None = None,
+                 stream_cls: type[TrainStream] = TrainStream) -> TrainLoader:
     """The rest of the current epoch of rank `rank`'s training stream (see LoaderState).
 
     Resampled shards: every DataLoader worker of every rank draws shards at random, with
@@ -412,15 +294,21 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
     shards; then a shuffle buffer, a random window of clip_len_frames, a multi-scale corner
     crop, a random flip and normalisation. Only manifest-selected videos are read, and
     only shards holding them are opened. Batches: (B, T, 3, crop, crop) float32, (B,) int64.
+    stream_cls: what a sample becomes (TrainStream: frames; flow_shards.FlowTrainStream: flows).
     """
-    _check_rank(rank, world_size)
+    check_rank(rank, world_size)
+    if config.clip_len_frames < stream_cls.min_clip_len_frames:
+        raise ValueError(
+            f"a {stream_cls.content} clip needs clip_len_frames >= {stream_cls.min_clip_len_frames}, "
+            f"got {config.clip_len_frames}"
+        )
     state = state or LoaderState(seed=config.seed)
     if state.samples_seen % config.batch_size or not 0 <= state.samples_seen <= config.epoch_length_samples:
         raise ValueError(
             f"LoaderState.samples_seen={state.samples_seen} is not a whole number of batches of "
             f"{config.batch_size} within the epoch of {config.epoch_length_samples}: was batch_size changed?"
         )
-    videos = _selected_videos(config.dataset_uri, config.split, config.subset)
+    videos = selected_videos(config.dataset_uri, config.split, config.subset)
     if config.labeled and any(v.label < 0 for v in videos):
         raise ValueError(
             f"{config.dataset_uri}: the selection holds unlabeled videos (label -1); pick a split/subset "
@@ -429,132 +317,12 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
     num_shards, slots = len({v.shard for v in videos}), world_size * max(config.num_workers, 1)
     if num_shards < slots:
         log.warning(
-            "%d shards for %d rank x worker slots: every slot samples all shards, ranks may see the "
-            "same videos within an epoch; ingest with smaller shards for disjoint rank streams", num_shards, slots,
+            "%d %s shards for %d rank x worker slots: every slot samples all shards, ranks may see the "
+            "same videos within an epoch; ingest with smaller shards for disjoint rank streams",
+            num_shards, stream_cls.content, slots,
         )
     num_batches = config.batches_per_epoch - state.samples_seen // config.batch_size
-    dataset = _TrainStream(config, videos, rank, world_size, state, num_batches)
+    dataset = stream_cls(config, videos, rank, world_size, state, num_batches)
     dataloader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
                             prefetch_factor=2 if config.num_workers else None)
     return TrainLoader(dataloader, state, config.batch_size, num_batches)
-
-
-# ----------------------------------------------------------------------------- evaluation
-
-
-def eval_assignment(keys: Sequence[str], *, rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-    """The videos one DataLoader worker of one rank evaluates.
-
-    Ranks take videos by manifest position (index % world_size); inside a rank, workers take
-    contiguous blocks of the rank's list, so a worker touches few shards. Every key lands in
-    exactly one (rank, worker) slot, whatever the number of shards.
-    """
-    mine = list(keys[rank::world_size])
-    bounds = np.linspace(0, len(mine), num_workers + 1).round().astype(int)
-    return mine[bounds[worker] : bounds[worker + 1]]
-
-
-class _EvalStream(IterableDataset):
-    """Yields ("item", key, label, clips, flipped) per video and ("skip", records) entries."""
-
-    def __init__(self, videos: list[_Video], rank: int, world_size: int, clip_len_frames: int, crop_size: int,
-                 num_windows: int, num_crops: int, cache_dir: str | None, normalized: bool) -> None:
-        self.videos, self.rank, self.world_size = videos, rank, world_size
-        self.clip_len, self.crop_size, self.num_windows, self.num_crops = clip_len_frames, crop_size, num_windows, num_crops
-        self.cache_dir, self.normalized = cache_dir, normalized
-
-    def __iter__(self) -> Iterator[tuple]:
-        worker, num_workers = _worker()
-        by_key = {v.key: v for v in self.videos}
-        keys = eval_assignment([v.key for v in self.videos], rank=self.rank, world_size=self.world_size,
-                               worker=worker, num_workers=num_workers)
-        shards = list(dict.fromkeys(by_key[k].shard for k in keys))  # manifest order, unique
-        recorder, pending = SkipRecorder(), set(keys)
-        for sample in _samples(shards, pending.copy(), recorder, self.cache_dir):
-            key = sample["__key__"]
-            if key not in pending:  # a duplicate key in the shards: keep the first copy only
-                continue
-            pending.discard(key)
-            try:
-                clips, flipped = self._inputs(sample, by_key[key].num_frames)
-            except Exception as exn:
-                recorder.record(key, sample.get("__url__"), exn)
-                yield ("skip", recorder.drain())
-                continue
-            yield ("item", key, by_key[key].label, clips, flipped, recorder.drain())
-        for key in sorted(pending, key=keys.index):
-            recorder.record(key, by_key[key].shard, "sample not found in its shard")
-        yield ("skip", recorder.drain())
-
-    def _inputs(self, sample: dict, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = transforms.eval_window_starts(num_frames, self.clip_len, self.num_windows)
-        frames = _read_window(sample, 0, starts[-1] + self.clip_len, num_frames)
-        per_window = [
-            transforms.select_crops(*transforms.ten_crops(frames[s:s + self.clip_len], self.crop_size), self.num_crops)
-            for s in starts
-        ]
-        crops = np.concatenate([c for c, _ in per_window])
-        flipped = torch.from_numpy(np.concatenate([f for _, f in per_window]))
-        clips = transforms.to_network_input(crops) if self.normalized else torch.from_numpy(crops).movedim(-1, -3)
-        return clips, flipped
-
-
-class EvalLoader:
-    """Iterable over this rank's EvalItems (each assigned video once). keys: the videos
-    assigned to this rank; skipped: those that failed (dicts with key, url, error)."""
-
-    def __init__(self, dataloader: DataLoader, keys: list[str]) -> None:
-        self._dataloader, self.keys = dataloader, keys
-        self.skipped: list[dict[str, Any]] = []
-
-    def __len__(self) -> int:
-        return len(self.keys)
-
-    def __iter__(self) -> Iterator[EvalItem]:
-        for entry in self._dataloader:
-            self.skipped.extend(entry[-1])
-            if entry[0] == "item":
-                _, key, label, clips, flipped, _ = entry
-                yield EvalItem(key, int(label), clips, flipped)
-
-
-def eval_loader(
-    dataset_uri: str,
-    split: int | None,
-    subset: Literal["train", "test"] | None = "test",
-    *,
-    rank: int,
-    world_size: int,
-    clip_len_frames: int = 11,
-    crop_size: int = 224,
-    num_windows: int = 25,
-    num_crops: int = 10,
-    num_workers: int = 0,
-    cache_dir: str | None = None,
-    normalized: bool = True,
-) -> EvalLoader:
-    """Every selected video exactly once across ranks and workers (see `eval_assignment`),
-    as EvalItem with num_windows windows (transforms.eval_window_starts) x num_crops crops
-    (10: ten_crops; 5: unflipped positions; 1: centre). No resampling, no shuffling.
-
-    Memory: a paper-sized item is 250 x 11 x 3 x 224 x 224 float32 = 1.6 GB; pass
-    normalized=False for uint8 clips (4x smaller) and normalise per chunk with
-    h2s_dist.frames.normalize.
-    """
-    _check_rank(rank, world_size)
-    if num_crops not in (1, 5, 10):
-        raise ValueError(f"num_crops must be 1, 5 or 10, got {num_crops}")
-    if num_workers < 0 or num_windows < 1 or clip_len_frames < 1:
-        raise ValueError("need num_workers >= 0, num_windows >= 1 and clip_len_frames >= 1")
-    videos = _selected_videos(dataset_uri, split, subset)
-    too_small = [v.key for v in videos if v.min_side < crop_size]
-    if too_small:
-        raise ValueError(
-            f"crop_size {crop_size} exceeds the frames of {len(too_small)} videos (e.g. {too_small[0]}); "
-            "lower crop_size or ingest at a larger size"
-        )
-    dataset = _EvalStream(videos, rank, world_size, clip_len_frames, crop_size, num_windows, num_crops,
-                          cache_dir, normalized)
-    dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
-                            prefetch_factor=1 if num_workers else None)
-    return EvalLoader(dataloader, [v.key for v in videos][rank::world_size])

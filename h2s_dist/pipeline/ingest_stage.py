@@ -88,18 +88,9 @@ SPEC = IngestSpec
 
 def listing_of(spec: IngestSpec):
     """The SourceListing the spec describes."""
-    from h2s_dist.data import sources
+    from h2s_dist.data.ingest import build_listing
 
-    if spec.source == "ucf101":
-        return sources.ucf101_entries(spec.root, spec.splits)
-    if spec.source == "hmdb51":
-        return sources.hmdb51_entries(spec.root, spec.splits)
-    if spec.source == "videos":
-        return sources.unlabeled_entries(spec.root)
-    from h2s_dist.data.synthetic import SyntheticMotionConfig
-
-    s = spec.synthetic
-    return sources.synthetic_entries(SyntheticMotionConfig(s.num_videos, s.num_frames, s.height, s.width, s.seed))
+    return build_listing(spec.source, spec.root, spec.splits, spec.synthetic.model_dump())
 
 
 def run(spec: IngestSpec, session, tracker, output_uri: str) -> dict[str, Any]:

@@ -10,8 +10,9 @@ import tarfile
 
 import pytest
 
-from h2s_dist.data import codec, ingest as ingest_mod, manifest, sources
+from h2s_dist.data import codec, manifest, sources
 from h2s_dist.data.ingest import IngestOptions, ingest, plan_shards
+from h2s_dist.data.ingest_cli import ingest_cli
 from h2s_dist.data.synthetic import SyntheticMotionConfig
 
 SMALL = (64, 48)
@@ -187,12 +188,12 @@ def test_ingest_to_s3_and_resume_there(s3_env):
 
 
 def test_cli_ingests_synthetic_and_prints_a_summary(tmp_path, capsys):
-    code = ingest_mod.ingest_cli(["synthetic", "--output", str(tmp_path / "ds"), "--num-videos", "9",
+    code = ingest_cli(["synthetic", "--output", str(tmp_path / "ds"), "--num-videos", "9",
                                   "--num-frames", "12", "--height", "16", "--width", "16", "--num-workers", "0",
                                   "--no-progress", "--encoding", "mp4"])
     out = capsys.readouterr().out
     assert code == 0 and "ingested 9 of 9 videos" in out and "manifest.parquet" in out
     assert set(manifest.read_manifest(str(tmp_path / "ds")).column("encoding").to_pylist()) == {"mp4"}
     with pytest.raises(SystemExit):
-        ingest_mod.ingest_cli(["ucf101", "--help"])
+        ingest_cli(["ucf101", "--help"])
     assert "h2s ingest ucf101" in capsys.readouterr().out

@@ -17,7 +17,7 @@ pytest.importorskip("cv2", reason="the TV-L1 baseline needs the `baseline` extra
 
 from h2s_dist.baseline import tvl1  # noqa: E402
 from h2s_dist.data import codec, flow_shards, manifest, storage  # noqa: E402
-from h2s_dist.data.shards import SkipRecorder, _samples  # noqa: E402
+from h2s_dist.data.shard_io import SkipRecorder, iter_samples  # noqa: E402
 from h2s_dist.tracking import NullTracker  # noqa: E402
 from h2s_dist.train.stages import tvl1_flows  # noqa: E402
 
@@ -50,7 +50,7 @@ def _read_samples(dataset_uri: str, keys: set[str] | None = None) -> dict[str, d
     rows = [r for r in manifest.read_manifest(dataset_uri).to_pylist() if keys is None or r["key"] in keys]
     shards = sorted({storage.join(dataset_uri, "shards", r["shard"].rsplit("/", 1)[-1]) for r in rows})
     recorder = SkipRecorder()
-    found = {s["__key__"]: s for s in _samples(shards, {r["key"] for r in rows}, recorder, None)}
+    found = {s["__key__"]: s for s in iter_samples(shards, {r["key"] for r in rows}, recorder, None)}
     assert not recorder.skipped
     return found
 

@@ -173,13 +173,13 @@ def compute_chunk(job: dict[str, Any]) -> dict[str, Any]:
     "shard_bytes"}. A video that fails to decode is skipped and listed, never fatal."""
     from h2s_dist.baseline import tvl1
     from h2s_dist.data import codec, flow_shards, transforms
-    from h2s_dist.data.shards import SkipRecorder, _samples
+    from h2s_dist.data.shard_io import SkipRecorder, iter_samples
 
     if job["num_threads"] is not None:
         tvl1.set_num_threads(job["num_threads"])
     by_key = {r["key"]: r for r in job["rows"]}
     recorder, done, tvl1_s, pairs = SkipRecorder(), {}, 0.0, 0
-    for sample in _samples([job["frame_shard"]], set(by_key), recorder, None):
+    for sample in iter_samples([job["frame_shard"]], set(by_key), recorder, None):
         key = sample["__key__"]
         if key in done:
             continue

@@ -1,0 +1,183 @@
+"""Shard access shared by every reader: open a shard, list the selected videos, pull their
+samples out of the tar stream, record what had to be skipped.
+
+    videos = selected_videos(dataset_uri, split=1, subset="train")   # manifest rows -> Video
+    recorder = SkipRecorder()
+    for sample in iter_samples(shard_uris, {v.key for v in videos}, recorder, cache_dir=None):
+        frames = read_frame_window(sample, start, 11, num_frames)     # (11, H, W, 3) uint8
+
+Used by the frame readers (h2s_dist.data.shards, h2s_dist.data.eval_stream), the flow
+readers (h2s_dist.data.flow_shards) and the tvl1_flows stage. Shard URIs are resolved as
+<dataset_uri>/shards/<basename of the manifest's shard>, so a dataset copied elsewhere
+(rclone to S3) reads from where it now lives.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import logging
+import os
+import posixpath
+import shutil
+import tempfile
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from torch.utils.data import get_worker_info
+from webdataset.tariterators import group_by_keys, tar_file_expander
+
+from h2s_dist.data import codec, manifest, storage, transforms
+
+log = logging.getLogger(__name__)
+
+# A worker that keeps failing (every sample corrupt, or its shards hold none of the
+# selected keys) would otherwise loop forever on a resampled stream.
+MAX_CONSECUTIVE_FAILURES = 200
+
+
+# ----------------------------------------------------------------------------- shard files
+
+
+def cached_shard_path(uri: str, cache_dir: str) -> str:
+    """Local copy of shard `uri` in `cache_dir`, downloaded on first use.
+
+    The file name is <sha1(uri)[:16]>-<basename>, so shards of different datasets never
+    collide. The download goes to a temporary file renamed into place (atomic), under an
+    exclusive lock file so that concurrent workers and ranks on one host download once.
+    """
+    os.makedirs(cache_dir, exist_ok=True)
+    digest = hashlib.sha1(uri.encode()).hexdigest()[:16]
+    path = os.path.join(cache_dir, f"{digest}-{posixpath.basename(uri)}")
+    if os.path.exists(path):
+        return path
+    with open(path + ".lock", "a+b") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not os.path.exists(path):  # another process may have finished while we waited
+            fd, tmp = tempfile.mkstemp(dir=cache_dir, prefix=".partial-")
+            try:
+                with os.fdopen(fd, "wb") as out, storage.open_uri(uri, "rb") as src:
+                    shutil.copyfileobj(src, out, length=1 << 20)
+                os.replace(tmp, path)
+            except BaseException:
+                os.unlink(tmp)
+                raise
+    return path
+
+
+def open_shard(uri: str, cache_dir: str | None = None):
+    """A binary file object on shard `uri`: local files directly, remote ones through the
+    cache when `cache_dir` is set, else streamed by h2s_dist.data.storage."""
+    local = storage.local_path_or_none(uri)
+    if local is not None:
+        return open(local, "rb")
+    if cache_dir is not None:
+        return open(cached_shard_path(uri, cache_dir), "rb")
+    return storage.open_uri(uri, "rb")
+
+
+# ----------------------------------------------------------------------------- skips
+
+
+class SkipRecorder:
+    """A webdataset `handler=`: warn, remember, keep going. `drain()` hands the new records
+    to whoever forwards them out of a DataLoader worker."""
+
+    def __init__(self) -> None:
+        self.skipped: list[dict[str, Any]] = []
+        self._sent = 0
+
+    def __call__(self, exn: BaseException) -> bool:
+        url = next((a for a in getattr(exn, "args", ())[1:] if isinstance(a, str)), None)
+        self.record(None, url, exn)
+        return True
+
+    def record(self, key: str | None, url: str | None, exn: BaseException | str) -> None:
+        error = exn if isinstance(exn, str) else f"{type(exn).__name__}: {str(exn)[:300]}"
+        self.skipped.append({"key": key, "url": url, "error": error})
+        log.warning("skipping sample %s in %s: %s", key, url, error)
+
+    def drain(self) -> list[dict[str, Any]]:
+        new = self.skipped[self._sent :]
+        self._sent = len(self.skipped)
+        return new
+
+
+# ----------------------------------------------------------------------------- selection
+
+
+@dataclass(frozen=True)
+class Video:
+    """One manifest row as the readers need it."""
+
+    key: str
+    label: int
+    num_frames: int
+    shard: str
+    min_side: int  # min(height, width) of the stored frames (of the flow fields in a flow dataset)
+
+
+def selected_videos(dataset_uri: str, split: int | None, subset: str | None) -> list[Video]:
+    """Manifest rows of the split/subset, in manifest order, shard URIs under dataset_uri."""
+    table = manifest.select(manifest.read_manifest(dataset_uri), split, subset)
+    rows = table.select(["key", "label", "num_frames", "shard", "height", "width"]).to_pylist()
+    videos = []
+    for r in rows:
+        shard = storage.join(dataset_uri, "shards", posixpath.basename(r["shard"]))
+        size = min(int(r["height"]), int(r["width"]))
+        videos.append(Video(r["key"], int(r["label"]), int(r["num_frames"]), shard, size))
+    if not videos:
+        raise ValueError(f"{dataset_uri}: no video in split={split} subset={subset!r}; check the manifest")
+    return videos
+
+
+def check_rank(rank: int, world_size: int) -> None:
+    """ValueError unless 0 <= rank < world_size."""
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
+
+
+def worker_slot() -> tuple[int, int]:
+    """(worker id, number of workers) of the calling DataLoader worker; (0, 1) outside one."""
+    info = get_worker_info()
+    return (0, 1) if info is None else (info.id, info.num_workers)
+
+
+# ----------------------------------------------------------------------------- samples
+
+
+def iter_samples(
+    shard_uris: Iterable[str], keys: set[str], recorder: SkipRecorder, cache_dir: str | None
+) -> Iterator[dict]:
+    """Shard URIs -> webdataset samples (raw bytes) whose key is in `keys`.
+
+    Members of other keys are skipped inside the tar stream without being read into memory.
+    A missing or unreadable shard is one record in `recorder`, not an exception.
+    """
+
+    def opened() -> Iterator[dict]:
+        for uri in shard_uris:
+            try:
+                stream = open_shard(uri, cache_dir)
+            except Exception as exn:  # a missing/unreadable shard is one skip, not a crash
+                recorder.record(None, uri, exn)
+                continue
+            try:
+                yield {"url": uri, "stream": stream}
+            finally:
+                stream.close()
+
+    def wanted(fname: str) -> bool:
+        return fname.split(".", 1)[0] in keys
+
+    files = tar_file_expander(opened(), handler=recorder, select_files=wanted)
+    return group_by_keys(files, handler=recorder)
+
+
+def read_frame_window(sample: dict, start: int, length: int, num_frames: int) -> np.ndarray:
+    """Frames [start, start + length) clamped to the video, padded by repeating the last one
+    -> (length, H, W, 3) uint8."""
+    available = max(1, min(length, num_frames - start))
+    return transforms.pad_to_length(codec.decode_frames(sample, start, available), length)
