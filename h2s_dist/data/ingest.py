@@ -132,6 +132,10 @@ def split1_group(entry: VideoEntry) -> int:
     return _SPLIT1_GROUP[entry.split(1)]
 
 
+def _mixing_order(key: str) -> str:
+    return hashlib.sha1(key.encode()).hexdigest()
+
+
 def estimate_stored_bytes(entry: VideoEntry, encoding: str) -> int:
     """A planning estimate of the stored size of `entry` (source bytes x measured ratio)."""
     if entry.generate is not None:
@@ -146,9 +150,12 @@ def estimate_stored_bytes(entry: VideoEntry, encoding: str) -> int:
 def plan_shards(entries: Sequence[VideoEntry], options: IngestOptions) -> list[list[VideoEntry]]:
     """Entries -> shards (lists of entries), in writing order. Deterministic in its inputs.
 
-    Sorted by (split-1 group, key); a shard closes when its estimated bytes reach the
-    target or the split-1 group changes, so every shard is pure for split 1."""
-    ordered = sorted(entries, key=lambda e: (split1_group(e), e.key))
+    Sorted by split-1 group, then in a fixed pseudo-random order (a hash of the key): keys
+    such as v_ApplyEyeMakeup_g08_c01 sort by class, and class-sorted shards would feed a
+    training stream one class at a time, which no shuffle buffer can undo. A shard closes
+    when its estimated bytes reach the target or the split-1 group changes, so every shard
+    is pure for split 1."""
+    ordered = sorted(entries, key=lambda e: (split1_group(e), _mixing_order(e.key), e.key))
     shards: list[list[VideoEntry]] = []
     current: list[VideoEntry] = []
     current_bytes = 0

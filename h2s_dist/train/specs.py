@@ -83,6 +83,9 @@ class DataSpec(Strict):
     """Frames per training window (11 -> 10 flow fields; 1 for the spatial stream)."""
     crop_size: PositiveInt = 224
     """Side of the square crop fed to the networks."""
+    flip: bool = True
+    """Random horizontal flips. Turn off where mirroring changes the class, as in the
+    synthetic motion set (a mirrored `translate_left` video is a `translate_right` one)."""
     batch_size: PositiveInt = 16
     """Clips per optimiser micro-step on each worker."""
     loader_workers: int = Field(2, ge=0)

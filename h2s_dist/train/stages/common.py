@@ -42,6 +42,7 @@ def clip_stream(
         subset=data.subset,
         clip_len_frames=data.clip_len_frames,
         crop_size=data.crop_size,
+        flip=data.flip,
         num_workers=data.loader_workers,
         shuffle_buffer=max(data.shuffle_buffer, 1),
         epoch_length_samples=data.epoch_length_samples,

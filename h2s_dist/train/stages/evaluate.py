@@ -237,7 +237,8 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     skipped = results.pop("__skipped__", {}).get("skipped", [])
     total_seconds = {part: sum(s[part] for _, s in gathered) for part in seconds}
     labels, streams = stream_scores(results, spec)
-    frames_per_video = spec.num_windows * spec.num_crops * (spec.clip_len_frames - 1)
+    # Video frames turned into scores: 10 per 11-frame window, however many crops each is seen in.
+    frames_per_video = spec.num_windows * (spec.clip_len_frames - 1)
     frames_scored = len(labels) * frames_per_video
     metrics: dict[str, float] = {"eval/videos": float(len(labels)), "eval/skipped": float(len(skipped))}
     per_class: dict[str, list] = {"class": classes}

@@ -1,0 +1,133 @@
+"""Shared helpers of the bench/ scripts: machine description, JSON results, tables, timing.
+
+Every script writes `bench/results/<name>.json` through `write_results`, which adds the
+machine (cpu count, CPU model from /proc/cpuinfo, torch version, CUDA device if any) and
+the exact command line, so a figure can always be traced to where and how it was measured.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import platform
+import shlex
+import sys
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+RESULTS_DIR = ROOT / "bench" / "results"
+
+# The paper's Table 2 (UCF101 split 1; fps on a Titan X), from /work/shared/PAPER.md.
+PAPER_TABLE2 = {
+    "spatial": {"accuracy": 80.97, "fps": None},
+    "tvl1_two_stage": {"accuracy": 85.65, "fps": 14.75},
+    "stacked_a": {"accuracy": 83.76, "fps": 169.49},
+    "stacked_b": {"accuracy": 84.04, "fps": 169.49},
+    "stacked_c": {"accuracy": 84.88, "fps": 169.49},
+    "two_stream_tvl1": {"accuracy": 90.9, "fps": 12.8},
+    "hidden_two_stream_a": {"accuracy": 87.50, "fps": 120.48},
+    "hidden_two_stream_b": {"accuracy": 87.99, "fps": 120.48},
+    "hidden_two_stream_c": {"accuracy": 89.82, "fps": 120.48},
+}
+
+
+def cpu_model() -> str:
+    """The CPU's model name from /proc/cpuinfo (platform.processor() is often empty on Linux)."""
+    try:
+        for line in pathlib.Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info() -> dict[str, Any]:
+    """Where a figure was measured: cores, CPU model, torch/opencv versions, CUDA device."""
+    info: dict[str, Any] = {"cpu_count": os.cpu_count(), "cpu_model": cpu_model(),
+                            "python": platform.python_version(), "platform": platform.platform()}
+    try:
+        info["load_avg_1min"] = round(os.getloadavg()[0], 2)
+    except OSError:
+        pass
+    try:
+        import torch
+
+        info.update(torch=torch.__version__, torch_threads=torch.get_num_threads(),
+                    cuda_device=torch.cuda.get_device_name() if torch.cuda.is_available() else None)
+    except ImportError:
+        info["torch"] = None
+    try:
+        import cv2
+
+        info["opencv"] = cv2.__version__
+    except ImportError:
+        pass
+    return info
+
+
+def command_line() -> str:
+    """The exact command that produced the results (interpreter + argv), shell-quoted."""
+    return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
+
+
+def write_results(name: str, payload: dict[str, Any], out_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
+    """Write payload + machine + command to out_dir/<name>.json atomically; returns the path."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    full = {**payload, "machine": machine_info(), "command": command_line(),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
+    tmp.replace(path)
+    return path
+
+
+def read_results(name: str, out_dir: pathlib.Path = RESULTS_DIR) -> dict[str, Any] | None:
+    path = out_dir / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _jsonable(obj: Any) -> Any:
+    if hasattr(obj, "item"):  # numpy / torch scalars
+        return obj.item()
+    if isinstance(obj, pathlib.Path):
+        return str(obj)
+    raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
+
+
+def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], floatfmt: str = ".2f") -> str:
+    """A plain-text table, columns padded to their widest cell; None prints as '-'."""
+    def cell(v: Any) -> str:
+        if v is None:
+            return "-"
+        if isinstance(v, float):
+            return format(v, floatfmt)
+        return str(v)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) if cells else len(h) for i, h in enumerate(header)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths))]
+    lines.append("  ".join("-" * w for w in widths))
+    lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in cells]
+    return "\n".join(lines)
+
+
+def timed(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3, sync: Callable[[], None] = lambda: None
+          ) -> tuple[float, Any]:
+    """(median seconds of `repeats` calls after `warmup` calls, the last call's result)."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+        sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        result = fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2], result

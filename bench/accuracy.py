@@ -1,0 +1,221 @@
+"""Accuracy on the synthetic motion benchmark, shaped like the paper's Table 2.
+
+Runs the real stages in this process through `h2s_dist.train.launch.launch` with tiny
+flavours: ingest synthetic videos (9 classes that differ only by camera motion, so a
+single frame carries no label: the spatial stream should sit near chance, 1/9), pretrain
+MotionNet, fine-tune the stacked temporal stream in modes (a) frozen, (b) action only,
+(c) action + unsupervised, train the spatial stream, compute TV-L1 flows and train the
+two-stage temporal stream on them, then evaluate each (a)/(b)/(c) with the test protocol
+(--num-windows windows x 10 crops) and late fusion. Everything is seeded (loop.seed,
+torch, numpy); with few test videos one video is several points of accuracy, so treat
+differences of a few points as noise.
+
+fps here is the protocol's: video frames per second on this machine, counting 10 frames
+per window (crops are not frames), from the evaluate stage's timings: decode + CNN for the
+frame streams; for TV-L1 the cached-flow CNN time plus the TV-L1 time of the pairs the
+windows use (the tvl1_flows stage's ms per pair).
+
+    .venv/bin/python bench/accuracy.py --quick       # ~5-8 min on 2 cores
+    .venv/bin/python bench/accuracy.py --num-videos 180 --pretrain-steps 1500 --finetune-steps 1000
+
+Writes bench/results/accuracy.json: {"accuracy": {row: top1 %}, "fps": {row: fps}, ...}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pathlib
+import random
+import sys
+import tempfile
+import time
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench._common import PAPER_TABLE2, format_table, write_results  # noqa: E402
+from h2s_dist.data.transforms import eval_window_starts  # noqa: E402
+from h2s_dist.train.launch import launch  # noqa: E402
+
+MODES = {"a": "frozen", "b": "action_only", "c": "action_plus_unsup"}
+TINY = {"flavour": "tiny"}
+ROWS = ("spatial", "tvl1_two_stage", "stacked_a", "stacked_b", "stacked_c", "two_stream_tvl1",
+        "hidden_two_stream_a", "hidden_two_stream_b", "hidden_two_stream_c")
+LABELS = {"spatial": "Spatial stream", "tvl1_two_stage": "TV-L1 two-stage temporal stream",
+          "stacked_a": "Stacked temporal stream (a)", "stacked_b": "Stacked temporal stream (b)",
+          "stacked_c": "Stacked temporal stream (c)", "two_stream_tvl1": "Two-stream (spatial + TV-L1)",
+          "hidden_two_stream_a": "Hidden two-stream (a)", "hidden_two_stream_b": "Hidden two-stream (b)",
+          "hidden_two_stream_c": "Hidden two-stream (c)"}
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _clips(dataset: str, args: argparse.Namespace, **overrides) -> dict:
+    return {"dataset": dataset, "split": 1, "subset": "train", "clip_len_frames": 11, "crop_size": args.crop,
+            "batch_size": 4, "loader_workers": 0, "shuffle_buffer": 16, "epoch_length_samples": 64, **overrides}
+
+
+def _loop(steps: int, seed: int) -> dict:
+    # grad_accum_steps 1: the fine-tuning stages default to the paper's 16 (and 4) accumulated
+    # batches, which a partial mapping would keep.
+    return {"max_steps": steps, "grad_accum_steps": 1, "log_every_steps": max(1, steps // 5),
+            "picture_every_steps": 10 * steps, "checkpoint_every_steps": steps, "seed": seed}
+
+
+def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
+    """Every stage in order; returns {stage: outputs} plus per-stage seconds."""
+    from h2s_dist.data.ingest import ingest
+    from h2s_dist.data.sources import synthetic_entries
+    from h2s_dist.data.synthetic import SyntheticMotionConfig
+    from h2s_dist.train.stages.evaluate import EvaluateSpec
+    from h2s_dist.train.stages.finetune import FinetuneSpec
+    from h2s_dist.train.stages.pretrain import PretrainSpec
+    from h2s_dist.train.stages.spatial import SpatialSpec
+    from h2s_dist.train.stages.temporal_flows import TemporalFlowsSpec
+    from h2s_dist.train.stages.tvl1_flows import TVL1FlowsSpec
+
+    out, seconds = {}, {}
+
+    def stage(name, kind, spec_cls, **spec):
+        seed_everything(args.seed)
+        start = time.perf_counter()
+        out[name] = launch(kind, spec_cls.model_validate(spec), str(work / name))
+        seconds[name] = round(time.perf_counter() - start, 1)
+        print(f"  {name:16s} {seconds[name]:6.1f} s", flush=True)
+
+    start = time.perf_counter()
+    dataset = str(work / "data")
+    config = SyntheticMotionConfig(num_videos=args.num_videos, num_frames=args.num_frames, height=args.height,
+                                   width=args.width, seed=args.seed)
+    ingest(synthetic_entries(config), dataset, size=None, num_workers=0, progress=False)
+    seconds["ingest"] = round(time.perf_counter() - start, 1)
+    print(f"  {'ingest':16s} {seconds['ingest']:6.1f} s", flush=True)
+
+    sgd = {"name": "sgd", "lr": 1e-2, "momentum": 0.9, "weight_decay": 5e-4, "bias_lr_multiplier": 2.0,
+           "milestones": []}
+    stage("pretrain", "pretrain_motionnet", PretrainSpec, motionnet=TINY, data=_clips(dataset, args),
+          optim={"name": "adam", "lr": 1e-3, "weight_decay": 4e-4, "milestones": []},
+          loop=_loop(args.pretrain_steps, args.seed))
+    for letter, mode in MODES.items():
+        stage(f"finetune_{letter}", "finetune_stacked", FinetuneSpec, mode=mode, motionnet=TINY,
+              motionnet_weights=out["pretrain"]["motionnet"], motionnet_lr=1e-4, vgg_flavour="tiny",
+              data=_clips(dataset, args), optim=sgd, loop=_loop(args.finetune_steps, args.seed))
+    stage("spatial", "train_spatial", SpatialSpec, vgg_flavour="tiny",
+          data=_clips(dataset, args, clip_len_frames=1, batch_size=16), optim=sgd,
+          loop=_loop(args.spatial_steps, args.seed))
+    stage("tvl1", "tvl1_flows", TVL1FlowsSpec, dataset=dataset, subset=None, videos_per_shard=32, num_tasks=0,
+          tvl1={"num_scales": 3, "num_warps": 3})
+    stage("temporal_tvl1", "train_temporal_flows", TemporalFlowsSpec, flows=out["tvl1"]["flows"], vgg_flavour="tiny",
+          data=_clips("", args, batch_size=8), optim=sgd, loop=_loop(args.temporal_steps, args.seed))
+    for letter in MODES:
+        stage(f"evaluate_{letter}", "evaluate", EvaluateSpec, dataset=dataset, crop_size=args.crop,
+              num_windows=args.num_windows, num_crops=10, motionnet=TINY, vgg_flavour="tiny", loader_workers=0,
+              spatial_weights=out["spatial"]["spatial"], stacked_weights=out[f"finetune_{letter}"]["stacked_temporal"],
+              # TV-L1 streams do not depend on the mode: score them once, with (a).
+              tvl1_weights=out["temporal_tvl1"]["tvl1_temporal"] if letter == "a" else None,
+              tvl1_flows=out["tvl1"]["flows"] if letter == "a" else None)
+    return {"outputs": out, "seconds": seconds}
+
+
+def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict]:
+    """({row: top-1 %}, {row: protocol fps}) from the evaluate reports."""
+    import json
+
+    from h2s_dist.data import storage
+
+    accuracy, fps = {}, {}
+    tvl1_ms_per_pair = outputs["tvl1"]["tvl1_ms_per_pair"]
+    starts = eval_window_starts(args.num_frames, 11, args.num_windows)
+    pairs_per_video = len({i for s in starts for i in range(s, s + 10)})
+    for letter in MODES:
+        report = json.loads(storage.read_bytes(outputs[f"evaluate_{letter}"]["report"]))
+        m, sec = report["metrics"], report["seconds"]
+        frames = m["eval/videos"] * args.num_windows * 10
+        accuracy[f"stacked_{letter}"] = 100 * m["accuracy/stacked/top1"]
+        accuracy[f"hidden_two_stream_{letter}"] = 100 * m["accuracy/hidden_two_stream/top1"]
+        fps[f"stacked_{letter}"] = frames / (sec["decode"] + sec["stacked"])
+        fps[f"hidden_two_stream_{letter}"] = frames / (sec["decode"] + sec["spatial"] + sec["stacked"])
+        if letter == "a":
+            accuracy["spatial"] = 100 * m["accuracy/spatial/top1"]
+            fps["spatial"] = frames / (sec["decode"] + sec["spatial"])
+            accuracy["tvl1_two_stage"] = 100 * m["accuracy/tvl1/top1"]
+            accuracy["two_stream_tvl1"] = 100 * m["accuracy/two_stream_tvl1/top1"]
+            flow_s = m["eval/videos"] * pairs_per_video * tvl1_ms_per_pair / 1e3
+            fps["tvl1_two_stage"] = frames / (sec["tvl1"] + flow_s)
+            fps["two_stream_tvl1"] = frames / (sec["tvl1"] + flow_s + sec["decode"] + sec["spatial"])
+    return accuracy, fps
+
+
+def _parse(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="72 videos of 80x64, 150 pretrain / 300 finetune steps (~5-8 min on 2 cores)")
+    p.add_argument("--num-videos", type=int, default=None, help="default 144 (--quick 72); 1/4 are test")
+    p.add_argument("--num-frames", type=int, default=24)
+    p.add_argument("--height", type=int, default=64)
+    p.add_argument("--width", type=int, default=80)
+    p.add_argument("--crop", type=int, default=64, help="crop side, a multiple of 32")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="default 600 (--quick 150)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="default 600 (--quick 300)")
+    p.add_argument("--spatial-steps", type=int, default=None, help="default 300 (--quick 100)")
+    p.add_argument("--temporal-steps", type=int, default=None, help="default 600 (--quick 200)")
+    p.add_argument("--num-windows", type=int, default=None, help="test windows per video (default 25; --quick 5)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch and OpenCV threads (1: on a shared machine more threads oversubscribe the cores)")
+    args = p.parse_args(argv)
+    q = args.quick
+    args.num_videos = args.num_videos or (72 if q else 144)
+    args.pretrain_steps = args.pretrain_steps or (150 if q else 600)
+    args.finetune_steps = args.finetune_steps or (300 if q else 600)
+    args.spatial_steps = args.spatial_steps or (100 if q else 300)
+    args.temporal_steps = args.temporal_steps or (200 if q else 600)
+    args.num_windows = args.num_windows or (5 if q else 25)
+    if args.crop % 32 or args.crop > min(args.height, args.width):
+        p.error(f"--crop must be a multiple of 32 and fit the {args.width}x{args.height} frames, got {args.crop}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parse(argv)
+    torch.set_num_threads(args.threads)
+    import cv2
+
+    cv2.setNumThreads(args.threads)
+    started = time.perf_counter()
+    print(f"synthetic benchmark: {args.num_videos} videos x {args.num_frames} frames {args.width}x{args.height}, "
+          f"crop {args.crop}; steps pretrain {args.pretrain_steps}, finetune {args.finetune_steps} x3, spatial "
+          f"{args.spatial_steps}, temporal TV-L1 {args.temporal_steps}; {args.num_windows} windows x 10 crops",
+          flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run_stages(pathlib.Path(tmp), args)
+        accuracy, fps = table_from(result["outputs"], args)
+    num_test = args.num_videos - sum(1 for i in range(args.num_videos) if (i // 9) % 4 != 3)
+    print()
+    print(format_table(["method", "top-1 % (synthetic)", "fps (this CPU)", "paper top-1 % (UCF101 s1)",
+                        "paper fps (Titan X)"],
+                       [[LABELS[r], accuracy[r], fps[r], PAPER_TABLE2[r]["accuracy"], PAPER_TABLE2[r]["fps"]]
+                        for r in ROWS]))
+    print(f"\n{num_test} test videos (one video = {100 / max(num_test, 1):.1f} points); chance = {100 / 9:.1f} %")
+    payload = {
+        "accuracy": accuracy, "fps": fps, "paper": PAPER_TABLE2, "labels": LABELS,
+        "num_test_videos": num_test, "chance_percent": 100 / 9, "stage_seconds": result["seconds"],
+        "total_seconds": round(time.perf_counter() - started, 1),
+        "settings": {k: v for k, v in vars(args).items()},
+        "notes": ("tiny networks on the synthetic motion set (9 camera-motion classes); the spatial stream cannot "
+                  "tell the classes apart by design. fps: protocol frames/s on this CPU, 10 frames per window."),
+    }
+    path = write_results("accuracy", payload)
+    print(f"wrote {path}")
+    return payload
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,27 @@
+"""bench/report.py renders docs/results.md from the JSON results, and says what is missing."""
+
+from __future__ import annotations
+
+import json
+
+from bench import report, storage
+
+
+def test_missing_results_name_the_script_to_run(tmp_path):
+    text = report.render(tmp_path)
+    assert "run `.venv/bin/python bench/speed.py --quick`" in text
+    assert text.startswith("# Results")
+
+
+def test_flow_quality_table_is_filled_from_the_json(tmp_path):
+    data = {"epe": {"tvl1": {"synthetic": 0.123}, "zero": {"synthetic": 1.5}}, "pairs": {"synthetic": 4},
+            "motionnet": "untrained", "machine": {"cpu_count": 2, "cpu_model": "X"}, "command": "python x"}
+    (tmp_path / "flow_quality.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "| tvl1 | 0.123 |" in text and "| zero | 1.500 |" in text
+    assert "`python x`" in text
+
+
+def test_ucf101_extrapolation_multiplies_bytes_per_frame_by_its_frame_count():
+    assert storage.ucf101_frames() == 13_320 * 7 * 25
+    assert storage.extrapolate(1000.0) == 1000.0 * 13_320 * 7 * 25
