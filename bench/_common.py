@@ -8,6 +8,7 @@ the exact command line, so a figure can always be traced to where and how it was
 from __future__ import annotations
 
 import json
+import statistics
 import os
 import pathlib
 import platform
@@ -131,3 +132,17 @@ def timed(fn: Callable[[], Any], *, warmup: int = 1, repeats: int = 3, sync: Cal
         times.append(time.perf_counter() - start)
     times.sort()
     return times[len(times) // 2], result
+
+
+def median_seconds(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> float:
+    """Median wall time of `fn` after `warmup` calls; `sync` waits for queued GPU work."""
+    for _ in range(warmup):
+        fn()
+        sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return float(statistics.median(times))

@@ -19,13 +19,13 @@ import json
 import os
 import pathlib
 import platform
-import statistics
 import sys
-import time
-from collections.abc import Callable
 from contextlib import nullcontext
 
 import torch
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+from bench._common import median_seconds  # noqa: E402
 
 from h2s_dist.models import StackedTemporalStream, build_motionnet, build_vgg16
 
@@ -51,19 +51,6 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     if args.size % 32:
         p.error(f"--size must be a multiple of 32 (MotionNet), got {args.size}")
     return args
-
-
-def _median_ms(fn: Callable[[], None], warmup: int, repeats: int, sync: Callable[[], None]) -> float:
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return statistics.median(times)
 
 
 def _models(flavour: str) -> dict[str, torch.nn.Module]:
@@ -107,9 +94,9 @@ def _bench_one(model, x, precision: str, device: torch.device, args) -> tuple[fl
         loss.backward()
 
     model.eval()
-    fwd = _median_ms(forward, args.warmup, args.repeats, sync)
+    fwd = 1e3 * median_seconds(forward, args.warmup, args.repeats, sync)
     model.train()
-    fwd_bwd = _median_ms(forward_backward, args.warmup, args.repeats, sync)
+    fwd_bwd = 1e3 * median_seconds(forward_backward, args.warmup, args.repeats, sync)
     return fwd / args.batch, fwd_bwd / args.batch
 
 

@@ -42,14 +42,13 @@ import os
 import pathlib
 import sys
 import threading
-import time
 from collections.abc import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench._common import PAPER_TABLE2, format_table, write_results  # noqa: E402
+from bench._common import PAPER_TABLE2, format_table, median_seconds, write_results  # noqa: E402
 from h2s_dist import frames as frame_conv  # noqa: E402
 from h2s_dist.baseline import tvl1  # noqa: E402
 from h2s_dist.data.flow_shards import stack_channels, to_network_input  # noqa: E402
@@ -135,19 +134,6 @@ def relative_error(scores: torch.Tensor, reference: torch.Tensor) -> float:
 
 def _sync(device: torch.device) -> Callable[[], None]:
     return (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
-
-
-def median_seconds(fn: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> float:
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return float(np.median(times))
 
 
 def choose_config(name: str, build: Callable[[], torch.nn.Module], x: torch.Tensor, device: torch.device,
