@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from h2s_dist.models import (
+    VGG16Config,
     LEVEL_MULTIPLIERS,
     FinetuneMode,
     FlowNormalize,
@@ -166,9 +167,19 @@ def test_vgg16_rejects_crops_below_32_and_wrong_channels():
 
 def test_vgg16_dropout_and_fc8_init_follow_the_paper():
     torch.manual_seed(0)
-    vgg = build_vgg16("tiny", num_classes=101, fc_channels=512)
+    vgg = build_vgg16("tiny", num_classes=101, fc_channels=512, dropout_fc6=0.9, dropout_fc7=0.8)
+    assert VGG16Config.paper().dropout_fc6 == 0.9 and VGG16Config.paper().dropout_fc7 == 0.8
     assert vgg.classifier.drop6.p == 0.9 and vgg.classifier.drop7.p == 0.8
     assert vgg.classifier.fc8.weight.std().item() == pytest.approx(0.001, rel=0.05)
+
+
+def test_fc6_fc7_init_keeps_the_signal_at_any_width():
+    """MSRA on fc6/fc7: std sqrt(2 / fan_in), so a narrow tiny net does not start silent."""
+    torch.manual_seed(0)
+    vgg = build_vgg16("tiny", num_classes=9)
+    assert vgg.config.dropout_fc6 == 0.5  # the tiny flavour's: 0.9 of 64 units leaves too few
+    fc7 = vgg.classifier.fc7.weight
+    assert fc7.std().item() == pytest.approx((2.0 / fc7.shape[1]) ** 0.5, rel=0.1)
 
 
 def test_cross_modality_conv1_is_channel_mean_replicated():
