@@ -74,7 +74,7 @@ def section_accuracy(d: dict) -> str:
         f"test, 9 classes told apart only by camera motion: chance {d['chance_percent']:.1f} %, and the "
         f"spatial stream is expected near it). Steps: pretrain {s['pretrain_steps']}, fine-tune "
         f"{s['finetune_steps']} per mode, spatial {s['spatial_steps']}, TV-L1 temporal {s['temporal_steps']}; "
-        f"test protocol {s['num_windows']} windows x 10 crops. One test video = "
+        f"test protocol {s['num_windows']} windows x {s.get('num_crops', 10)} crops. One test video = "
         f"{100 / max(d['num_test_videos'], 1):.1f} points: differences of a few points are noise.",
         md_table(["method", "top-1 % (synthetic)", "fps (this machine)", "paper top-1 % (UCF101 split 1)",
                   "paper fps (Titan X)"], rows),
