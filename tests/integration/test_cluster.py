@@ -29,6 +29,8 @@ REPO = pathlib.Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 BIN = pathlib.Path(sys.executable).parent
 
+STEPS = 150  # two-node run length
+
 
 def test_cluster_launcher_config_has_the_fields_ray_up_requires():
     config = yaml.safe_load((CLUSTER / "aws-gpu.yaml").read_text())
@@ -207,7 +209,8 @@ def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic
             data={"dataset": make_synthetic_dataset(shard_target_bytes=200_000), "crop_size": 32, "batch_size": 2,
                   "loader_workers": 0, "shuffle_buffer": 4, "epoch_length_samples": 32},
             optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-            loop={"max_steps": 30, "log_every_steps": 5, "picture_every_steps": 30, "checkpoint_every_steps": 5},
+            # Long enough that the node goes before the run ends (30 steps sometimes finished first).
+            loop={"max_steps": STEPS, "log_every_steps": 5, "picture_every_steps": STEPS, "checkpoint_every_steps": 5},
             scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1},
         )
         output = tmp_path / "pretrain"
@@ -240,12 +243,12 @@ def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic
         cluster.shutdown()
 
     assert events == ["removed", "added"]
-    assert outputs["steps"] == 30 and outputs["resumed_from_step"] in range(5, 30, 5)
+    assert outputs["steps"] == STEPS and outputs["resumed_from_step"] in range(5, STEPS, 5)
     first = outputs["first_batch_checksums"]
     assert len(first) == 2 and first[0] != first[1]  # each node's worker read its own shard
     assert pathlib.Path(outputs["motionnet"]).is_file()
-    assert (output / "ray" / f"pretrain_motionnet-{hash_of(spec)}" / "step_000000030" / "state.pt").is_file()
+    assert (output / "ray" / f"pretrain_motionnet-{hash_of(spec)}" / f"step_{STEPS:09d}" / "state.pt").is_file()
     run = MlflowClient(tracking.uri).get_run(tracking.run_id)
     assert run.data.tags["h2s.resumed_from_step"] == str(outputs["resumed_from_step"])
     steps = [m.step for m in MlflowClient(tracking.uri).get_metric_history(tracking.run_id, "loss/total")]
-    assert max(steps) == 30
+    assert max(steps) == STEPS
