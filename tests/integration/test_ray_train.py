@@ -43,17 +43,6 @@ def _kill_one_worker_after_a_checkpoint(ray_dir: pathlib.Path, killed: list, tim
         time.sleep(0.05)
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from h2s_dist.train.launch import ensure_ray
-
-    ensure_ray()
-    yield
-    ray.shutdown()
-
-
 def test_two_workers_split_data_and_survive_a_killed_worker(local_ray, make_synthetic_dataset, tmp_path, stage_run):
     from mlflow.tracking import MlflowClient
 

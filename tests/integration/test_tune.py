@@ -16,17 +16,6 @@ import pytest
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    import ray
-
-    from h2s_dist.train.launch import ensure_ray
-
-    ensure_ray()
-    yield
-    ray.shutdown()
-
-
 def test_search_picks_best_trial_logs_child_runs_and_restores(local_ray, make_synthetic_dataset, tmp_path, stage_run):
     from mlflow.tracking import MlflowClient
 
