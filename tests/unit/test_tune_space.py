@@ -133,3 +133,27 @@ def test_tune_session_holds_the_final_report_until_flush(tmp_path):
     session.flush()
     session.flush()
     assert sent[-1] == {"loss/total": 1.0, "step": 20} and len(sent) == 2
+
+
+def test_trial_folder_of_another_sample_is_cleared_before_reuse(tmp_path):
+    """After a restore, a searcher without a seed draws new values under an old trial id:
+    the old sample's checkpoints must not be resumed into the new one."""
+    from h2s_dist.train.stages import tune as tune_stage
+
+    setup = {"tracking": {"uri": None, "run_id": None}}
+    folder = tmp_path / "trials" / "abc_00001"
+    tune_stage._claim_folder(str(folder), {"optim.lr": 0.001}, setup)
+    (folder / "checkpoints" / "step_000000010").mkdir(parents=True)
+    (folder / "checkpoints" / "step_000000010" / "state.pt").write_bytes(b"old")
+    tune_stage._claim_folder(str(folder), {"optim.lr": 0.001}, setup)  # same sample: kept
+    assert (folder / "checkpoints" / "step_000000010" / "state.pt").is_file()
+    tune_stage._claim_folder(str(folder), {"optim.lr": 0.002}, setup)  # another sample: cleared
+    assert not (folder / "checkpoints" / "step_000000010" / "state.pt").exists()
+    assert (folder / tune_stage.CONFIG_FILE).read_text() == '{"optim.lr": 0.002}'
+
+
+def test_final_report_comes_from_the_trials_outputs():
+    from h2s_dist.train.stages.tune import _final_report
+
+    outputs = {"metrics": {"loss/total": 1.5, "train/top1": 0.25}, "steps": 60, "checkpoint": "x"}
+    assert _final_report(outputs) == {"loss/total": 1.5, "train/top1": 0.25, "step": 60}

@@ -15,6 +15,14 @@ usual names (`motionnet` / `stacked_temporal`: `${tune.motionnet}` feeds a later
 its `checkpoint`, and a summary of every trial. An interrupted search resumes:
 `<output>/ray/tune` is restored with `Tuner.restore` (finished trials are kept, unfinished
 ones continue from their checkpoints) instead of starting over.
+
+A kill (SIGKILL, a lost driver) is not seen by Tune: what it restores is its last experiment
+snapshot (taken every >= 10 s), which may be older than the trials' own files. So the
+trial folder is the truth: a trial that Tune restores as unfinished but whose folder holds
+outputs.json is not trained again, and a trial the restored searcher creates again (same
+id, same config: the searcher's state and RNG are in the snapshot) continues from the
+checkpoints in its folder. Its MLflow child run is the one it had, moved under the stage
+run that completes the search (`h2s.previous_parent_run_id` keeps the old parent).
 """
 
 from __future__ import annotations
@@ -34,6 +42,7 @@ from h2s_dist.train.stages.pretrain import PretrainSpec
 TRIAL_SPECS = {"pretrain_motionnet": PretrainSpec, "finetune_stacked": FinetuneSpec}
 EXPERIMENT_NAME = "tune"
 RUN_ID_FILE = "mlflow_run_id"
+CONFIG_FILE = "config.json"
 # Outputs of a training stage that are not weights URIs.
 _NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint"}
 
@@ -128,7 +137,9 @@ def _trial_tracker(setup: dict, trial_id: str, folder: str, config: dict):
         return NullTracker()
     id_file = storage.join(folder, RUN_ID_FILE)
     if storage.exists(id_file):
-        return MlflowTracker(uri, storage.read_bytes(id_file).decode().strip())
+        child = MlflowTracker(uri, storage.read_bytes(id_file).decode().strip())
+        _adopt_run(child, parent)
+        return child
     tracker = MlflowTracker(uri, parent)
     experiment_id = tracker.client.get_run(parent).info.experiment_id
     run = tracker.client.create_run(
@@ -145,6 +156,50 @@ def _trial_tracker(setup: dict, trial_id: str, folder: str, config: dict):
     return child
 
 
+def _adopt_run(child, parent: str | None) -> None:
+    """Put a trial's run under `parent`, the stage run now driving the search: after a
+    resume the trial's run was created under the interrupted execution's stage run."""
+    if not parent or not child.run_id:
+        return
+    previous = child.client.get_run(child.run_id).data.tags.get("mlflow.parentRunId")
+    if previous != parent:
+        child.set_tags({"mlflow.parentRunId": parent, "h2s.previous_parent_run_id": str(previous)})
+
+
+def _claim_folder(folder: str, config: dict, setup: dict) -> None:
+    """Make `folder` this trial's: record its config on first use. A folder holding another
+    config was left by a sample the restored searcher no longer knows (a search without a
+    seed draws new values after a restore, under the same trial id); its checkpoints would
+    not load into this trial's spec, so it is cleared and its MLflow run closed KILLED."""
+    from h2s_dist.tracking import MlflowTracker
+
+    config_file = storage.join(folder, CONFIG_FILE)
+    wanted = json.dumps(config, sort_keys=True)
+    if storage.exists(config_file):
+        if storage.read_bytes(config_file).decode() == wanted:
+            return
+        id_file = storage.join(folder, RUN_ID_FILE)
+        if setup["tracking"]["run_id"] and storage.exists(id_file):
+            stale = MlflowTracker(setup["tracking"]["uri"], storage.read_bytes(id_file).decode().strip())
+            stale.set_tags({"h2s.superseded": "true"})
+            stale.close("KILLED")
+        for item in storage.list_uris(folder):
+            storage.delete(item)
+    storage.write_bytes(config_file, wanted.encode())
+
+
+def _finished_outputs(folder: str) -> dict[str, Any] | None:
+    uri = storage.join(folder, "outputs.json")
+    return json.loads(storage.read_bytes(uri)) if storage.exists(uri) else None
+
+
+def _final_report(outputs: dict[str, Any]) -> dict[str, float]:
+    """The trial's last result for Tune, from its outputs (`step` = the steps it trained)."""
+    metrics = outputs.get("metrics") or {}
+    clean = {k: float(v) for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    return {**clean, "step": int(outputs.get("steps") or 0)}
+
+
 def tune_trial(config: dict, setup: dict) -> None:
     """The Tune function of every trial (importable, so Ray ships it by reference)."""
     import torch
@@ -157,6 +212,13 @@ def tune_trial(config: dict, setup: dict) -> None:
     module = stage_module(setup["kind"])
     spec = module.SPEC.model_validate(tune_spaces.apply_config(setup["trial"], config))
     folder = trial_uri(setup["output_uri"], trial_id)
+    _claim_folder(folder, config, setup)
+    done = _finished_outputs(folder)
+    if done is not None:
+        # Finished before the search was interrupted, after Tune's last snapshot (which still
+        # says RUNNING): training again would rewrite its weights and outputs for nothing.
+        tune.report(_final_report(done))
+        return
     tracker = _trial_tracker(setup, trial_id, folder, config)
     session = None
     try:
@@ -166,6 +228,10 @@ def tune_trial(config: dict, setup: dict) -> None:
             session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
             outputs = module.run(spec, session, tracker, folder)
             storage.write_bytes(storage.join(folder, "outputs.json"), json.dumps(outputs, indent=2).encode())
+            if session.last_reported_step != outputs["steps"]:
+                # Restored from its final checkpoint (killed before writing its outputs): the
+                # loop had nothing left to log, but Tune still needs the final result.
+                session.report_metrics(_final_report(outputs), outputs["steps"])
         else:
             _fit_trial_on_workers(setup["kind"], spec, folder, tracker, trial_id)
     except BaseException:
@@ -256,12 +322,15 @@ def trial_summaries(results, spec: TuneSpec, output_uri: str) -> list[dict[str, 
         trial_id = str(metrics.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1])
         outputs_uri = storage.join(trial_uri(output_uri, trial_id), "outputs.json")
         outputs = json.loads(storage.read_bytes(outputs_uri)) if storage.exists(outputs_uri) else None
-        value = metrics.get(spec.metric)
+        # A finished trial's own outputs hold its final metrics; Tune's last result may be an
+        # older one (a trial that finished after the snapshot a resumed search started from).
+        final = _final_report(outputs) if outputs is not None else {}
+        value = final.get(spec.metric, metrics.get(spec.metric))
         rows.append({
             "trial_id": trial_id,
             "config": {k: v for k, v in (result.config or {}).items()},
             "metric": float(value) if isinstance(value, (int, float)) else None,
-            "steps": int(metrics.get("step") or 0),
+            "steps": int(final.get("step") or metrics.get("step") or 0),
             "finished": outputs is not None,
             "error": str(result.error) if result.error else None,
             "outputs": outputs,
@@ -283,19 +352,33 @@ def best_of(rows: list[dict[str, Any]], spec: TuneSpec) -> dict[str, Any]:
     return pick(finished, key=lambda r: r["metric"])
 
 
-def _close_stopped_runs(rows: list[dict[str, Any]], output_uri: str, tracker) -> None:
-    """Trials ASHA stopped never closed their MLflow runs: mark them KILLED and say why."""
+def _settle_trial_runs(rows: list[dict[str, Any]], output_uri: str, tracker) -> list[str]:
+    """Every trial's MLflow run under this stage run, closed. Trials ASHA stopped never
+    closed theirs: marked KILLED, saying why. After a resume, the runs of trials finished
+    before the interruption are moved here (a run killed between the trial's outputs and its
+    close is closed FINISHED). Returns the stage runs the search was resumed from."""
     from h2s_dist.tracking import MlflowTracker
 
     if not tracker.run_id:
-        return
+        return []
+    previous: set[str] = set()
     for row in rows:
         id_file = storage.join(trial_uri(output_uri, row["trial_id"]), RUN_ID_FILE)
-        if row["finished"] or not storage.exists(id_file):
+        if not storage.exists(id_file):
             continue
         child = MlflowTracker(tracker.tracking_uri, storage.read_bytes(id_file).decode().strip())
+        run = child.client.get_run(child.run_id)
+        parent = run.data.tags.get("mlflow.parentRunId") or ""
+        # Already ours: moved here when it resumed in this execution (_trial_tracker), or never moved.
+        previous.add(parent if parent != tracker.run_id else run.data.tags.get("h2s.previous_parent_run_id", ""))
+        _adopt_run(child, tracker.run_id)
+        if row["finished"]:
+            if run.info.status == "RUNNING":
+                child.close("FINISHED")
+            continue
         child.set_tags({"h2s.stopped_early": "true", "h2s.stopped_at_step": str(row["steps"])})
         child.close("FAILED" if row["error"] else "KILLED")
+    return sorted(previous - {"", tracker.run_id})
 
 
 def run(spec: TuneSpec, session, tracker, output_uri: str) -> dict[str, Any]:
@@ -318,7 +401,9 @@ def run(spec: TuneSpec, session, tracker, output_uri: str) -> dict[str, Any]:
         if started_ray:
             ray.shutdown()
     rows = trial_summaries(results, spec, output_uri)
-    _close_stopped_runs(rows, output_uri, tracker)
+    resumed_from = _settle_trial_runs(rows, output_uri, tracker)
+    if resumed_from:
+        tracker.set_tags({"h2s.tune_resumed_from_run_ids": ",".join(resumed_from)})
     best = best_of(rows, spec)
     stopped = sum(1 for r in rows if not r["finished"] and not r["error"])
     metrics = {f"best/{spec.metric}": best["metric"], "tune/trials": float(len(rows)), "tune/stopped_early": float(stopped)}
