@@ -61,6 +61,12 @@ class MotionNetConfig:
     predict_flowK and the next deconv. False (ablation): both read the concat directly."""
     negative_slope: float = 0.1
     """LeakyReLU slope after every encoder conv and every deconvK."""
+    flow_head_init_std: float | None = None
+    """Std of the normal init of the predict_flowK weights; None = MSRA like every other
+    layer (the release). MSRA heads start at flows of 5-10 px of noise, and a network
+    with a few hundred steps spends them collapsing to zero flow and then stays there
+    (the photometric gradient of a smooth image is weak); a small std (1e-3) starts at
+    about zero flow, where that gradient points the right way from the first step."""
 
     def __post_init__(self) -> None:
         if len(self.encoder_channels) != 6 or len(self.decoder_channels) != 4:
@@ -71,6 +77,8 @@ class MotionNetConfig:
             )
         if min(self.encoder_channels + self.decoder_channels) < 1:
             raise ValueError("MotionNetConfig channel widths must be positive")
+        if self.flow_head_init_std is not None and self.flow_head_init_std < 0:
+            raise ValueError(f"flow_head_init_std must be >= 0 or None, got {self.flow_head_init_std}")
         if self.num_frames < 2:
             raise ValueError(f"num_frames must be >= 2 to predict a flow, got {self.num_frames}")
 
@@ -81,8 +89,10 @@ class MotionNetConfig:
 
     @classmethod
     def tiny(cls, **overrides) -> MotionNetConfig:
-        """Same topology with widths 8 ... 64, for unit tests and the CPU quickstart."""
-        base = cls(encoder_channels=(8, 16, 32, 64, 64, 64), decoder_channels=(64, 32, 16, 8))
+        """Same topology with widths 8 ... 64, for unit tests and the CPU quickstart; flow
+        heads start near zero flow (its few hundred steps cannot afford MSRA's noisy start)."""
+        base = cls(encoder_channels=(8, 16, 32, 64, 64, 64), decoder_channels=(64, 32, 16, 8),
+                   flow_head_init_std=1e-3)
         return dataclasses.replace(base, **overrides)
 
     @property
@@ -154,15 +164,21 @@ class MotionNet(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """MSRA init as Caffe's "msra" filler (std sqrt(2 / fan_in)), biases 0.
+        """MSRA init as Caffe's "msra" filler (std sqrt(2 / fan_in)), biases 0; the
+        predict_flowK heads get normal(0, flow_head_init_std) instead when that is set.
 
         For deconvolutions Caffe's fan_in is out_channels * k * k, which is also what
         torch computes for a ConvTranspose2d weight (in, out, k, k)."""
+        heads = {id(m) for name, m in self.decoder.items() if name.startswith("predict_flow")}
+        head_std = self.config.flow_head_init_std
         for m in self.modules():
             # Meta tensors (shape-only builds) have nothing to fill; skipping also avoids a
             # slow first normal_ on meta. Call reset_parameters() after materialising.
             if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)) and not m.weight.is_meta:
-                nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
+                if id(m) in heads and head_std is not None:
+                    nn.init.normal_(m.weight, std=head_std)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
     def _stack(self, frames: torch.Tensor) -> torch.Tensor:

@@ -25,6 +25,7 @@ from h2s_dist.models import (
     fuse_scores,
     temporal_from_rgb,
 )
+from h2s_dist.models.motionnet import RAW_FLOW_SCALE
 
 
 def _count(layers: list[tuple[int, int, int]]) -> int:
@@ -105,6 +106,19 @@ def test_motionnet_init_is_msra_with_zero_bias():
     conv = net.encoder["conv4_1"]  # 512 * 9 fan-in: enough samples for a tight std
     assert conv.weight.std().item() == pytest.approx(math.sqrt(2 / (512 * 9)), rel=0.02)
     assert all(not m.bias.detach().any() for m in net.modules() if getattr(m, "bias", None) is not None)
+
+
+def test_flow_head_init_std_starts_tiny_motionnet_near_zero_flow_and_paper_at_msra():
+    torch.manual_seed(0)
+    frames = torch.randn(2, 11, 3, 64, 64) * 0.2
+    tiny_px = build_motionnet("tiny")(frames)[-1].abs().max().item() * RAW_FLOW_SCALE
+    msra_px = build_motionnet("tiny", flow_head_init_std=None)(frames)[-1].abs().max().item() * RAW_FLOW_SCALE
+    assert tiny_px < 0.5 < 5 < msra_px, (tiny_px, msra_px)
+    paper = build_motionnet("paper", num_frames=2)
+    head = paper.decoder["predict_flow2"]  # paper heads keep the release's MSRA init
+    assert head.weight.std().item() == pytest.approx(math.sqrt(2 / (head.in_channels * 9)), rel=0.05)
+    with pytest.raises(ValueError, match="flow_head_init_std"):
+        build_motionnet("tiny", flow_head_init_std=-1.0)
 
 
 @pytest.mark.parametrize("shape", [(1, 11, 3, 224, 200), (1, 11, 3, 48, 64), (1, 10, 3, 64, 64), (11, 3, 64, 64)])
