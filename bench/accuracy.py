@@ -103,12 +103,14 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
 
     # Adam, not the release's SGD: the tiny networks get a few hundred steps, not 16k.
     classifier_optim = {"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "bias_lr_multiplier": 1.0, "milestones": []}
-    stage("pretrain", "pretrain_motionnet", PretrainSpec, motionnet=TINY, data=_clips(dataset, args),
+    # Smoothness 0.1 as in jobs/quickstart.yaml (why: see there).
+    unsup = {"smoothness_weight": 0.1}
+    stage("pretrain", "pretrain_motionnet", PretrainSpec, motionnet=TINY, loss=unsup, data=_clips(dataset, args),
           optim={"name": "adam", "lr": 1e-3, "weight_decay": 4e-4, "milestones": []},
           loop=_loop(args.pretrain_steps, args.seed))
     for letter, mode in MODES.items():
         stage(f"finetune_{letter}", "finetune_stacked", FinetuneSpec, mode=mode, motionnet=TINY,
-              motionnet_weights=out["pretrain"]["motionnet"], motionnet_lr=1e-4, vgg_flavour="tiny",
+              motionnet_weights=out["pretrain"]["motionnet"], motionnet_lr=1e-4, loss=unsup, vgg_flavour="tiny",
               data=_clips(dataset, args), optim=classifier_optim, loop=_loop(args.finetune_steps, args.seed))
     stage("spatial", "train_spatial", SpatialSpec, vgg_flavour="tiny",
           data=_clips(dataset, args, clip_len_frames=1, batch_size=16), optim=classifier_optim,
@@ -158,13 +160,13 @@ def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict]:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="72 videos of 80x64, 150 pretrain / 300 finetune steps (~5-8 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="72 videos of 80x64, 500 pretrain / 300 finetune steps (~8 min on 2 cores)")
     p.add_argument("--num-videos", type=int, default=None, help="default 144 (--quick 72); 1/4 are test")
     p.add_argument("--num-frames", type=int, default=24)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=80)
     p.add_argument("--crop", type=int, default=64, help="crop side, a multiple of 32")
-    p.add_argument("--pretrain-steps", type=int, default=None, help="default 600 (--quick 150)")
+    p.add_argument("--pretrain-steps", type=int, default=None, help="default 1000 (--quick 500)")
     p.add_argument("--finetune-steps", type=int, default=None, help="default 600 (--quick 300)")
     p.add_argument("--spatial-steps", type=int, default=None, help="default 300 (--quick 100)")
     p.add_argument("--temporal-steps", type=int, default=None, help="default 600 (--quick 200)")
@@ -175,7 +177,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     q = args.quick
     args.num_videos = args.num_videos or (72 if q else 144)
-    args.pretrain_steps = args.pretrain_steps or (150 if q else 600)
+    args.pretrain_steps = args.pretrain_steps or (500 if q else 1000)
     args.finetune_steps = args.finetune_steps or (300 if q else 600)
     args.spatial_steps = args.spatial_steps or (100 if q else 300)
     args.temporal_steps = args.temporal_steps or (200 if q else 600)

@@ -16,13 +16,14 @@ flow i: frame i -> i+1 with frame1(x) ~ frame2(x + flow(x)), u right, v down: Op
 TV-L1 and Farneback `calc(prev, next)` and MotionNet (h2s_dist.warp.backward_warp) agree.
 
 MotionNet: `--motionnet URI` (a state dict, e.g. pretrain_motionnet's `motionnet` output)
-with `--flavour` and `--num-frames`. A 2-frame network sees the pair; a T-frame network
-sees the pair padded to its window by repeating the second frame (f1, f2, f2, ..., f2)
-and flow 0 is scored. Frames are edge-padded to a multiple of 32 (bottom/right) and the
-full-resolution flow (flow2 upsampled x2) is cropped back. Without --motionnet, --quick
-trains a tiny 2-frame MotionNet for --train-steps steps on synthetic pairs with the
-unsupervised loss (reported as "tiny-2f, trained N steps"; a few hundred CPU steps leave it
-near zero flow on this data, so it shows the pipeline, not MotionNet's quality); otherwise
+with `--flavour` and `--num-frames`. A T-frame network is scored on the flow of the pair
+inside a real T-frame window where the dataset has one (synthetic videos: the pair is the
+middle of an 11-frame clip, so the network sees the motion it was trained on); on a bare
+pair (Middlebury) it sees the pair padded to its window by repeating the second frame
+(f1, f2, f2, ..., f2) and flow 0 is scored. Frames are edge-padded to a multiple of 32
+(bottom/right) and the full-resolution flow (flow2 upsampled x2) is cropped back. Without
+--motionnet, --quick trains a tiny 11-frame MotionNet for --train-steps steps on synthetic
+clips with the unsupervised loss alone (reported as "tiny-11f, trained N steps"); otherwise
 MotionNet is an untrained (random-init) network and is reported as "untrained".
 
     .venv/bin/python bench/flow_quality.py --quick                        # ~1-3 min, 2 cores
@@ -53,19 +54,23 @@ from h2s_dist.data.flow_io import average_epe, read_flo  # noqa: E402
 
 SIZE_MULTIPLE = 32
 METHODS = ("motionnet", "tvl1", "farneback", "zero")
-FlowMethod = Callable[[np.ndarray, np.ndarray], np.ndarray]
+FlowMethod = Callable[["FlowPair"], np.ndarray]  # a pair -> its flow (H, W, 2), px
 
 
 @dataclasses.dataclass(frozen=True)
 class FlowPair:
     """frame1, frame2 (H, W, 3) uint8 RGB; flow (H, W, 2) float32 px frame1 -> frame2 (NaN =
-    unknown); valid (H, W) bool or None (all pixels with known flow)."""
+    unknown); valid (H, W) bool or None (all pixels with known flow). window (T, H, W, 3)
+    uint8: the video around the pair where the dataset has it, frame1 = window[window_index]
+    and frame2 = window[window_index + 1]; None for a bare pair."""
 
     name: str
     frame1: np.ndarray
     frame2: np.ndarray
     flow: np.ndarray
     valid: np.ndarray | None = None
+    window: np.ndarray | None = None
+    window_index: int = 0
 
 
 # ----------------------------------------------------------------------------- datasets
@@ -122,20 +127,29 @@ def read_sintel(root: str | os.PathLike, render_pass: str = "clean", max_pairs_p
     return pairs
 
 
-def synthetic_pairs(num_videos: int, height: int, width: int, seed: int = 123) -> list[FlowPair]:
-    """One pair (the middle two frames) per synthetic video, every class in turn, with sprites."""
+def synthetic_pairs(num_videos: int, height: int, width: int, seed: int = 123,
+                    window_frames: int = 11) -> list[FlowPair]:
+    """One pair per synthetic video, every class in turn, with sprites: the middle pair of a
+    `window_frames`-frame clip (frames k, k+1 with k = (window_frames - 1) // 2), clip kept."""
     from h2s_dist.data.synthetic import SyntheticMotionConfig, make_video
 
-    config = SyntheticMotionConfig(num_videos=num_videos, num_frames=4, height=height, width=width, seed=seed,
-                                   num_sprites=(0, 2))
+    config = SyntheticMotionConfig(num_videos=num_videos, num_frames=window_frames, height=height, width=width,
+                                   seed=seed, num_sprites=(0, 2))
+    k = (window_frames - 1) // 2
     pairs = []
     for i in range(num_videos):
         video = make_video(config, i)
-        pairs.append(FlowPair(video.key, video.frames[1], video.frames[2], video.flows[1], video.valid[1]))
+        pairs.append(FlowPair(video.key, video.frames[k], video.frames[k + 1], video.flows[k], video.valid[k],
+                              window=video.frames, window_index=k))
     return pairs
 
 
 # ----------------------------------------------------------------------------- methods
+
+
+def pairwise(fn: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> FlowMethod:
+    """A FlowMethod from a function of (frame1, frame2): the two-frame methods."""
+    return lambda pair: fn(pair.frame1, pair.frame2)
 
 
 def zero_flow(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
@@ -165,6 +179,17 @@ def pad_to_multiple(frames: np.ndarray, multiple: int = SIZE_MULTIPLE) -> np.nda
     return np.pad(frames, widths, mode="edge") if pad_h or pad_w else frames
 
 
+def motionnet_window(pair: FlowPair, num_frames: int) -> tuple[np.ndarray, int]:
+    """(T frames for a T-frame MotionNet, index of the pair's flow among its T-1 flows):
+    the real frames around the pair when `pair.window` has enough, else the pair padded by
+    repeating frame2 (flow 0 scored)."""
+    window = pair.window
+    if window is not None and len(window) >= num_frames:
+        start = min(max(pair.window_index - (num_frames - 1) // 2, 0), len(window) - num_frames)
+        return window[start:start + num_frames], pair.window_index - start
+    return np.stack([pair.frame1] + [pair.frame2] * (num_frames - 1)), 0
+
+
 def motionnet_method(model) -> FlowMethod:
     """A FlowMethod running `model` (a MotionNet) on a pair, see the module docstring."""
     import torch
@@ -175,41 +200,49 @@ def motionnet_method(model) -> FlowMethod:
     num_frames = model.config.num_frames
     model.eval()
 
-    def method(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
-        h, w = frame1.shape[:2]
-        window = np.stack([frame1] + [frame2] * (num_frames - 1))  # (T, H, W, 3)
-        padded = pad_to_multiple(window)
+    def method(pair: FlowPair) -> np.ndarray:
+        h, w = pair.frame1.shape[:2]
+        frames, index = motionnet_window(pair, num_frames)
+        padded = pad_to_multiple(frames)
         x = normalize(torch.from_numpy(np.ascontiguousarray(padded)).permute(0, 3, 1, 2))[None]
         with torch.inference_mode():
             flow2 = model(x)[-1]
-        flow = full_resolution_flow(flow2, padded.shape[1:3])[0, 0]  # (2, Hp, Wp), pair 0
+        flow = full_resolution_flow(flow2, padded.shape[1:3])[0, index]  # (2, Hp, Wp)
         return flow[:, :h, :w].permute(1, 2, 0).numpy().astype(np.float32)
 
     return method
 
 
-def train_tiny_motionnet(steps: int, size: int = 64, batch: int = 4, seed: int = 0):
-    """A tiny 2-frame MotionNet trained `steps` Adam steps on synthetic pairs (unsupervised loss only)."""
+def train_tiny_motionnet(steps: int, num_frames: int = 11, size: int = 64, batch: int = 4, seed: int = 0):
+    """A tiny `num_frames` MotionNet trained `steps` Adam steps on synthetic clips (unsupervised
+    loss only), on videos of another seed than the scored ones; lr 1e-3, x0.2 at 70 %.
+
+    Smoothness weight 0.1, as in jobs/quickstart.yaml: at the paper's 1.0 the alpha-0.3
+    Charbonnier (steepest at differences of ~eps) holds a fresh network at zero flow for
+    hundreds of steps, how many depends on the seed (EPE after 600 steps: 0.84, 0.82 px for
+    two seeds; zero flow 0.85), where 0.1 gave 0.50 and 0.48."""
     import torch
 
     from h2s_dist.data.synthetic import SyntheticMotionConfig, make_video
     from h2s_dist.frames import denormalize, normalize
-    from h2s_dist.losses import unsupervised_flow_loss
+    from h2s_dist.losses import UnsupervisedLossConfig, unsupervised_flow_loss
     from h2s_dist.models import build_motionnet
 
     torch.manual_seed(seed)
-    config = SyntheticMotionConfig(num_videos=64, num_frames=8, height=size, width=size, seed=seed + 7)
+    loss_config = UnsupervisedLossConfig(smoothness_weight=0.1)
+    config = SyntheticMotionConfig(num_videos=64, num_frames=num_frames + 8, height=size, width=size, seed=seed + 7)
     videos = [torch.from_numpy(make_video(config, i).frames).permute(0, 3, 1, 2) for i in range(config.num_videos)]
-    net = build_motionnet("tiny", num_frames=2)
+    net = build_motionnet("tiny", num_frames=num_frames)
     opt = torch.optim.Adam(net.parameters(), lr=1e-3)
     rng = np.random.default_rng(seed)
     for step in range(steps):
         if step == int(0.7 * steps):
             for group in opt.param_groups:
                 group["lr"] = 2e-4
-        picks = [(int(rng.integers(len(videos))), int(rng.integers(config.num_frames - 1))) for _ in range(batch)]
-        x = normalize(torch.stack([videos[v][t:t + 2] for v, t in picks]))
-        loss, _ = unsupervised_flow_loss(denormalize(x), net(x))
+        picks = [(int(rng.integers(len(videos))), int(rng.integers(config.num_frames - num_frames + 1)))
+                 for _ in range(batch)]
+        x = normalize(torch.stack([videos[v][t:t + num_frames] for v, t in picks]))
+        loss, _ = unsupervised_flow_loss(denormalize(x), net(x), loss_config)
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -232,7 +265,7 @@ def dataset_epe(method: FlowMethod, pairs: list[FlowPair]) -> tuple[float, float
     """(mean over pairs of the pair's average EPE, seconds per pair)."""
     epes, start = [], time.perf_counter()
     for pair in pairs:
-        pred = method(pair.frame1, pair.frame2)
+        pred = method(pair)
         epes.append(average_epe(pred, pair.flow, pair.valid))
     return float(np.mean(epes)), (time.perf_counter() - start) / len(pairs)
 
@@ -265,7 +298,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--motionnet", help="URI of MotionNet weights (state dict)")
     p.add_argument("--flavour", choices=("paper", "tiny"), default="paper", help="MotionNet flavour of --motionnet")
     p.add_argument("--num-frames", type=int, default=11, help="MotionNet window of --motionnet")
-    p.add_argument("--train-steps", type=int, default=300, help="--quick without --motionnet: tiny MotionNet steps")
+    p.add_argument("--train-steps", type=int, default=600, help="--quick without --motionnet: tiny MotionNet steps")
     p.add_argument("--middlebury", help="root of the Middlebury flow set (other-data/, other-gt-flow/)")
     p.add_argument("--sintel", help="root of MPI-Sintel training (clean/, final/, flow/)")
     p.add_argument("--sintel-pairs-per-scene", type=int, default=None, help="evenly spaced pairs per scene (all)")
@@ -296,14 +329,14 @@ def main(argv: list[str] | None = None) -> dict:
             motionnet_note = f"{args.flavour}-{args.num_frames}f from {args.motionnet}"
         elif args.quick:
             net = train_tiny_motionnet(args.train_steps)
-            motionnet_note = f"tiny-2f, trained {args.train_steps} steps on synthetic pairs (unsupervised)"
+            motionnet_note = f"tiny-11f, trained {args.train_steps} steps on synthetic clips (unsupervised)"
         else:
             net = load_motionnet_untrained(args.flavour, args.num_frames)
             motionnet_note = f"untrained (random init) {args.flavour}-{args.num_frames}f"
         print(f"MotionNet: {motionnet_note} ({time.perf_counter() - start:.0f} s)", flush=True)
         methods["motionnet"] = motionnet_method(net)
     table = {"tvl1": tvl1_method, "farneback": farneback_method, "zero": zero_flow}
-    methods.update({m: table[m] for m in args.methods if m in table})
+    methods.update({m: pairwise(table[m]) for m in args.methods if m in table})
     datasets = dict(_iter_datasets(args))
     print(f"datasets: {', '.join(f'{k} ({len(v)} pairs)' for k, v in datasets.items())}", flush=True)
     result = evaluate(methods, datasets)
@@ -313,7 +346,8 @@ def main(argv: list[str] | None = None) -> dict:
     payload = {**result, "motionnet": motionnet_note, "pairs": {k: len(v) for k, v in datasets.items()},
                "settings": {"synthetic_size_wh": list(args.synthetic_size), "threads": args.threads,
                             "epe": "mean over pairs of per-pair average EPE (valid, known-gt pixels), pixels",
-                            "motionnet_window": "pair, second frame repeated to the window; flow 0 scored",
+                            "motionnet_window": ("synthetic: the pair in the middle of its real window; bare pairs: "
+                                                 "second frame repeated to the window, flow 0 scored"),
                             "tvl1": "OpenCV DualTVL1 defaults", "farneback": "pyr 0.5, 3 levels, win 15, 3 it"}}
     path = write_results("flow_quality", payload)
     print(f"wrote {path}")

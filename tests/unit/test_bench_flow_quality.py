@@ -80,7 +80,7 @@ def test_sintel_layout_pairs_each_flo_with_its_two_frames(sintel_root):
 
 def test_perfect_method_scores_zero_and_zero_flow_scores_the_shift_length(middlebury_root, sintel_root):
     datasets = {"middlebury": fq.read_middlebury(middlebury_root), "sintel_clean": fq.read_sintel(sintel_root)}
-    result = fq.evaluate({"oracle": _oracle, "zero": fq.zero_flow}, datasets)
+    result = fq.evaluate({"oracle": fq.pairwise(_oracle), "zero": fq.pairwise(fq.zero_flow)}, datasets)
     assert result["epe"]["oracle"] == {"middlebury": 0.0, "sintel_clean": 0.0}
     for epe in result["epe"]["zero"].values():
         assert epe == pytest.approx(np.hypot(*SHIFT))
@@ -102,5 +102,16 @@ def test_padding_reaches_the_multiple_of_32_and_motionnet_flow_is_cropped_back()
     torch.manual_seed(0)
     method = fq.motionnet_method(build_motionnet("tiny", num_frames=3))
     frame1, frame2 = _pair(0)
-    flow = method(frame1, frame2)
+    flow = method(fq.FlowPair("p", frame1, frame2, _shift_flow()))
     assert flow.shape == (H, W, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
+
+
+def test_motionnet_sees_the_real_window_around_a_pair_and_pads_a_bare_pair():
+    video = np.arange(11)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # frame k is all k
+    pair = fq.FlowPair("v", video[5], video[6], np.zeros((2, 2, 2), np.float32), window=video, window_index=5)
+    frames, index = fq.motionnet_window(pair, 3)
+    assert frames[:, 0, 0, 0].tolist() == [4, 5, 6] and index == 1
+    frames, index = fq.motionnet_window(fq.FlowPair("v", video[0], video[1], pair.flow, window=video), 3)
+    assert frames[:, 0, 0, 0].tolist() == [0, 1, 2] and index == 0  # no frame before the first
+    frames, index = fq.motionnet_window(fq.FlowPair("p", video[5], video[6], pair.flow), 4)
+    assert frames[:, 0, 0, 0].tolist() == [5, 6, 6, 6] and index == 0
