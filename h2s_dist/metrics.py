@@ -14,6 +14,16 @@ def topk_accuracy(scores: np.ndarray, labels: np.ndarray, k: int = 1) -> float:
     return float((top == labels[:, None]).any(axis=1).mean())
 
 
+def mean_confidence(scores: np.ndarray) -> float:
+    """Mean over rows of the largest softmax probability of pre-softmax scores (N, C): 1/C
+    for a stream that knows nothing and says so; near 1 for a confident one. A stream at
+    chance accuracy with high confidence drags late fusion down."""
+    if len(scores) == 0:
+        return float("nan")
+    shifted = np.exp(scores - scores.max(axis=1, keepdims=True))
+    return float((shifted.max(axis=1) / shifted.sum(axis=1)).mean())
+
+
 def confusion_matrix(predicted: np.ndarray, labels: np.ndarray, num_classes: int) -> np.ndarray:
     """(C, C) counts; row = true class, column = predicted class."""
     matrix = np.zeros((num_classes, num_classes), dtype=np.int64)

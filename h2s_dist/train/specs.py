@@ -15,6 +15,9 @@ from pydantic_core import PydanticUndefined
 
 PositiveInt = Annotated[int, Field(gt=0)]
 PositiveFloat = Annotated[float, Field(gt=0)]
+# Cross-entropy label smoothing of a classifier stage (torch's `label_smoothing`): the target
+# puts 1 - x on the true class and x spread evenly over all classes.
+LabelSmoothing = Annotated[float, Field(ge=0, lt=1)]
 Flavour = Literal["paper", "tiny"]
 
 

@@ -25,3 +25,15 @@ def test_flow_quality_table_is_filled_from_the_json(tmp_path):
 def test_ucf101_extrapolation_multiplies_bytes_per_frame_by_its_frame_count():
     assert storage.ucf101_frames() == 13_320 * 7 * 25
     assert storage.extrapolate(1000.0) == 1000.0 * 13_320 * 7 * 25
+
+
+def test_readme_summary_replaces_only_the_text_between_its_markers(tmp_path):
+    data = {"epe": {"motionnet": {"synthetic": 0.5}, "zero": {"synthetic": 0.8}}, "pairs": {"synthetic": 4},
+            "motionnet": "tiny", "machine": {}, "command": "x"}
+    (tmp_path / "flow_quality.json").write_text(json.dumps(data))
+    readme = f"intro\n{report.README_BEGIN}\nold table\n{report.README_END}\noutro\n"
+    text = report.readme_with_summary(readme, tmp_path)
+    assert text.startswith("intro\n") and text.endswith("\noutro\n") and "old table" not in text
+    assert "| flow EPE px (synthetic): motionnet / zero | 0.500 / 0.800 | - |" in text
+    assert "run `bench/speed.py --quick`" in text  # what is missing names its script
+    assert report.readme_with_summary(text, tmp_path) == text

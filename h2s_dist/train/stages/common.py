@@ -87,9 +87,11 @@ class StreamTask:
         return {}
 
 
-def action_loss(scores: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
+def action_loss(
+    scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """Cross-entropy of class scores, with the terms every classifier stage logs."""
-    loss = F.cross_entropy(scores.float(), labels)
+    loss = F.cross_entropy(scores.float(), labels, label_smoothing=label_smoothing)
     top1 = float((scores.argmax(1) == labels).float().mean())
     return loss, {"loss/action": float(loss.detach()), "train/top1": top1}
 

@@ -248,6 +248,8 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
         metrics[f"accuracy/{name}/top1"] = M.topk_accuracy(scores, labels, 1)
         metrics[f"accuracy/{name}/top5"] = M.topk_accuracy(scores, labels, 5)
         per_class[name] = [None if np.isnan(v) else float(v) for v in M.per_class_accuracy(matrix)]
+        if name in ("spatial", "stacked", "tvl1"):  # fused streams hold no pre-softmax scores
+            metrics[f"confidence/{name}"] = M.mean_confidence(scores)
         if name in ("spatial", "stacked", "tvl1", "hidden_two_stream", "two_stream_tvl1"):
             tracker.log_figure(M.confusion_figure(matrix, classes, f"{name}: confusion"), f"confusion/{name}.png")
     # Decode is shared by the frame streams; each method is charged for it in full.

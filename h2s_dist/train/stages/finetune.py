@@ -23,6 +23,7 @@ from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.train.specs import (
     DataSpec,
     Flavour,
+    LabelSmoothing,
     LoopSpec,
     MotionNetSpec,
     OptimSpec,
@@ -56,6 +57,8 @@ class FinetuneSpec(Strict):
     """MotionNet's learning rate (the VGG16's is optim.lr)."""
     unsup_weight: float = Field(1.0, ge=0)
     """Multiplier of the unsupervised loss in mode (c)."""
+    label_smoothing: LabelSmoothing = 0.0
+    """Cross-entropy label smoothing (0 = none, the paper)."""
     loss: UnsupLossSpec = UnsupLossSpec()
     """Unsupervised loss terms (mode c); the SSIM ladder is scaled by 0.1 for fine-tuning."""
     data: DataSpec = Field(default_factory=lambda: DataSpec(dataset="", batch_size=8))
@@ -114,7 +117,7 @@ class FinetuneTask(StreamTask):
     def loss(self, model, batch, device):
         clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
         out = model(clips)
-        total, terms = action_loss(out.scores, labels)
+        total, terms = action_loss(out.scores, labels, self.spec.label_smoothing)
         if dist.unwrap(model).uses_unsupervised_loss and self.spec.unsup_weight > 0:
             unsup, parts = unsupervised_flow_loss(
                 frame_conv.denormalize(clips), [f.float() for f in out.flows], self.loss_config

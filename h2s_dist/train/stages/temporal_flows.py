@@ -20,7 +20,7 @@ from h2s_dist.data import flow_shards
 from h2s_dist.data.flow_io import flow_to_color
 from h2s_dist.data.manifest import read_classes
 from h2s_dist.train.loop import split_bias_groups
-from h2s_dist.train.specs import DataSpec, Flavour, LoopSpec, OptimSpec, ScalingSpec, Strict
+from h2s_dist.train.specs import DataSpec, Flavour, LabelSmoothing, LoopSpec, OptimSpec, ScalingSpec, Strict
 from h2s_dist.train.stages.common import StreamTask, action_loss, run_training
 
 
@@ -45,6 +45,8 @@ class TemporalFlowsSpec(Strict):
     """SGD with step decay, as the stacked stream's VGG16."""
     loop: LoopSpec = LoopSpec(max_steps=16_000, grad_accum_steps=4, checkpoint_every_steps=1000)
     """16k steps of 32 clips x 4 accumulated (effective batch 128)."""
+    label_smoothing: LabelSmoothing = 0.0
+    """Cross-entropy label smoothing (0 = none, the paper)."""
     scaling: ScalingSpec = ScalingSpec()
     """Workers and resources."""
 
@@ -83,7 +85,7 @@ class TemporalFlowsTask(StreamTask):
 
     def loss(self, model, batch, device):
         flows, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
-        return action_loss(model(flows), labels)
+        return action_loss(model(flows), labels, self.spec.label_smoothing)
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
         return {"flows": flow_input_picture(batch[0][0], self.bound)}
