@@ -15,7 +15,7 @@ per window (crops are not frames), from the evaluate stage's timings: decode + C
 frame streams; for TV-L1 the cached-flow CNN time plus the TV-L1 time of the pairs the
 windows use (the tvl1_flows stage's ms per pair).
 
-    .venv/bin/python bench/accuracy.py --quick       # ~5-8 min on 2 cores
+    .venv/bin/python bench/accuracy.py --quick       # ~7-8 min on 2 cores
     .venv/bin/python bench/accuracy.py --num-videos 180 --pretrain-steps 1500 --finetune-steps 1000
 
 Writes bench/results/accuracy.json: {"accuracy": {row: top1 %}, "fps": {row: fps}, ...}.
@@ -110,7 +110,8 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
           loop=_loop(args.pretrain_steps, args.seed))
     for letter, mode in MODES.items():
         stage(f"finetune_{letter}", "finetune_stacked", FinetuneSpec, mode=mode, motionnet=TINY,
-              motionnet_weights=out["pretrain"]["motionnet"], motionnet_lr=1e-4, loss=unsup, vgg_flavour="tiny",
+              motionnet_weights=out["pretrain"]["motionnet"], motionnet_lr=args.motionnet_lr, loss=unsup,
+              vgg_flavour="tiny",
               data=_clips(dataset, args), optim=classifier_optim, loop=_loop(args.finetune_steps, args.seed))
     # Label smoothing 0.2 on the spatial stream only: a single frame holds no class here, so the
     # stream can only memorise its training videos, and without smoothing it is confidently
@@ -165,17 +166,19 @@ def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict]:
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="108 videos of 80x64, 500 pretrain / 300 finetune steps (~8 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="108 videos of 80x64, 500 pretrain / 400 finetune steps (~7-8 min on 2 cores)")
     p.add_argument("--num-videos", type=int, default=None, help="default 180 (--quick 108); 1/4 are test")
     p.add_argument("--num-frames", type=int, default=24)
     p.add_argument("--height", type=int, default=64)
     p.add_argument("--width", type=int, default=80)
     p.add_argument("--crop", type=int, default=64, help="crop side, a multiple of 32")
     p.add_argument("--pretrain-steps", type=int, default=None, help="default 1000 (--quick 500)")
-    p.add_argument("--finetune-steps", type=int, default=None, help="default 600 (--quick 300)")
+    p.add_argument("--finetune-steps", type=int, default=None, help="default 800 (--quick 400)")
     p.add_argument("--spatial-steps", type=int, default=None, help="default 300 (--quick 100)")
     p.add_argument("--temporal-steps", type=int, default=None, help="default 600 (--quick 200)")
     p.add_argument("--num-windows", type=int, default=None, help="test windows per video (default 25; --quick 5)")
+    p.add_argument("--motionnet-lr", type=float, default=1e-5,
+                   help="MotionNet's Adam learning rate in modes (b) and (c) (the VGG16's is 1e-3)")
     p.add_argument("--spatial-label-smoothing", type=float, default=0.2,
                    help="label smoothing of the spatial stream (0 = none; see run_stages)")
     p.add_argument("--seed", type=int, default=0)
@@ -185,7 +188,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     q = args.quick
     args.num_videos = args.num_videos or (108 if q else 180)
     args.pretrain_steps = args.pretrain_steps or (500 if q else 1000)
-    args.finetune_steps = args.finetune_steps or (300 if q else 600)
+    args.finetune_steps = args.finetune_steps or (400 if q else 800)
     args.spatial_steps = args.spatial_steps or (100 if q else 300)
     args.temporal_steps = args.temporal_steps or (200 if q else 600)
     args.num_windows = args.num_windows or (5 if q else 25)

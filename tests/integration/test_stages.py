@@ -52,6 +52,19 @@ def test_stages_chain_pretrain_finetune_spatial_evaluate(make_synthetic_dataset,
     for stream in ("spatial", "stacked", "hidden_two_stream", "hidden_two_stream_weighted_sum"):
         assert 0.0 <= metrics[f"accuracy/{stream}/top1"] <= metrics[f"accuracy/{stream}/top5"] <= 1.0
     assert metrics["fps/hidden_two_stream"] < metrics["fps/stacked"]
+    assert 1 / 9 - 1e-6 <= metrics["confidence/spatial"] <= 1.0
+    # Every video's scores are kept: the saved fused scores give the logged accuracy.
+    import io
+
+    import numpy as np
+
+    from h2s_dist.data import storage
+
+    saved = np.load(io.BytesIO(storage.read_bytes(ev["scores"])))
+    assert len(saved["keys"]) == len(saved["labels"]) == 9 and len(saved["classes"]) == 9
+    assert saved["stacked"].shape == saved["hidden_two_stream"].shape == (9, 9)
+    top1 = float((saved["hidden_two_stream"].argmax(1) == saved["labels"]).mean())
+    assert top1 == metrics["accuracy/hidden_two_stream/top1"]
 
 
 def test_frozen_mode_trains_only_the_vgg(make_synthetic_dataset, tmp_path):

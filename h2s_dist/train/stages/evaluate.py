@@ -6,12 +6,16 @@ spatial (the centre frame of each window), stacked temporal (MotionNet + VGG16 o
 Hidden two-stream = spatial fused with stacked temporal (1 : 1.5), two-stream = spatial
 fused with TV-L1 temporal. Ranks split the videos; rank 0 gathers, scores and logs:
 top-1/top-5, per-class accuracy, confusion matrices, and end-to-end frames per second
-(decode to scores, counting 10 frames per 11-frame window for every method alike).
+(decode to scores, counting 10 frames per 11-frame window for every method alike), and
+writes every video's scores per stream to `scores.npz` (also an MLflow artifact).
 """
 
 from __future__ import annotations
 
+import io
 import json
+import pathlib
+import tempfile
 import time
 from typing import Any, Literal
 
@@ -204,8 +208,11 @@ def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
     return merged
 
 
-def stream_scores(results: dict[str, dict], spec: EvaluateSpec) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """labels (N,) and {stream: scores (N, C)} for the streams every video has, plus fusions."""
+def stream_scores(
+    results: dict[str, dict], spec: EvaluateSpec
+) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
+    """Video keys (sorted), labels (N,) and {stream: scores (N, C)} for the streams every
+    video has, plus fusions (pre-softmax scores; the release rule's are probability sums)."""
     keys = sorted(k for k in results if not k.startswith("__"))
     labels = np.array([results[k]["label"] for k in keys], dtype=np.int64)
     streams = {}
@@ -220,7 +227,15 @@ def stream_scores(results: dict[str, dict], spec: EvaluateSpec) -> tuple[np.ndar
                 streams[name] = fuse_scores(
                     torch.from_numpy(streams["spatial"]), torch.from_numpy(streams[temporal]), spec.fusion_weights, rule
                 ).numpy()
-    return labels, streams
+    return keys, labels, streams
+
+
+def scores_npz(keys: list[str], labels: np.ndarray, streams: dict[str, np.ndarray], classes: list[str]) -> bytes:
+    """Every video's scores as .npz bytes: `keys`, `labels`, `classes` and one (N, C) array
+    per stream, to re-fuse with other weights or study errors without scoring again."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, keys=np.array(keys), labels=labels, classes=np.array(classes), **streams)
+    return buffer.getvalue()
 
 
 def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]:
@@ -236,7 +251,7 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     results = _merge([r for r, _ in gathered])
     skipped = results.pop("__skipped__", {}).get("skipped", [])
     total_seconds = {part: sum(s[part] for _, s in gathered) for part in seconds}
-    labels, streams = stream_scores(results, spec)
+    keys, labels, streams = stream_scores(results, spec)
     # Video frames turned into scores: 10 per 11-frame window, however many crops each is seen in.
     frames_per_video = spec.num_windows * (spec.clip_len_frames - 1)
     frames_scored = len(labels) * frames_per_video
@@ -279,4 +294,11 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     report_uri = storage.join(output_uri, "evaluation.json")
     storage.write_bytes(report_uri, json.dumps(report, indent=2).encode())
     tracker.log_dict(report, "evaluation.json")
-    return {"metrics": metrics, "report": report_uri}
+    scores_uri = storage.join(output_uri, "scores.npz")
+    scores = scores_npz(keys, labels, streams, classes)
+    storage.write_bytes(scores_uri, scores)
+    with tempfile.TemporaryDirectory() as tmp:
+        local = pathlib.Path(tmp) / "scores.npz"
+        local.write_bytes(scores)
+        tracker.log_artifact(local)
+    return {"metrics": metrics, "report": report_uri, "scores": scores_uri}
