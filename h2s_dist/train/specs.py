@@ -146,9 +146,10 @@ class MotionNetSpec(Strict):
     """Table 3 ablation switch: 3x3 stride-1 first layers for small motions."""
     conv_between_deconv: bool = True
     """Table 3 ablation switch: a 3x3 conv after each concat in the decoder."""
-    flow_head_init_std: float | None = Field(None, ge=0)
-    """Std of the predict_flow heads' normal init; null = the flavour's own (paper: MSRA as
-    released; tiny: 0.001, which starts at about zero flow). Only a fresh network uses it."""
+    flow_head_init_std: Annotated[float, Field(ge=0)] | Literal["msra"] | None = None
+    """Std of the predict_flow heads' normal init, or `msra` (as every other layer, the
+    release); null = the flavour's own (paper: msra; tiny: 0.001, which starts at about zero
+    flow). Only a fresh network uses it."""
 
 
 class UnsupLossSpec(Strict):

@@ -63,7 +63,8 @@ def unsup_loss_config(loss: UnsupLossSpec, *, finetuning: bool) -> UnsupervisedL
 
 def build_motionnet_from(spec: MotionNetSpec, num_frames: int) -> torch.nn.Module:
     # Unset fields keep the flavour's own value (build_motionnet applies overrides only).
-    overrides = {} if spec.flow_head_init_std is None else {"flow_head_init_std": spec.flow_head_init_std}
+    head_std = spec.flow_head_init_std
+    overrides = {} if head_std is None else {"flow_head_init_std": None if head_std == "msra" else head_std}
     return build_motionnet(
         spec.flavour,
         num_frames=num_frames,

@@ -1,4 +1,4 @@
-"""The classifier stages' action loss, and its label smoothing, against hand numbers."""
+"""Stage-spec knobs that reach the models and losses: label smoothing, flow-head init."""
 
 import math
 
@@ -6,7 +6,9 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from h2s_dist.train.specs import MotionNetSpec
 from h2s_dist.train.stages.common import action_loss
+from h2s_dist.train.stages.pretrain import build_motionnet_from
 from h2s_dist.train.stages.spatial import SpatialSpec
 
 
@@ -26,3 +28,18 @@ def test_label_smoothing_must_be_below_one():
     assert SpatialSpec.model_validate({"data": data, "label_smoothing": 0.2}).label_smoothing == 0.2
     with pytest.raises(ValidationError, match="label_smoothing"):
         SpatialSpec.model_validate({"data": data, "label_smoothing": 1.0})
+
+
+def test_flow_head_init_from_the_spec_defaults_to_the_flavour_and_accepts_msra_or_a_std():
+    def head_std(**fields):
+        torch.manual_seed(0)
+        net = build_motionnet_from(MotionNetSpec(flavour="tiny", **fields), num_frames=2)
+        return net.decoder["predict_flow2"].weight.std().item()
+
+    fan_in = build_motionnet_from(MotionNetSpec(flavour="tiny"), 2).decoder["predict_flow2"].in_channels * 9
+    msra = math.sqrt(2 / fan_in)
+    assert head_std() == pytest.approx(1e-3, rel=0.2)  # the tiny flavour's own
+    assert head_std(flow_head_init_std="msra") == pytest.approx(msra, rel=0.2)
+    assert head_std(flow_head_init_std=0.05) == pytest.approx(0.05, rel=0.2)
+    with pytest.raises(ValidationError, match="flow_head_init_std"):
+        MotionNetSpec(flow_head_init_std="xavier")
