@@ -320,8 +320,7 @@ def trial_summaries(results, spec: TuneSpec, output_uri: str) -> list[dict[str, 
     for result in results:
         metrics = result.metrics or {}
         trial_id = str(metrics.get("trial_id") or result.path.rstrip("/").rsplit("/", 1)[-1])
-        outputs_uri = storage.join(trial_uri(output_uri, trial_id), "outputs.json")
-        outputs = json.loads(storage.read_bytes(outputs_uri)) if storage.exists(outputs_uri) else None
+        outputs = _finished_outputs(trial_uri(output_uri, trial_id))
         # A finished trial's own outputs hold its final metrics; Tune's last result may be an
         # older one (a trial that finished after the snapshot a resumed search started from).
         final = _final_report(outputs) if outputs is not None else {}
