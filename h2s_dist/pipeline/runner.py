@@ -37,6 +37,9 @@ from h2s_dist import config as cfg
 
 SUCCESS_FILE = "_SUCCESS"
 OUTPUTS_FILE = "outputs.json"
+# Written when a stage starts, removed when it ends: still there at the next start means the
+# execution that wrote it died without closing its MLflow runs (SIGKILL, a lost machine).
+RUNNING_FILE = "_RUNNING"
 
 
 class StageFailedError(RuntimeError):
@@ -272,16 +275,23 @@ def _one_stage(run: _Run, index: int, entry: BaseModel, parent_run_id: str) -> S
         return StageResult(entry.name, entry.kind, output_uri, spec_hash, child.run_id, True, 0.0, outputs)
 
     tags["h2s.reused"] = "false"
+    interrupted = close_interrupted_runs(run.tracking_uri, output_uri)
+    if interrupted:
+        tags["h2s.resumes_run_id"] = interrupted
     child = MlflowTracker.start(run.tracking_uri, run.job.experiment, run_name=entry.name, parent_run_id=parent_run_id, tags=tags)
-    run.echo(f"[h2s] {label}: started -> {output_uri}")
+    marker = storage.join(output_uri, RUNNING_FILE)
+    storage.write_bytes(marker, json.dumps({"run_id": child.run_id, "parent_run_id": parent_run_id}).encode())
+    run.echo(f"[h2s] {label}: started -> {output_uri}" + (f" (resuming killed run {interrupted})" if interrupted else ""))
     started = time.perf_counter()
     try:
         outputs = launch_stage(entry.kind, spec, output_uri, Tracking(run.tracking_uri, child.run_id), run.ray_address)
     except KeyboardInterrupt:
         child.close("KILLED")
+        storage.delete(marker, missing_ok=True)
         raise
     except Exception as err:
         child.close("FAILED")
+        storage.delete(marker, missing_ok=True)
         run.echo(f"[h2s] {label}: FAILED after {time.perf_counter() - started:.1f}s: {type(err).__name__}: {err}")
         raise StageFailedError(
             f"stage {entry.name!r} ({entry.kind}) failed: {type(err).__name__}: {err}\n"
@@ -299,9 +309,40 @@ def _one_stage(run: _Run, index: int, entry: BaseModel, parent_run_id: str) -> S
         "seconds": round(seconds, 3), "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     storage.write_bytes(storage.join(output_uri, SUCCESS_FILE), json.dumps(success, indent=2).encode())
+    storage.delete(marker, missing_ok=True)
     run.outputs[entry.name] = outputs
     run.echo(f"[h2s] {label}: finished in {seconds:.1f}s")
     return StageResult(entry.name, entry.kind, output_uri, spec_hash, child.run_id, False, seconds, outputs)
+
+
+def close_interrupted_runs(tracking_uri: str, output_uri: str) -> str | None:
+    """Close, as KILLED, the MLflow runs of an execution that died inside this stage.
+
+    A killed process closes nothing, so its stage run and its job run would show RUNNING
+    for good. The stage's RUNNING_FILE names them; those still RUNNING are closed with the
+    tag h2s.killed_detected_at. Returns the dead stage run's id (None when there was none)."""
+    from mlflow.exceptions import MlflowException
+
+    from h2s_dist.data import storage
+    from h2s_dist.tracking import MlflowTracker
+
+    marker = storage.join(output_uri, RUNNING_FILE)
+    if not storage.exists(marker):
+        return None
+    record = json.loads(storage.read_bytes(marker))
+    for run_id in (record.get("run_id"), record.get("parent_run_id")):
+        if not run_id:
+            continue
+        tracker = MlflowTracker(tracking_uri, run_id)
+        try:
+            status = tracker.client.get_run(run_id).info.status
+        except MlflowException:  # another tracking store, or the run was deleted: nothing to close
+            continue
+        if status == "RUNNING":
+            tracker.set_tags({"h2s.killed_detected_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+            tracker.close("KILLED")
+    storage.delete(marker, missing_ok=True)
+    return record.get("run_id")
 
 
 def default_env() -> None:

@@ -9,6 +9,7 @@ the checkpoint of step N, as a crash at that point would.
 
 from __future__ import annotations
 
+import pathlib
 import time
 
 import pytest
@@ -156,6 +157,44 @@ def test_interrupted_stage_resumes_from_its_checkpoint(setup, first_run, monkeyp
     assert pretrain.outputs["resumed_from_step"] == 2 and pretrain.outputs["steps"] == 6
     child = client.get_run(pretrain.run_id)
     assert child.data.tags["h2s.resumed_from_step"] == "2"
+
+
+class _Killed(BaseException):
+    """Stands in for SIGKILL: no handler of the runner catches it, so nothing gets closed."""
+
+
+def test_runs_of_a_killed_execution_are_closed_killed_when_its_stage_runs_again(setup, first_run, monkeypatch):
+    data = tiny_job(setup["workspace"], setup["tracking_uri"])
+    data["stages"][1]["loop"]["max_steps"] = 5  # a new spec hash: a folder of its own
+    job = cfg.validate_job(data)
+    real_launch = runner.launch_stage
+
+    def die(*args, **kwargs):
+        raise _Killed()
+
+    monkeypatch.setattr(runner, "launch_stage", die)
+    lines: list[str] = []
+    with pytest.raises(_Killed):
+        runner.run_job(job, only=["pretrain"], echo=lines.append)
+    client = _client(setup)
+    job_run = client.search_runs(
+        [client.get_experiment_by_name("pipeline_test").experiment_id],
+        filter_string="tags.`h2s.run_type` = 'job'", order_by=["attributes.start_time DESC"], max_results=1,
+    )[0]
+    # A killed process does not run its `finally` either: put the job run back as it would be left.
+    client.update_run(job_run.info.run_id, status="RUNNING")
+    dead_stage = next(c for c in _children(client, job_run.info.run_id) if c.data.tags["h2s.stage"] == "pretrain")
+    assert dead_stage.info.status == "RUNNING"
+
+    monkeypatch.setattr(runner, "launch_stage", real_launch)
+    resumed = runner.run_job(job, only=["pretrain"], echo=lines.append)
+    assert client.get_run(dead_stage.info.run_id).info.status == "KILLED"
+    assert client.get_run(job_run.info.run_id).info.status == "KILLED"
+    new_stage = client.get_run(resumed.stages["pretrain"].run_id)
+    assert new_stage.info.status == "FINISHED"
+    assert new_stage.data.tags["h2s.resumes_run_id"] == dead_stage.info.run_id
+    assert any(f"resuming killed run {dead_stage.info.run_id}" in line for line in lines)
+    assert not (pathlib.Path(resumed.stages["pretrain"].output_uri.removeprefix("file://")) / runner.RUNNING_FILE).exists()
 
 
 def test_only_refuses_a_stage_whose_needs_have_not_finished(setup, first_run):

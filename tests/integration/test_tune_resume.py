@@ -228,6 +228,9 @@ def test_killed_tune_stage_resumes_its_search(tmp_path, ray_tmp):
     killed = next(r for r in stage_runs if r.info.run_id != completed.info.run_id)
     assert completed.data.tags.get("h2s.tune_restored") == "true"
     assert completed.data.tags.get("h2s.tune_resumed_from_run_ids") == killed.info.run_id
+    # The killed execution closed nothing; the rerun closed its stage and job runs as KILLED.
+    assert killed.info.status == "KILLED" and completed.data.tags["h2s.resumes_run_id"] == killed.info.run_id
+    assert client.get_run(killed.data.tags["mlflow.parentRunId"]).info.status == "KILLED"
     trials = client.search_runs([experiment.experiment_id], "tags.`h2s.run_type` = 'trial'")
     assert sorted(r.data.tags["h2s.trial_id"] for r in trials) == sorted(outputs["trials"])
     for r in trials:
