@@ -133,7 +133,7 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
     return {"outputs": out, "seconds": seconds}
 
 
-def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict]:
+def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict, dict]:
     """({row: top-1 %}, {row: protocol fps}, {stream: mean max softmax}) from the evaluate reports."""
     import json
 
