@@ -408,8 +408,10 @@ def _is_tmp(path: str) -> bool:
     return name.startswith(_TMP_PREFIX) and name.endswith(_TMP_SUFFIX)
 
 
-def delete(uri: str | os.PathLike, missing_ok: bool = False) -> None:
-    """Delete the file/object `uri` (not a folder: list_uris then delete each)."""
+def delete(uri: str | os.PathLike, missing_ok: bool = False, prune_empty_folder: bool = False) -> None:
+    """Delete the file/object `uri` (not a folder: list_uris then delete each). With
+    `prune_empty_folder`, a local file's folder goes too once it is empty (object stores
+    have no folders to leave behind)."""
     scheme, path = _split(uri)
     if scheme in _LOCAL_SCHEMES:
         try:
@@ -417,6 +419,11 @@ def delete(uri: str | os.PathLike, missing_ok: bool = False) -> None:
         except FileNotFoundError as exc:
             if not missing_ok:
                 raise _not_found(uri) from exc
+        if prune_empty_folder:
+            try:
+                os.rmdir(os.path.dirname(path))
+            except OSError:  # not empty (or already gone): keep what else is there
+                pass
         return
     fs = _s3fs()
     # S3 DeleteObject succeeds on a missing key, so ask first to keep the local semantics.

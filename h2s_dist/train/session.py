@@ -67,7 +67,7 @@ class LocalSession:
         uri = storage.join(self.checkpoint_uri, _checkpoint_name(step), CHECKPOINT_FILE)
         storage.write_bytes(uri, ckpt.to_bytes(state))
         for old in self._all()[: -self.keep_last]:
-            storage.delete(old)
+            storage.delete(old, prune_empty_folder=True)  # no empty step_N folders piling up
 
 
 class RayTrainSession:

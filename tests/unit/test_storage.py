@@ -94,6 +94,15 @@ def test_delete_removes_and_missing_ok_is_quiet(base):
     storage.delete(uri, missing_ok=True)
 
 
+def test_delete_can_prune_the_emptied_folder_but_keeps_a_busy_one(base, tmp_path):
+    lone, busy, neighbour = (storage.join(base, *p) for p in (("a", "x.bin"), ("b", "x.bin"), ("b", "y.bin")))
+    for uri in (lone, busy, neighbour):
+        storage.write_bytes(uri, b"x")
+    storage.delete(lone, prune_empty_folder=True)
+    storage.delete(busy, prune_empty_folder=True)
+    assert not (tmp_path / "a").exists() and (tmp_path / "b" / "y.bin").is_file()
+
+
 def test_open_uri_refuses_write_modes(tmp_path):
     with pytest.raises(ValueError, match="atomic_write"):
         storage.open_uri(str(tmp_path / "x"), "wb")

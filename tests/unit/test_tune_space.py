@@ -119,6 +119,8 @@ def test_tune_session_reports_every_log_step_once_with_step(tmp_path):
     session.report({"loss/total": 1.5}, {"step": 20, "spec_hash": "hash"}, step=20)  # a loop without the hook
     assert sent == [{"loss/total": 2.0, "step": 10}, {"loss/total": 1.5, "step": 20}]
     assert session.latest_checkpoint_uri().endswith("step_000000020/state.pt")
+    session.report({"loss/total": 1.0}, {"step": 30, "spec_hash": "hash"}, step=30)  # keeps the last 2
+    assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000020", "step_000000030"]
 
 
 def test_tune_session_holds_the_final_report_until_flush(tmp_path):
