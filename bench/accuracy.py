@@ -16,9 +16,11 @@ frame streams; for TV-L1 the cached-flow CNN time plus the TV-L1 time of the pai
 windows use (the tvl1_flows stage's ms per pair).
 
     .venv/bin/python bench/accuracy.py --quick       # ~7-8 min on 2 cores
+    .venv/bin/python bench/accuracy.py --quick --seeds 0 1 2   # three times that, means and spread
     .venv/bin/python bench/accuracy.py --num-videos 180 --pretrain-steps 1500 --finetune-steps 1000
 
-Writes bench/results/accuracy.json: {"accuracy": {row: top1 %}, "fps": {row: fps}, ...}.
+Writes bench/results/accuracy.json: {"accuracy": {row: mean top-1 %}, "fps": {row: fps},
+"fusion_gain": {fusion: test videos it wins over its temporal stream, per seed}, "per_seed": ...}.
 """
 
 from __future__ import annotations
@@ -96,7 +98,7 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     dataset = str(work / "data")
     config = SyntheticMotionConfig(num_videos=args.num_videos, num_frames=args.num_frames, height=args.height,
-                                   width=args.width, seed=args.seed)
+                                   width=args.width, seed=args.seed, shared_scenes=args.scenes == "shared")
     ingest(synthetic_entries(config), dataset, size=None, num_workers=0, progress=False)
     seconds["ingest"] = round(time.perf_counter() - start, 1)
     print(f"  {'ingest':16s} {seconds['ingest']:6.1f} s", flush=True)
@@ -181,7 +183,12 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                    help="MotionNet's Adam learning rate in modes (b) and (c) (the VGG16's is 1e-3)")
     p.add_argument("--spatial-label-smoothing", type=float, default=0.2,
                    help="label smoothing of the spatial stream (0 = none; see run_stages)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--scenes", choices=("shared", "per-video"), default="shared",
+                   help="shared: the 9 videos of a round film one scene, so no frame, not even a training one, "
+                        "ties a look to a class; per-video: every video has its own scene (a spatial stream "
+                        "then memorises its training scenes and is confidently wrong on test ones)")
+    p.add_argument("--seeds", type=int, nargs="+", default=[0],
+                   help="run the whole benchmark once per seed and report means (e.g. --seeds 0 1 2)")
     p.add_argument("--threads", type=int, default=1,
                    help="torch and OpenCV threads (1: on a shared machine more threads oversubscribe the cores)")
     args = p.parse_args(argv)
@@ -197,6 +204,33 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+FUSIONS = {"hidden_two_stream_a": "stacked_a", "hidden_two_stream_b": "stacked_b",
+           "hidden_two_stream_c": "stacked_c", "two_stream_tvl1": "tvl1_two_stage"}
+
+
+def summarise(per_seed: dict[int, dict], num_test: int) -> dict:
+    """Mean and sample standard deviation over seeds of each row's top-1, fps and confidence, and
+    per fusion its gain over its own temporal stream in test videos (paired: same seed, same
+    test videos), the figure that says whether fusing hurts."""
+    seeds = list(per_seed)
+
+    def mean(key, row):
+        values = [per_seed[s][key].get(row) for s in seeds]
+        return None if None in values else float(np.mean(values))
+
+    accuracy = {row: mean("accuracy", row) for row in ROWS}
+    sd = {row: float(np.std([per_seed[s]["accuracy"][row] for s in seeds], ddof=1)) if len(seeds) > 1 else None
+          for row in ROWS}
+    gain = {}
+    for fused, temporal in FUSIONS.items():
+        videos = [round((per_seed[s]["accuracy"][fused] - per_seed[s]["accuracy"][temporal]) * num_test / 100)
+                  for s in seeds]
+        gain[fused] = {"temporal": temporal, "videos_per_seed": videos, "mean_videos": float(np.mean(videos))}
+    return {"accuracy": accuracy, "accuracy_sd": sd, "fps": {row: mean("fps", row) for row in ROWS},
+            "confidence": {row: mean("confidence", row) for row in per_seed[seeds[0]]["confidence"]},
+            "fusion_gain": gain}
+
+
 def main(argv: list[str] | None = None) -> dict:
     args = _parse(argv)
     torch.set_num_threads(args.threads)
@@ -205,28 +239,40 @@ def main(argv: list[str] | None = None) -> dict:
     cv2.setNumThreads(args.threads)
     started = time.perf_counter()
     print(f"synthetic benchmark: {args.num_videos} videos x {args.num_frames} frames {args.width}x{args.height}, "
-          f"crop {args.crop}; steps pretrain {args.pretrain_steps}, finetune {args.finetune_steps} x3, spatial "
-          f"{args.spatial_steps}, temporal TV-L1 {args.temporal_steps}; {args.num_windows} windows x 5 crops",
-          flush=True)
-    with tempfile.TemporaryDirectory() as tmp:
-        result = run_stages(pathlib.Path(tmp), args)
-        accuracy, fps, confidence = table_from(result["outputs"], args)
+          f"{args.scenes} scenes, crop {args.crop}; steps pretrain {args.pretrain_steps}, finetune "
+          f"{args.finetune_steps} x3, spatial {args.spatial_steps}, temporal TV-L1 {args.temporal_steps}; "
+          f"{args.num_windows} windows x 5 crops; seeds {args.seeds}", flush=True)
+    per_seed = {}
+    for seed in args.seeds:
+        print(f"seed {seed}", flush=True)
+        seed_args = argparse.Namespace(**{**vars(args), "seed": seed})
+        with tempfile.TemporaryDirectory() as tmp:
+            result = run_stages(pathlib.Path(tmp), seed_args)
+            accuracy, fps, confidence = table_from(result["outputs"], seed_args)
+        per_seed[seed] = {"accuracy": accuracy, "fps": fps, "confidence": confidence,
+                          "stage_seconds": result["seconds"]}
     num_test = args.num_videos - sum(1 for i in range(args.num_videos) if (i // 9) % 4 != 3)
+    summary = summarise(per_seed, num_test)
+    accuracy, sd = summary["accuracy"], summary["accuracy_sd"]
     print()
-    print(format_table(["method", "top-1 % (synthetic)", "fps (this CPU)", "paper top-1 % (UCF101 s1)",
-                        "paper fps (Titan X)"],
-                       [[LABELS[r], accuracy[r], fps[r], PAPER_TABLE2[r]["accuracy"], PAPER_TABLE2[r]["fps"]]
-                        for r in ROWS]))
-    print(f"\n{num_test} test videos (one video = {100 / max(num_test, 1):.1f} points); chance = {100 / 9:.1f} %")
+    print(format_table(["method", "top-1 % (synthetic)", "sd over seeds", "fps (this CPU)",
+                        "paper top-1 % (UCF101 s1)", "paper fps (Titan X)"],
+                       [[LABELS[r], accuracy[r], sd[r], summary["fps"][r], PAPER_TABLE2[r]["accuracy"],
+                         PAPER_TABLE2[r]["fps"]] for r in ROWS]))
+    print(f"\n{num_test} test videos (one video = {100 / max(num_test, 1):.1f} points); chance = {100 / 9:.1f} %; "
+          f"mean of {len(args.seeds)} seed(s)")
+    print("fusion minus its temporal stream, test videos per seed: " + "; ".join(
+        f"{LABELS[f]} {g['videos_per_seed']} (mean {g['mean_videos']:+.2f})" for f, g in summary["fusion_gain"].items()))
     print("mean confidence (max softmax; 1/9 = knows it knows nothing): "
-          + ", ".join(f"{k} {v:.2f}" for k, v in confidence.items() if v is not None))
+          + ", ".join(f"{k} {v:.2f}" for k, v in summary["confidence"].items() if v is not None))
     payload = {
-        "accuracy": accuracy, "fps": fps, "confidence": confidence, "paper": PAPER_TABLE2, "labels": LABELS,
-        "num_test_videos": num_test, "chance_percent": 100 / 9, "stage_seconds": result["seconds"],
+        **summary, "per_seed": per_seed, "paper": PAPER_TABLE2, "labels": LABELS,
+        "num_test_videos": num_test, "chance_percent": 100 / 9,
         "total_seconds": round(time.perf_counter() - started, 1),
         "settings": {**vars(args), "num_crops": 5},
         "notes": ("tiny networks on the synthetic motion set (9 camera-motion classes); the spatial stream cannot "
-                  "tell the classes apart by design. fps: protocol frames/s on this CPU, 10 frames per window."),
+                  "tell the classes apart by design. fps: protocol frames/s on this CPU, 10 frames per window. "
+                  "accuracy and fps are means over the seeds in per_seed."),
     }
     path = write_results("accuracy", payload)
     print(f"wrote {path}")

@@ -71,22 +71,35 @@ def section_speed(d: dict) -> str:
 
 
 def section_accuracy(d: dict) -> str:
-    rows = [[d["labels"][k], d["accuracy"][k], d["fps"][k], PAPER_TABLE2[k]["accuracy"], PAPER_TABLE2[k]["fps"]]
-            for k in d["labels"]]
+    sd = d.get("accuracy_sd") or {}
+    seeds = list(d.get("per_seed") or {}) or ["?"]
+    rows = [[d["labels"][k], d["accuracy"][k], sd.get(k), d["fps"][k], PAPER_TABLE2[k]["accuracy"],
+             PAPER_TABLE2[k]["fps"]] for k in d["labels"]]
     s = d["settings"]
     return "\n\n".join([
         f"Tiny networks on the synthetic motion benchmark ({s['num_videos']} videos, {d['num_test_videos']} "
         f"test, 9 classes told apart only by camera motion: chance {d['chance_percent']:.1f} %, and the "
-        f"spatial stream is expected near it). Steps: pretrain {s['pretrain_steps']}, fine-tune "
-        f"{s['finetune_steps']} per mode, spatial {s['spatial_steps']}, TV-L1 temporal {s['temporal_steps']}; "
-        f"test protocol {s['num_windows']} windows x {s.get('num_crops', 10)} crops. One test video = "
+        f"spatial stream is expected near it; scenes {s.get('scenes', 'per-video')}). Steps: pretrain "
+        f"{s['pretrain_steps']}, fine-tune {s['finetune_steps']} per mode, spatial {s['spatial_steps']}, TV-L1 "
+        f"temporal {s['temporal_steps']}; test protocol {s['num_windows']} windows x {s.get('num_crops', 10)} "
+        f"crops; mean of {len(seeds)} seed(s) ({', '.join(map(str, seeds))}). One test video = "
         f"{100 / max(d['num_test_videos'], 1):.1f} points: differences of a few points are noise.",
-        md_table(["method", "top-1 % (synthetic)", "fps (this machine)", "paper top-1 % (UCF101 split 1)",
-                  "paper fps (Titan X)"], rows),
+        md_table(["method", "top-1 % (synthetic)", "sd over seeds", "fps (this machine)",
+                  "paper top-1 % (UCF101 split 1)", "paper fps (Titan X)"], rows),
+        *_fusion_note(d),
         *_chance_note(d),
         *_confidence_note(d),
         provenance(d),
     ])
+
+
+def _fusion_note(d: dict) -> list[str]:
+    gain = d.get("fusion_gain")
+    if not gain:
+        return []
+    return ["Fusion minus its own temporal stream, in test videos per seed (same seed, same videos): "
+            + "; ".join(f"{d['labels'][f]} vs {d['labels'][g['temporal']]}: {g['videos_per_seed']} "
+                        f"(mean {g['mean_videos']:+.2f})" for f, g in gain.items()) + "."]
 
 
 def _chance_note(d: dict) -> list[str]:

@@ -12,8 +12,10 @@ Conventions (as in `warp.backward_warp`): flows (T-1, H, W, 2) float32 in pixels
 equals frame t wherever `valid` is True (the destination is inside the frame and not occluded).
 
 Appearance (canvas colours, shapes, scale, orientation, sprites) is drawn from the same
-distributions for every class, so a single frame says nothing about the label. Everything is
-deterministic in (config.seed, index). Video `index` has label `index % len(CLASSES)`, so the
+distributions for every class, so a single frame says nothing about the label. With
+`shared_scenes` the videos of one round (one per class) also film the very same scene, so
+not even a network that memorises its training videos can tie a look to a class. Everything
+is deterministic in (config.seed, index). Video `index` has label `index % len(CLASSES)`, so the
 classes are balanced; `synthetic_split` assigns whole rounds of classes to train or test.
 
     python -m h2s_dist.data.synthetic OUT_DIR   # writes the default 64-video dataset as .avi
@@ -70,6 +72,12 @@ class SyntheticMotionConfig:
     """Inclusive range of independently moving textured discs per video (0 = camera only)."""
     sprite_px_per_frame: float = 1.5
     """Largest sprite speed, pixels per frame, any direction."""
+    shared_scenes: bool = False
+    """True: the len(CLASSES) videos of a round (group gXX, one per class) film one scene
+    (canvas, start pose, sprites), each with its own camera motion. Appearance then tells a
+    classifier nothing even about its training videos, so a spatial stream learns to answer
+    uniformly instead of memorising each training scene's label and being confidently wrong
+    on test scenes. False: every video has a scene of its own."""
 
     def __post_init__(self) -> None:
         if self.num_videos < 1 or self.num_frames < 2:
@@ -235,29 +243,52 @@ def _render_affine(canvas: Image.Image, frame_to_canvas: np.ndarray, width: int,
 # ----------------------------------------------------------------------------- rendering
 
 
+def _look_rng(config: SyntheticMotionConfig, index: int) -> np.random.Generator:
+    """The appearance stream of video `index`: its own, or its round's with shared scenes.
+    Appearance and motion draw from separate streams so the look of a video does not depend
+    on its class's draws (same distribution for all classes by construction)."""
+    if config.shared_scenes:
+        return np.random.default_rng([config.seed, index // len(CLASSES), 2])
+    return np.random.default_rng([config.seed, index, 0])
+
+
+def _scene_mates(config: SyntheticMotionConfig, index: int) -> list[int]:
+    """The other videos filming video `index`'s scene (whole rounds, whatever num_videos is,
+    so a scene does not depend on how many videos are made)."""
+    if not config.shared_scenes:
+        return []
+    first = index - index % len(CLASSES)
+    return [i for i in range(first, first + len(CLASSES)) if i != index]
+
+
+def _camera(config: SyntheticMotionConfig, index: int, start: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """(per-frame motion, frame-to-canvas maps) of video `index`, from its own motion stream."""
+    motion_rng = np.random.default_rng([config.seed, index, 1])
+    step = _camera_step(CLASSES[index % len(CLASSES)], motion_rng, config)
+    return step, _camera_maps(step, config.num_frames, start)
+
+
 def make_video(config: SyntheticMotionConfig, index: int) -> SyntheticVideo:
     """Render video `index` (0 <= index < config.num_videos) with exact flows; deterministic."""
     if not 0 <= index < config.num_videos:
         raise ValueError(f"index {index} out of range for num_videos={config.num_videos}")
     label = index % len(CLASSES)
     class_name = CLASSES[label]
-    # Appearance and motion draw from separate streams so the appearance of video i does not
-    # depend on its class draws (same distribution for all classes by construction).
-    look_rng = np.random.default_rng([config.seed, index, 0])
-    motion_rng = np.random.default_rng([config.seed, index, 1])
+    look_rng = _look_rng(config, index)
     h, w, t_count = config.height, config.width, config.num_frames
 
-    step = _camera_step(class_name, motion_rng, config)
     scale = math.exp(look_rng.uniform(math.log(0.8), math.log(1.25)))
     theta = look_rng.uniform(0, 2 * math.pi)
     start = _affine(scale * np.array([[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]]), (0, 0))
-    maps = _camera_maps(step, t_count, start)
+    step, maps = _camera(config, index, start)
 
     ys, xs = np.mgrid[0:h, 0:w].astype(np.float64)
     pix = np.stack([xs.ravel(), ys.ravel(), np.ones(h * w)])  # (3, H*W) homogeneous
-    # Affine maps take their extremes at the frame corners: the canvas must cover those.
+    # Affine maps take their extremes at the frame corners: the canvas must cover those, for
+    # every video that films it.
     corners = np.array([[0, w - 1, 0, w - 1], [0, 0, h - 1, h - 1], [1, 1, 1, 1]], np.float64)
-    reached = np.concatenate([(m @ corners)[:2] for m in maps], axis=1)
+    filming = [maps] + [_camera(config, other, start)[1] for other in _scene_mates(config, index)]
+    reached = np.concatenate([(m @ corners)[:2] for video_maps in filming for m in video_maps], axis=1)
     lo, hi = reached.min(axis=1) - 2, reached.max(axis=1) + 2
     canvas = _canvas(look_rng, int(math.ceil(hi[1] - lo[1])) + 1, int(math.ceil(hi[0] - lo[0])) + 1)
 

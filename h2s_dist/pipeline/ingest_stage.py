@@ -33,6 +33,9 @@ class SyntheticSourceSpec(Strict):
     """Frame width in pixels (even)."""
     seed: int = 0
     """Base seed of the videos."""
+    shared_scenes: bool = False
+    """True: the 9 videos of a round (one per class) film the same scene, so appearance
+    carries no label even for a network that memorises its training videos."""
 
 
 class IngestSpec(Strict):

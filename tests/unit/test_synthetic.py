@@ -97,6 +97,21 @@ def test_a_single_frame_carries_no_class_signal():
     assert (between / within < 2.8).all(), between / within
 
 
+def test_shared_scenes_film_one_scene_per_round_with_each_class_motion():
+    config = SyntheticMotionConfig(num_videos=2 * len(CLASSES), num_frames=5, height=32, width=48, shared_scenes=True)
+    videos = [make_video(config, i) for i in range(config.num_videos)]
+    middle = [v.frames[2].astype(float) for v in videos]  # every camera passes the start pose there
+    assert all(np.abs(m - middle[0]).max() <= 1 for m in middle[1:len(CLASSES)])
+    assert np.abs(middle[len(CLASSES)] - middle[0]).mean() > 10  # the next round films another scene
+    assert [v.class_name for v in videos[:len(CLASSES)]] == list(CLASSES)
+    # The scene of a round does not depend on how many of its videos are made.
+    fewer = SyntheticMotionConfig(num_videos=3, num_frames=5, height=32, width=48, shared_scenes=True)
+    assert make_video(fewer, 2).frames.tobytes() == videos[2].frames.tobytes()
+    for video in videos[:len(CLASSES)]:  # and the ground truth still holds
+        warped = _backward_warp(video.frames[1], video.flows[0])
+        assert np.abs(warped - video.frames[0])[video.valid[0]].mean() < 0.8, video.class_name
+
+
 def test_write_dataset_ucf101_layout_decodes_back(tmp_path):
     config = SyntheticMotionConfig(num_videos=len(CLASSES) + 1, num_frames=4, height=32, width=48)
     written = write_dataset(tmp_path, config, ext=".avi")

@@ -1,0 +1,39 @@
+"""bench/accuracy.py: the mean over seeds and the paired fusion gain, and their report."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench import accuracy, report
+
+
+def _seed(top1: dict[str, float]) -> dict:
+    full = {row: top1.get(row, 50.0) for row in accuracy.ROWS}
+    return {"accuracy": full, "fps": dict.fromkeys(accuracy.ROWS, 10.0), "confidence": {"spatial": 0.12},
+            "stage_seconds": {}}
+
+
+def test_summary_means_over_seeds_and_counts_fusion_gain_in_test_videos():
+    # 20 test videos: one video is 5 points.
+    per_seed = {0: _seed({"stacked_c": 60.0, "hidden_two_stream_c": 55.0}),
+                1: _seed({"stacked_c": 50.0, "hidden_two_stream_c": 60.0})}
+    summary = accuracy.summarise(per_seed, num_test=20)
+    assert summary["accuracy"]["stacked_c"] == pytest.approx(55.0)
+    assert summary["accuracy_sd"]["stacked_c"] == pytest.approx(7.0711, abs=1e-3)
+    gain = summary["fusion_gain"]["hidden_two_stream_c"]
+    assert gain["temporal"] == "stacked_c" and gain["videos_per_seed"] == [-1, 2] and gain["mean_videos"] == 0.5
+    assert summary["fusion_gain"]["two_stream_tvl1"]["videos_per_seed"] == [0, 0]
+
+
+def test_report_shows_the_spread_and_the_fusion_gain(tmp_path):
+    per_seed = {0: _seed({"hidden_two_stream_a": 55.0}), 1: _seed({})}
+    data = {**accuracy.summarise(per_seed, num_test=20), "per_seed": per_seed, "labels": accuracy.LABELS,
+            "num_test_videos": 20, "chance_percent": 100 / 9, "machine": {}, "command": "x",
+            "settings": {"num_videos": 80, "pretrain_steps": 1, "finetune_steps": 1, "spatial_steps": 1,
+                         "temporal_steps": 1, "num_windows": 5, "num_crops": 5, "scenes": "shared"}}
+    (tmp_path / "accuracy.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "mean of 2 seed(s) (0, 1)" in text and "scenes shared" in text
+    assert "Hidden two-stream (a) vs Stacked temporal stream (a): [1, 0] (mean +0.50)" in text
