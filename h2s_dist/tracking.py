@@ -129,6 +129,7 @@ class MlflowTracker(NullTracker):
         self.tracking_uri = tracking_uri
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri)
+        self._last_steps: dict[str, int | None] | None = None  # see _last_step
 
     @classmethod
     def start(
@@ -166,10 +167,26 @@ class MlflowTracker(NullTracker):
 
         now = get_current_time_millis()
         batch = [
-            Metric(k, float(v), now, step) for k, v in metrics.items() if v is not None and math.isfinite(float(v))
+            Metric(k, float(v), now, step) for k, v in metrics.items()
+            if v is not None and math.isfinite(float(v)) and step > self._last_step(k)
         ]
         for chunk in _chunks(batch, 1000):
             self.client.log_batch(self.run_id, metrics=chunk)
+
+    def _last_step(self, key: str) -> int:
+        """The highest step `key` had in this run before this tracker first logged (-1: none).
+
+        A run resumed in place (a restarted Ray Train worker logs into the same run) redoes
+        the steps since its last checkpoint; their points are already in the run, so they are
+        not logged a second time and every curve keeps one point per step. A fresh run costs
+        one `get_run`; a resumed one also one history read per metric it had."""
+        if self._last_steps is None:
+            self._last_steps = dict.fromkeys(self.client.get_run(self.run_id).data.metrics)
+        if key not in self._last_steps:
+            return -1
+        if self._last_steps[key] is None:
+            self._last_steps[key] = max((m.step for m in self.client.get_metric_history(self.run_id, key)), default=-1)
+        return self._last_steps[key]
 
     def set_tags(self, tags: Mapping[str, str]) -> None:
         for key, value in tags.items():

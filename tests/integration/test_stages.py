@@ -3,6 +3,8 @@ handed on, a crash resumes at the checkpointed step, MLflow holds what a researc
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 
@@ -77,10 +79,11 @@ def test_frozen_mode_trains_only_the_vgg(make_synthetic_dataset, tmp_path):
     assert names == ["vgg.weight", "vgg.bias"]
 
 
-def test_crash_resumes_at_the_checkpointed_step(make_synthetic_dataset, tmp_path, monkeypatch):
-    spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()), loop={**LOOP, "max_steps": 6})
-    calls = {"n": 0}
-    real_loss = PretrainTask.loss
+@contextlib.contextmanager
+def _crash_on_fourth_step(monkeypatch):
+    """Pretraining raises in its 4th loss call inside the block (the block expects it), and
+    trains normally after it."""
+    real_loss, calls = PretrainTask.loss, {"n": 0}
 
     def crash_on_fourth_step(self, model, batch, device):
         calls["n"] += 1
@@ -90,10 +93,31 @@ def test_crash_resumes_at_the_checkpointed_step(make_synthetic_dataset, tmp_path
 
     monkeypatch.setattr(PretrainTask, "loss", crash_on_fourth_step)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
+        yield
     monkeypatch.setattr(PretrainTask, "loss", real_loss)
+
+
+def test_crash_resumes_at_the_checkpointed_step(make_synthetic_dataset, tmp_path, monkeypatch):
+    spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()), loop={**LOOP, "max_steps": 6})
+    with _crash_on_fourth_step(monkeypatch):
+        launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
     out = launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
     assert out["resumed_from_step"] == 2 and out["steps"] == 6
+
+
+def test_a_run_resumed_in_place_logs_each_step_once(make_synthetic_dataset, tmp_path, monkeypatch, stage_run):
+    """As a restarted Ray Train worker does: the crashed attempt and the resume log into one
+    run; the resume redoes step 3 (after checkpoint 2), which is already in the run."""
+    from mlflow.tracking import MlflowClient
+
+    tracking = stage_run("resumed-in-place")
+    spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()),
+                        loop={**LOOP, "max_steps": 5, "log_every_steps": 1})
+    with _crash_on_fourth_step(monkeypatch):
+        launch("pretrain_motionnet", spec, str(tmp_path / "pre"), tracking)
+    assert launch("pretrain_motionnet", spec, str(tmp_path / "pre"), tracking)["resumed_from_step"] == 2
+    history = MlflowClient(tracking.uri).get_metric_history(tracking.run_id, "loss/total")
+    assert sorted(m.step for m in history) == [1, 2, 3, 4, 5]
 
 
 def test_checkpoint_of_another_spec_is_refused(make_synthetic_dataset, tmp_path):
