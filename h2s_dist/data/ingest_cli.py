@@ -18,7 +18,7 @@ from h2s_dist.data import ingest as ingest_lib
 from h2s_dist.data.sources import SourceListing
 
 _DESCRIPTION = (ingest_lib.__doc__ or "").split("\n\n")[0]
-_SYNTHETIC_FIELDS = ("num_videos", "num_frames", "height", "width", "seed")
+_SYNTHETIC_FIELDS = ("num_videos", "num_frames", "height", "width", "seed", "shared_scenes")
 _EXAMPLES = """examples:
   h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
   h2s ingest hmdb51 /data/hmdb51 --splits /data/testTrainMulti_7030_splits --output /data/h2s/hmdb51
@@ -82,6 +82,9 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("--height", type=int, default=128, help="frame height, even (default 128)")
     sub.add_argument("--width", type=int, default=160, help="frame width, even (default 160)")
     sub.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
+    sub.add_argument("--shared-scenes", action="store_true",
+                     help="the 9 videos of a round (one per class) film one scene, so appearance tells "
+                          "nothing even about training videos (default: a scene per video)")
     parser.set_defaults(func=run_ingest_command)
 
 
