@@ -315,7 +315,8 @@ def build_listing(
     ucf101 / hmdb51: the dataset's `root` folder and the folder of its official split lists
     (`splits`; None = no splits, classes from folders); videos: `root` is a folder, a glob or
     a text file of paths (unlabeled); synthetic: `synthetic` holds the fields of
-    h2s_dist.data.synthetic.SyntheticMotionConfig (num_videos, num_frames, height, width, seed).
+    h2s_dist.data.synthetic.SyntheticMotionConfig (num_videos, num_frames, height, width, seed,
+    shared_scenes, ...).
     """
     if source == "ucf101":
         return sources.ucf101_entries(root, splits)
