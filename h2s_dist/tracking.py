@@ -113,6 +113,9 @@ class NullTracker:
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         pass
 
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        pass
+
     def log_state_dict(self, state_dict: Mapping[str, Any], name: str, register_as: str | None = None) -> None:
         pass
 
@@ -210,9 +213,7 @@ class MlflowTracker(NullTracker):
             plt.close(figure)
 
     def log_dict(self, data: Mapping[str, Any], artifact_file: str) -> None:
-        with _tmp_path(artifact_file) as path:
-            path.write_text(json.dumps(data, indent=2, default=str))
-            self.client.log_artifact(self.run_id, str(path), _folder(artifact_file))
+        self.log_bytes(json.dumps(data, indent=2, default=str).encode(), artifact_file)
 
     def log_table(self, columns: Mapping[str, list], artifact_file: str) -> None:
         """A table as MLflow's JSON table artifact (shown as a table in the UI)."""
@@ -223,6 +224,12 @@ class MlflowTracker(NullTracker):
     def log_artifact(self, local_path: str | os.PathLike, artifact_path: str | None = None) -> None:
         self.client.log_artifact(self.run_id, str(local_path), artifact_path)
 
+    def log_bytes(self, data: bytes, artifact_file: str) -> None:
+        """`data` as the artifact `artifact_file` (e.g. "scores.npz", "weights/spatial.pt")."""
+        with _tmp_path(artifact_file) as path:
+            path.write_bytes(data)
+            self.client.log_artifact(self.run_id, str(path), _folder(artifact_file))
+
     def log_state_dict(self, state_dict: Mapping[str, Any], name: str, register_as: str | None = None) -> None:
         """Final weights as `weights/<name>.pt`, registered as a model version when asked.
 
@@ -231,11 +238,9 @@ class MlflowTracker(NullTracker):
         """
         import torch
 
-        with _tmp_path(f"{name}.pt") as path:
-            buffer = io.BytesIO()
-            torch.save(dict(state_dict), buffer)
-            path.write_bytes(buffer.getvalue())
-            self.client.log_artifact(self.run_id, str(path), "weights")
+        buffer = io.BytesIO()
+        torch.save(dict(state_dict), buffer)
+        self.log_bytes(buffer.getvalue(), f"weights/{name}.pt")
         if register_as:
             self._register(register_as, f"weights/{name}.pt")
 

@@ -45,10 +45,11 @@ def test_stages_chain_pretrain_finetune_spatial_evaluate(make_synthetic_dataset,
         assert ("loss/pixel" in ft["metrics"]) == (mode == "action_plus_unsup")
     sp = launch("train_spatial", SpatialSpec(vgg_flavour="tiny", data=data(uri, clip_len_frames=1), loop=LOOP),
                 str(tmp_path / "sp"), stage_run("spatial"))
+    evaluate_run = stage_run("evaluate")
     ev = launch("evaluate", EvaluateSpec(
         dataset=uri, crop_size=32, num_windows=2, num_crops=10, spatial_weights=sp["spatial"],
         stacked_weights=ft["stacked_temporal"], motionnet=TINY, vgg_flavour="tiny", loader_workers=0),
-        str(tmp_path / "ev"), stage_run("evaluate"))
+        str(tmp_path / "ev"), evaluate_run)
     metrics = ev["metrics"]
     assert metrics["eval/videos"] == 9  # split 1 test side of 36 synthetic videos
     for stream in ("spatial", "stacked", "hidden_two_stream", "hidden_two_stream_weighted_sum"):
@@ -67,6 +68,10 @@ def test_stages_chain_pretrain_finetune_spatial_evaluate(make_synthetic_dataset,
     assert saved["stacked"].shape == saved["hidden_two_stream"].shape == (9, 9)
     top1 = float((saved["hidden_two_stream"].argmax(1) == saved["labels"]).mean())
     assert top1 == metrics["accuracy/hidden_two_stream/top1"]
+    from mlflow.tracking import MlflowClient
+
+    artifacts = {a.path for a in MlflowClient(evaluate_run.uri).list_artifacts(evaluate_run.run_id)}
+    assert {"scores.npz", "evaluation.json"} <= artifacts
 
 
 def test_frozen_mode_trains_only_the_vgg(make_synthetic_dataset, tmp_path):

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import io
 import json
-import pathlib
-import tempfile
 import time
 from typing import Any, Literal
 
@@ -297,8 +295,5 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     scores_uri = storage.join(output_uri, "scores.npz")
     scores = scores_npz(keys, labels, streams, classes)
     storage.write_bytes(scores_uri, scores)
-    with tempfile.TemporaryDirectory() as tmp:
-        local = pathlib.Path(tmp) / "scores.npz"
-        local.write_bytes(scores)
-        tracker.log_artifact(local)
+    tracker.log_bytes(scores, "scores.npz")
     return {"metrics": metrics, "report": report_uri, "scores": scores_uri}
