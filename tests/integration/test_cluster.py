@@ -226,7 +226,10 @@ def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic
         runner = threading.Thread(target=fit)
         runner.start()
         deadline = time.monotonic() + 180
-        while time.monotonic() < deadline and len(list((output / "ray").glob("**/step_*"))) < 2 and runner.is_alive():
+        # Lose the node only once Ray's controller has registered a checkpoint: a step_N folder
+        # on disk is written by the worker before the controller records it, and a node lost in
+        # between leaves the restarted run nothing to resume from (it starts again at step 0).
+        while time.monotonic() < deadline and not _registered_checkpoint(output / "ray") and runner.is_alive():
             time.sleep(0.1)
         cluster.remove_node(second)
         events.append("removed")
@@ -252,3 +255,14 @@ def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic
     assert run.data.tags["h2s.resumed_from_step"] == str(outputs["resumed_from_step"])
     steps = [m.step for m in MlflowClient(tracking.uri).get_metric_history(tracking.run_id, "loss/total")]
     assert max(steps) == STEPS
+
+
+def _registered_checkpoint(ray_storage: pathlib.Path) -> bool:
+    """Whether Ray Train's controller has recorded a checkpoint (its manager snapshot names one)."""
+    for snapshot in ray_storage.glob("**/checkpoint_manager_snapshot.json"):
+        try:
+            if "step_" in snapshot.read_text():
+                return True
+        except OSError:  # being written: look again
+            pass
+    return False
