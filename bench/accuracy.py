@@ -80,12 +80,12 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
     from h2s_dist.data.ingest import ingest
     from h2s_dist.data.sources import synthetic_entries
     from h2s_dist.data.synthetic import SyntheticMotionConfig
-    from h2s_dist.train.stages.evaluate import EvaluateSpec
-    from h2s_dist.train.stages.finetune import FinetuneSpec
-    from h2s_dist.train.stages.pretrain import PretrainSpec
-    from h2s_dist.train.stages.spatial import SpatialSpec
-    from h2s_dist.train.stages.temporal_flows import TemporalFlowsSpec
-    from h2s_dist.train.stages.tvl1_flows import TVL1FlowsSpec
+    from h2s_dist.specs.evaluate import EvaluateSpec
+    from h2s_dist.specs.training import FinetuneSpec
+    from h2s_dist.specs.training import PretrainSpec
+    from h2s_dist.specs.training import SpatialSpec
+    from h2s_dist.specs.training import TemporalFlowsSpec
+    from h2s_dist.specs.driver import TVL1FlowsSpec
 
     out, seconds = {}, {}
 

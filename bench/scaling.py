@@ -38,7 +38,7 @@ from bench._common import format_table, write_results  # noqa: E402
 def pretrain_throughput(dataset: str, out: str, num_workers: int, args: argparse.Namespace) -> dict:
     """One pretrain run at `num_workers` Ray workers; samples/s of its last logging window."""
     from h2s_dist.train.launch import launch
-    from h2s_dist.train.stages.pretrain import PretrainSpec
+    from h2s_dist.specs.training import PretrainSpec
 
     log_every = max(1, args.steps // 3)
     spec = PretrainSpec.model_validate({

@@ -70,7 +70,7 @@ def ingest_corpus(root: pathlib.Path, out: pathlib.Path, encoding: str) -> int:
 def tvl1_cache(dataset: pathlib.Path, out: pathlib.Path, fast: bool) -> dict:
     """Run the tvl1_flows stage in this process over every video; its outputs (sizes, timing)."""
     from h2s_dist.train.launch import launch
-    from h2s_dist.train.stages.tvl1_flows import TVL1FlowsSpec
+    from h2s_dist.specs.driver import TVL1FlowsSpec
 
     tvl1 = {"num_scales": 3, "num_warps": 3} if fast else {}
     spec = TVL1FlowsSpec(dataset=str(dataset), subset=None, num_tasks=0, videos_per_shard=64, tvl1=tvl1)

@@ -20,7 +20,6 @@ the field path, e.g. `jobs/x.yaml: stages[2].optim.lr: Input should be greater t
 from __future__ import annotations
 
 import copy
-import importlib
 import pathlib
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -29,6 +28,8 @@ from typing import Annotated, Any, Union
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, ValidationError, create_model, model_validator
+
+from h2s_dist.specs.common import SpecProblems
 
 ENTRY_FIELDS = ("name", "needs")
 _NAME_RE = r"^[A-Za-z0-9_-]+$"
@@ -55,34 +56,11 @@ class JobSpecError(ValueError):
 # ----------------------------------------------------------------------------- stage kinds
 
 
-def stage_module_names() -> dict[str, str]:
-    """Stage kind -> module (the launcher's registry: one entry per kind)."""
-    from h2s_dist.train.launch import STAGE_MODULES
+def stage_specs() -> dict[str, type[BaseModel]]:
+    """Stage kind -> its spec model (from h2s_dist.registry: pure pydantic, no torch)."""
+    from h2s_dist.registry import STAGES
 
-    return dict(STAGE_MODULES)
-
-
-@lru_cache(maxsize=1)
-def stage_specs() -> tuple[dict[str, type[BaseModel]], dict[str, str]]:
-    """({kind: SPEC} of the stage modules that import, {kind: why not} for those that do not).
-
-    A kind whose module is still missing does not break every other job: only a spec that
-    uses it is refused, with the import error as the reason.
-    """
-    specs: dict[str, type[BaseModel]] = {}
-    missing: dict[str, str] = {}
-    for kind, module_name in stage_module_names().items():
-        try:
-            module = importlib.import_module(module_name)
-        except ImportError as err:
-            missing[kind] = f"{type(err).__name__}: {err}"
-            continue
-        spec = module.SPEC
-        declared = spec.model_fields["kind"].default
-        assert declared == kind, f"{module_name}.SPEC.kind is {declared!r}, registered as {kind!r}"
-        assert not set(ENTRY_FIELDS) & set(spec.model_fields), f"{module_name}.SPEC uses a reserved field name"
-        specs[kind] = spec
-    return specs, missing
+    return {kind: stage.spec for kind, stage in STAGES.items()}
 
 
 def _entry_model(kind: str, spec: type[BaseModel]) -> type[BaseModel]:
@@ -98,7 +76,10 @@ def _entry_model(kind: str, spec: type[BaseModel]) -> type[BaseModel]:
 
 @lru_cache(maxsize=1)
 def stage_entry_models() -> dict[str, type[BaseModel]]:
-    return {kind: _entry_model(kind, spec) for kind, spec in stage_specs()[0].items()}
+    for kind, spec in stage_specs().items():
+        assert spec.model_fields["kind"].default == kind, f"{spec.__name__}.kind is not {kind!r}"
+        assert not set(ENTRY_FIELDS) & set(spec.model_fields), f"{spec.__name__} uses a reserved field name"
+    return {kind: _entry_model(kind, spec) for kind, spec in stage_specs().items()}
 
 
 def _kind_of(value: Any) -> str | None:
@@ -110,7 +91,7 @@ def _kind_of(value: Any) -> str | None:
 def stage_spec_of(entry: BaseModel, data: Mapping[str, Any] | None = None) -> BaseModel:
     """The stage's own spec (what `launch` takes) from an entry, or from `data` (its
     fields with references resolved)."""
-    spec = stage_specs()[0][entry.kind]
+    spec = stage_specs()[entry.kind]
     if data is None:
         data = entry.model_dump(mode="json", exclude=set(ENTRY_FIELDS))
     return spec.model_validate(data)
@@ -121,8 +102,6 @@ def stage_spec_of(entry: BaseModel, data: Mapping[str, Any] | None = None) -> Ba
 
 def _job_model_base():
     entries = stage_entry_models()
-    if not entries:
-        raise RuntimeError("no stage module could be imported; see h2s_dist.config.stage_specs()")
     union = Union[tuple(Annotated[model, Tag(kind)] for kind, model in entries.items())]  # noqa: UP007
     return Annotated[union, Discriminator(_kind_of)]
 
@@ -307,7 +286,7 @@ def _lookup(outputs: Mapping[str, Mapping[str, Any]], stage: str, key: str, wher
 def format_location(loc: Sequence[Any], data: Any = None) -> str:
     """pydantic's loc -> `stages[2].optim.lr` (the union's tag after a stage index is dropped)."""
     parts: list[str] = []
-    kinds = set(stage_module_names())
+    kinds = set(stage_specs())
     for index, item in enumerate(loc):
         if isinstance(item, int):
             parts.append(f"[{item}]")
@@ -325,6 +304,10 @@ def problems_of(error: ValidationError) -> list[tuple[str, str]]:
         if isinstance(cause, JobSpecError):
             problems.extend(cause.problems)
             continue
+        if isinstance(cause, SpecProblems):  # field paths relative to the stage that refused them
+            where = format_location(item["loc"])
+            problems.extend((f"{where}.{path}" if where else path, message) for path, message in cause.problems)
+            continue
         message = item["msg"]
         if item["type"] == "union_tag_invalid":
             message = f"unknown stage kind {item['input'].get('kind')!r}; known: {', '.join(sorted(stage_entry_models()))}"
@@ -336,23 +319,8 @@ def problems_of(error: ValidationError) -> list[tuple[str, str]]:
     return problems
 
 
-def _unavailable_kind_problems(data: Any) -> list[tuple[str, str]]:
-    """Stages of a kind whose module does not import here, named with the reason."""
-    missing = stage_specs()[1]
-    problems = []
-    if isinstance(data, Mapping) and isinstance(data.get("stages"), list):
-        for i, stage in enumerate(data["stages"]):
-            kind = _kind_of(stage)
-            if isinstance(kind, str) and kind in missing:
-                problems.append((f"stages[{i}].kind", f"stage kind {kind!r} is not available here ({missing[kind]})"))
-    return problems
-
-
 def validate_job(data: Any, source: str | None = None) -> BaseModel:
     """A JobSpec from plain data, or JobSpecError naming `source` and every bad field."""
-    unavailable = _unavailable_kind_problems(data)
-    if unavailable:
-        raise JobSpecError(unavailable, source)
     try:
         return job_model().model_validate(data)
     except ValidationError as err:

@@ -297,3 +297,13 @@ def reconstruction_images(frames01: torch.Tensor, flow2_raw: torch.Tensor) -> to
         flow = split_flows(up * RAW_FLOW_SCALE).reshape(b * (t - 1), 2, h, w)
         warped = backward_warp(frames01[:, 1:].reshape(b * (t - 1), 3, h, w), flow)
     return warped.view(b, t - 1, 3, h, w)
+
+
+def action_loss(
+    scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """Cross-entropy of class scores (computed in fp32), with the terms every classifier
+    stage logs: `loss/action` and `train/top1` (the micro-batch's top-1 accuracy)."""
+    loss = F.cross_entropy(scores.float(), labels, label_smoothing=label_smoothing)
+    top1 = float((scores.argmax(1) == labels).float().mean())
+    return loss, {"loss/action": float(loss.detach()), "train/top1": top1}

@@ -27,6 +27,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from h2s_dist.models.limits import MOTIONNET_SIZE_MULTIPLE
+
 # Raw network outputs are flow / RAW_FLOW_SCALE in full-resolution pixels. Kept here as
 # well as in h2s_dist.warp so that the models import nothing but torch.
 RAW_FLOW_SCALE = 20.0
@@ -34,9 +36,8 @@ RAW_FLOW_SCALE = 20.0
 LEVEL_STRIDES = (32, 16, 8, 4, 2)
 # raw -> pixels at the level's own resolution: RAW_FLOW_SCALE / stride.
 LEVEL_MULTIPLIERS = tuple(RAW_FLOW_SCALE / s for s in LEVEL_STRIDES)  # (0.625, ..., 10.0)
-# H and W must be multiples of this: five stride-2 convolutions down, five x2 deconvs up,
-# and every decoder level is concatenated with the encoder feature of the same size.
-SIZE_MULTIPLE = 32
+# H and W must be multiples of this (the reason is in limits.py, which validation reads).
+SIZE_MULTIPLE = MOTIONNET_SIZE_MULTIPLE
 # Decoder levels K, coarse to fine (flowK is predicted at stride 2**(K-1)).
 _DECODER_LEVELS = (5, 4, 3, 2)
 

@@ -9,13 +9,13 @@
 
 from __future__ import annotations
 
-import enum
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from h2s_dist.models.limits import FinetuneMode
 from h2s_dist.models.motionnet import RAW_FLOW_SCALE, MotionNet
 from h2s_dist.models.vgg import VGG16
 
@@ -59,14 +59,6 @@ class FlowNormalize(nn.Module):
         else:
             x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return x - FLOW_MEAN
-
-
-class FinetuneMode(str, enum.Enum):
-    """How the stacked temporal stream is fine-tuned (paper modes a, b, c)."""
-
-    FROZEN = "frozen"
-    ACTION_ONLY = "action_only"
-    ACTION_PLUS_UNSUP = "action_plus_unsup"
 
 
 class StackedOutput(NamedTuple):

@@ -20,9 +20,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from h2s_dist.models.limits import VGG_MIN_INPUT_SIZE
+
 # Convolutions per block (2, 2, 3, 3, 3 = 13), each block ends with a 2x2 max pool.
 _CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
-MIN_INPUT_SIZE = 32
+MIN_INPUT_SIZE = VGG_MIN_INPUT_SIZE
 
 
 @dataclass(frozen=True)

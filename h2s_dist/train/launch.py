@@ -1,8 +1,12 @@
-"""Run one stage: in this process (`scaling.num_workers: 0`) or on N Ray Train workers.
+"""Run one stage: a driver stage in this process; a worker stage in this process
+(`scaling.num_workers: 0`) or on N Ray Train workers.
 
-The launcher and `train/dist.py` are the only places that know whether Ray is involved.
-Either way the stage's `run(spec, session, tracker, output_uri)` executes on every rank;
-rank 0 writes `output_uri/outputs.json`, which the caller reads back.
+The launcher and `train/dist.py` are the only places that know whether Ray is involved,
+and `build_trainer` is the only place a Ray Train trainer is built (for a stage here, and
+for a multi-worker Tune trial through `launch` too). A worker stage's
+`run(spec, session, tracker, output_uri)` executes on every rank; a driver stage's
+`run(spec, tracker, output_uri)` once. Rank 0 writes `output_uri/outputs.json`, which the
+caller reads back.
 
     outputs = launch("pretrain_motionnet", spec, output_uri="s3://bucket/job/pretrain",
                      tracking=Tracking(uri, run_id))
@@ -10,29 +14,19 @@ rank 0 writes `output_uri/outputs.json`, which the caller reads back.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
 from pydantic import BaseModel
 
 from h2s_dist.data import storage
+from h2s_dist.registry import stage_kind
 from h2s_dist.train import checkpoint as ckpt
 from h2s_dist.train import dist
 
-# Stage kind -> module with `SPEC` (the pydantic model) and `run(spec, session, tracker, output_uri)`.
-STAGE_MODULES = {
-    "ingest": "h2s_dist.pipeline.ingest_stage",
-    "pretrain_motionnet": "h2s_dist.train.stages.pretrain",
-    "finetune_stacked": "h2s_dist.train.stages.finetune",
-    "train_spatial": "h2s_dist.train.stages.spatial",
-    "tvl1_flows": "h2s_dist.train.stages.tvl1_flows",
-    "train_temporal_flows": "h2s_dist.train.stages.temporal_flows",
-    "evaluate": "h2s_dist.train.stages.evaluate",
-    "tune": "h2s_dist.train.stages.tune",
-}
 OUTPUTS_FILE = "outputs.json"
 
 
@@ -42,12 +36,6 @@ class Tracking:
 
     uri: str | None = None
     run_id: str | None = None
-
-
-def stage_module(kind: str):
-    if kind not in STAGE_MODULES:
-        raise ValueError(f"unknown stage kind {kind!r}; known: {', '.join(sorted(STAGE_MODULES))}")
-    return importlib.import_module(STAGE_MODULES[kind])
 
 
 def hash_of(spec: BaseModel) -> str:
@@ -66,13 +54,15 @@ def _make_tracker(tracking: Tracking):
     return NullTracker()
 
 
-def _run_on_this_rank(kind: str, spec_data: dict, output_uri: str, tracking: Tracking, session: Any) -> None:
-    module = stage_module(kind)
-    spec = module.SPEC.model_validate(spec_data)
-    tracker = _make_tracker(tracking)
-    outputs = module.run(spec, session, tracker, output_uri)
+def _write_outputs(output_uri: str, outputs: dict[str, Any]) -> None:
     if dist.is_main():
         storage.write_bytes(storage.join(output_uri, OUTPUTS_FILE), json.dumps(outputs, indent=2).encode())
+
+
+def _run_on_this_rank(kind: str, spec_data: dict, output_uri: str, tracking: Tracking, session: Any) -> None:
+    stage = stage_kind(kind)
+    spec = stage.spec.model_validate(spec_data)
+    _write_outputs(output_uri, stage.entry()(spec, session, _make_tracker(tracking), output_uri))
 
 
 def train_worker(config: dict) -> None:
@@ -106,37 +96,50 @@ def launch(
     tracking: Tracking = Tracking(),
     ray_address: str | None = None,
     run_name: str | None = None,
+    local_session: Any = None,
+    callbacks: Sequence[Any] = (),
 ) -> dict[str, Any]:
-    """Run stage `kind` to completion (resuming from its checkpoints) and return its outputs."""
-    spec_hash = hash_of(spec)
-    spec_data = spec.model_dump(mode="json")
-    scaling = spec.scaling
-    if scaling.num_workers == 0:
+    """Run stage `kind` to completion (resuming from its checkpoints) and return its outputs.
+
+    local_session: the session of an in-process worker stage (default: a LocalSession on
+    `output_uri/checkpoints`); callbacks: Ray Train callbacks of a multi-worker run (a Tune
+    trial passes its report callback). run_name: the Ray Train run (default: kind-spec hash).
+    """
+    stage = stage_kind(kind)
+    if stage.shape == "driver":
+        _write_outputs(output_uri, stage.entry()(spec, _make_tracker(tracking), output_uri))
+    elif spec.scaling.num_workers == 0:
         from h2s_dist.train.session import LocalSession
 
-        session = LocalSession(storage.join(output_uri, "checkpoints"), spec_hash)
-        _run_on_this_rank(kind, spec_data, output_uri, tracking, session)
+        session = local_session or LocalSession(storage.join(output_uri, "checkpoints"), hash_of(spec))
+        _run_on_this_rank(kind, spec.model_dump(mode="json"), output_uri, tracking, session)
     else:
-        _fit_on_ray(kind, spec_data, spec_hash, scaling, output_uri, tracking, ray_address, run_name)
+        ensure_ray(ray_address)
+        build_trainer(kind, spec, output_uri, tracking, run_name, callbacks).fit()
     return json.loads(storage.read_bytes(storage.join(output_uri, OUTPUTS_FILE)))
 
 
-def _fit_on_ray(kind, spec_data, spec_hash, scaling, output_uri, tracking, ray_address, run_name) -> None:
+def build_trainer(kind: str, spec: BaseModel, output_uri: str, tracking: Tracking = Tracking(),
+                  run_name: str | None = None, callbacks: Sequence[Any] = ()):
+    """The Ray Train trainer of a worker stage with `spec.scaling.num_workers` >= 1.
+
+    Run state and checkpoints live under `output_uri/ray/<run name>`; the run name is tied
+    to the spec hash, so rerunning the same spec resumes its checkpoints (Ray restores a run
+    by name) and a changed spec starts a new run.
+    """
     from ray.train import FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
-    ensure_ray(ray_address)
+    scaling, spec_hash = spec.scaling, hash_of(spec)
     ray_root = storage.join(output_uri, "ray")
     ray_fs, ray_path = storage.pyarrow_filesystem(ray_root)
-    # The run name is tied to the spec hash: rerunning the same spec resumes its
-    # checkpoints (Ray restores a run by name), a changed spec starts a new run.
     name = run_name or f"{kind}-{spec_hash}"
     workers = (scaling.min_workers, scaling.num_workers) if scaling.min_workers else scaling.num_workers
-    trainer = TorchTrainer(
+    return TorchTrainer(
         train_worker,
         train_loop_config={
             "kind": kind,
-            "spec": spec_data,
+            "spec": spec.model_dump(mode="json"),
             "spec_hash": spec_hash,
             "output_uri": output_uri,
             "tracking": asdict(tracking),
@@ -156,7 +159,7 @@ def _fit_on_ray(kind, spec_data, spec_hash, scaling, output_uri, tracking, ray_a
             storage_path=ray_path,
             storage_filesystem=ray_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
+            callbacks=list(callbacks),
         ),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
     )
-    trainer.fit()

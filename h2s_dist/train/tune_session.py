@@ -40,7 +40,14 @@ class TuneSession(LocalSession):
         self._report_to = report_to or _tune_report
         self.final_step = final_step
         self.last_reported_step: int | None = None
+        self.ran_here = False
+        """True once a loop has run in this session (it always asks for its checkpoint first);
+        False when the trial ran on Ray Train workers instead, which report through Ray."""
         self._held: dict[str, float] | None = None
+
+    def restore(self) -> dict[str, Any] | None:
+        self.ran_here = True
+        return super().restore()
 
     def report_metrics(self, metrics: Mapping[str, float], step: int) -> None:
         """Called by the loop at every log step: one Tune result with `step` in it."""

@@ -192,7 +192,7 @@ def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic
     from ray.cluster_utils import Cluster
 
     from h2s_dist.train.launch import hash_of, launch
-    from h2s_dist.train.stages.pretrain import PretrainSpec
+    from h2s_dist.specs.training import PretrainSpec
 
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     assert not ray.is_initialized(), "another test left Ray running in this process"

@@ -47,7 +47,7 @@ def test_two_workers_split_data_and_survive_a_killed_worker(local_ray, make_synt
     from mlflow.tracking import MlflowClient
 
     from h2s_dist.train.launch import launch
-    from h2s_dist.train.stages.pretrain import PretrainSpec
+    from h2s_dist.specs.training import PretrainSpec
 
     spec = PretrainSpec(
         # MSRA flow heads start at large random flows, so the loss falls steeply within these 60

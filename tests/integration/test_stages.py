@@ -11,10 +11,12 @@ import torch
 from h2s_dist.train.launch import launch
 from h2s_dist.train.session import LocalSession
 from h2s_dist.train.checkpoint import CheckpointMismatchError
-from h2s_dist.train.stages.evaluate import EvaluateSpec
-from h2s_dist.train.stages.finetune import FinetuneSpec, FinetuneTask
-from h2s_dist.train.stages.pretrain import PretrainSpec, PretrainTask
-from h2s_dist.train.stages.spatial import SpatialSpec
+from h2s_dist.specs.evaluate import EvaluateSpec
+from h2s_dist.specs.training import FinetuneSpec
+from h2s_dist.train.stages.finetune import FinetuneTask
+from h2s_dist.specs.training import PretrainSpec
+from h2s_dist.train.stages.pretrain import PretrainTask
+from h2s_dist.specs.training import SpatialSpec
 
 TINY = {"flavour": "tiny"}
 
@@ -75,7 +77,7 @@ def test_stages_chain_pretrain_finetune_spatial_evaluate(make_synthetic_dataset,
 
 
 def test_frozen_mode_trains_only_the_vgg(make_synthetic_dataset, tmp_path):
-    from h2s_dist.train.specs import OptimSpec
+    from h2s_dist.specs.common import OptimSpec
 
     spec = FinetuneSpec(mode="frozen", motionnet=TINY, vgg_flavour="tiny", data=data(make_synthetic_dataset()))
     task = FinetuneTask(spec)

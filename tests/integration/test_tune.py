@@ -20,7 +20,7 @@ def test_search_picks_best_trial_logs_child_runs_and_restores(local_ray, make_sy
     from mlflow.tracking import MlflowClient
 
     from h2s_dist.train.launch import launch
-    from h2s_dist.train.stages.tune import TuneSpec
+    from h2s_dist.specs.driver import TuneSpec
 
     spec = TuneSpec.model_validate({
         "trial": {
@@ -78,3 +78,56 @@ def test_search_picks_best_trial_logs_child_runs_and_restores(local_ray, make_sy
     print(f"\ntune: {len(outputs['trials'])} trials, {len(stopped)} stopped early by ASHA, "
           f"best {outputs['best_trial']} {outputs['best_config']} loss/total={outputs['best_metric']:.4f}; "
           f"search {search_s:.1f}s, restore {restore_s:.1f}s")
+
+
+def test_multi_worker_trial_gets_the_stage_scaling_resources_and_checkpoint_root(monkeypatch, tmp_path):
+    """A 2-worker trial is its stage run by the launcher: the trainer it builds carries
+    scaling.resources_per_worker, min_workers and the checkpoint root under the trial folder.
+    (TorchTrainer.fit is replaced: what is checked is the trainer the trial builds.)"""
+    import json
+
+    from ray import tune
+    from ray.train.torch import TorchTrainer
+    from ray.train import UserCallback
+    from ray.tune.integration import ray_train
+
+    from h2s_dist.specs.driver import TuneSpec
+    from h2s_dist.train import launch as launcher
+    from h2s_dist.train.stages import tune as tune_stage
+
+    class Context:
+        def get_trial_id(self):
+            return "t0"
+
+    built = []
+
+    def fake_fit(trainer):
+        built.append(trainer)
+        config = trainer.train_loop_config
+        pathlib.Path(config["output_uri"], "outputs.json").write_text(json.dumps({"steps": 4, "metrics": {}}))
+
+    class ReportCallback(UserCallback):
+        pass  # the real one refuses to exist outside a Tune session
+
+    monkeypatch.setattr(tune, "get_context", lambda: Context())
+    monkeypatch.setattr(ray_train, "TuneReportCallback", ReportCallback)
+    monkeypatch.setattr(TorchTrainer, "fit", fake_fit)
+    monkeypatch.setattr(launcher, "ensure_ray", lambda address=None: None)
+    spec = TuneSpec.model_validate({
+        "trial": {"kind": "pretrain_motionnet", "data": {"dataset": str(tmp_path / "data"), "crop_size": 32},
+                  "loop": {"max_steps": 4},
+                  "scaling": {"num_workers": 2, "min_workers": 1, "resources_per_worker": {"decode_node": 0.5}}},
+        "search_space": {"optim.lr": {"loguniform": [1e-4, 1e-3]}},
+        "asha": None,
+    })
+    setup = {"kind": "pretrain_motionnet", "trial": spec.trial_data(), "output_uri": str(tmp_path / "tune"),
+             "cpus_per_trial": 1, "tracking": {"uri": None, "run_id": None}}
+    tune_stage.tune_trial({"optim.lr": 3e-4}, setup)
+
+    (trainer,) = built
+    assert trainer.scaling_config.num_workers == (1, 2)
+    assert trainer.scaling_config.resources_per_worker == {"CPU": 1.0, "decode_node": 0.5}
+    trial_folder = tmp_path / "tune" / "trials" / "t0"
+    assert trainer.train_loop_config["checkpoint_root"] == str(trial_folder / "ray" / "trial-t0")
+    assert trainer.train_loop_config["spec"]["optim"]["lr"] == 3e-4
+    assert [type(c) for c in trainer.run_config.callbacks] == [ReportCallback]  # Tune hears the workers

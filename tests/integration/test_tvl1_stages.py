@@ -18,6 +18,7 @@ pytest.importorskip("cv2", reason="the TV-L1 baseline needs the `baseline` extra
 from h2s_dist.baseline import tvl1  # noqa: E402
 from h2s_dist.data import codec, flow_shards, manifest, storage  # noqa: E402
 from h2s_dist.data.shard_io import SkipRecorder, iter_samples  # noqa: E402
+from h2s_dist.specs.driver import TVL1FlowsSpec  # noqa: E402
 from h2s_dist.tracking import NullTracker  # noqa: E402
 from h2s_dist.train.stages import tvl1_flows  # noqa: E402
 
@@ -28,9 +29,9 @@ CROP = 32
 CLIP_LEN = 5
 
 
-def _spec(dataset: str, **overrides) -> tvl1_flows.TVL1FlowsSpec:
+def _spec(dataset: str, **overrides) -> TVL1FlowsSpec:
     base = dict(dataset=dataset, split=1, subset="test", videos_per_shard=2, num_tasks=0, tvl1=FAST_TVL1)
-    return tvl1_flows.TVL1FlowsSpec(**{**base, **overrides})
+    return TVL1FlowsSpec(**{**base, **overrides})
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +43,7 @@ def frames_uri(synthetic_dataset_uri) -> str:
 def computed(frames_uri, tmp_path_factory) -> tuple[str, dict]:
     """(stage output URI, outputs) of tvl1_flows computed in this process."""
     out = str(tmp_path_factory.mktemp("tvl1_local"))
-    return out, tvl1_flows.run(_spec(frames_uri), None, NullTracker(), out)
+    return out, tvl1_flows.run(_spec(frames_uri), NullTracker(), out)
 
 
 def _read_samples(dataset_uri: str, keys: set[str] | None = None) -> dict[str, dict]:
@@ -90,14 +91,14 @@ def test_rerun_skips_finished_chunks_and_refuses_another_plan(computed, frames_u
     out, first = computed
     copy = str(tmp_path / "copy")
     shutil.copytree(out, copy)
-    again = tvl1_flows.run(_spec(frames_uri), None, NullTracker(), copy)
+    again = tvl1_flows.run(_spec(frames_uri), NullTracker(), copy)
     assert again["chunks_reused"] == 5 and again["chunks_computed"] == 0 and again["pairs_per_s"] == 0.0
     storage.delete(storage.join(copy, "flows", "_flows", "chunk-000003.json"))
-    partial = tvl1_flows.run(_spec(frames_uri), None, NullTracker(), copy)
+    partial = tvl1_flows.run(_spec(frames_uri), NullTracker(), copy)
     assert partial["chunks_reused"] == 4 and partial["chunks_computed"] == 1
     assert partial["flow_bytes"] == first["flow_bytes"]
     with pytest.raises(ValueError, match="another plan"):
-        tvl1_flows.run(_spec(frames_uri, bound=10.0), None, NullTracker(), copy)
+        tvl1_flows.run(_spec(frames_uri, bound=10.0), NullTracker(), copy)
 
 
 def test_ray_tasks_give_the_same_flows(computed, frames_uri, tmp_path):
@@ -106,7 +107,7 @@ def test_ray_tasks_give_the_same_flows(computed, frames_uri, tmp_path):
     _, local = computed
     started_here = not ray.is_initialized()
     try:
-        remote = tvl1_flows.run(_spec(frames_uri, num_tasks=2), None, NullTracker(), str(tmp_path / "ray"))
+        remote = tvl1_flows.run(_spec(frames_uri, num_tasks=2), NullTracker(), str(tmp_path / "ray"))
     finally:
         if started_here:
             ray.shutdown()
@@ -121,8 +122,8 @@ def test_ray_tasks_give_the_same_flows(computed, frames_uri, tmp_path):
 
 def test_train_temporal_flows_through_launch_writes_weights(computed, tmp_path):
     from h2s_dist.train.launch import launch
-    from h2s_dist.train.specs import DataSpec, LoopSpec, ScalingSpec
-    from h2s_dist.train.stages.temporal_flows import TemporalFlowsSpec
+    from h2s_dist.specs.common import DataSpec, LoopSpec, ScalingSpec
+    from h2s_dist.specs.training import TemporalFlowsSpec
 
     _, outputs = computed
     spec = TemporalFlowsSpec(

@@ -6,10 +6,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from h2s_dist.train.specs import MotionNetSpec
-from h2s_dist.train.stages.common import action_loss
-from h2s_dist.train.stages.pretrain import build_motionnet_from
-from h2s_dist.train.stages.spatial import SpatialSpec
+from h2s_dist.specs.common import MotionNetSpec
+from h2s_dist.losses import action_loss
+from h2s_dist.train.builders import build_motionnet_from
+from h2s_dist.specs.training import SpatialSpec
 
 
 def test_label_smoothing_moves_target_mass_evenly_onto_every_class():

@@ -8,7 +8,7 @@ import pathlib
 import pytest
 
 from h2s_dist import tune_spaces
-from h2s_dist.train.stages.pretrain import PretrainSpec
+from h2s_dist.specs.training import PretrainSpec
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 TRIAL = {"kind": "pretrain_motionnet", "data": {"dataset": "${data.dataset}"}, "loop": {"max_steps": 30}}
@@ -87,7 +87,7 @@ def test_space_of_another_kind_is_refused():
 
 @pytest.mark.parametrize("name", ["pretrain_motionnet", "finetune_stacked", "quickstart"])
 def test_shipped_search_spaces_validate_against_their_trial_kind(name):
-    from h2s_dist.train.stages.tune import TRIAL_SPECS
+    from h2s_dist.specs.driver import TRIAL_SPECS
 
     space = tune_spaces.read_search_space(str(REPO / "tune" / f"{name}.yaml"))
     tune_spaces.check_against_trial(space, TRIAL_SPECS[space.kind], {"kind": space.kind, "data": {"dataset": "x"}})
@@ -97,7 +97,7 @@ def test_shipped_search_spaces_validate_against_their_trial_kind(name):
 def test_tune_stage_spec_checks_inline_space_and_asha_budget():
     from pydantic import ValidationError
 
-    from h2s_dist.train.stages.tune import TuneSpec
+    from h2s_dist.specs.driver import TuneSpec
 
     spec = TuneSpec.model_validate({"trial": TRIAL, "search_space": {"optim.lr": {"loguniform": [1e-4, 1e-2]}}})
     assert spec.trial.kind == "pretrain_motionnet" and spec.asha.grace_period_steps == 10

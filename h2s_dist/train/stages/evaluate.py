@@ -15,73 +15,20 @@ from __future__ import annotations
 import io
 import json
 import time
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field
 
 from h2s_dist import frames as frame_conv
 from h2s_dist import metrics as M
 from h2s_dist.data import storage
 from h2s_dist.data.manifest import read_classes
 from h2s_dist.data.shards import eval_loader
-from h2s_dist.models import StackedTemporalStream, build_vgg16, fuse_scores
+from h2s_dist.models import build_vgg16, fuse_scores
 from h2s_dist.train import dist
-from h2s_dist.train.specs import Flavour, MotionNetSpec, PositiveInt, ScalingSpec, Strict
-from h2s_dist.train.stages.pretrain import build_motionnet_from
-
-
-class EvaluateSpec(Strict):
-    """Test-protocol evaluation of the trained streams and their fusion."""
-
-    kind: Literal["evaluate"] = "evaluate"
-    """Stage kind."""
-    dataset: str
-    """URI of the ingested frame dataset."""
-    split: int | None = Field(1, ge=1, le=3)
-    """Official split whose test side is evaluated."""
-    subset: Literal["train", "test"] | None = "test"
-    """Side of the split to evaluate."""
-    clip_len_frames: int = Field(11, ge=2)
-    """Frames per window (must match the stacked stream's MotionNet)."""
-    crop_size: PositiveInt = 224
-    """Crop side."""
-    num_windows: PositiveInt = 25
-    """Windows per video, evenly spaced."""
-    num_crops: Literal[1, 5, 10] = 10
-    """Crops per window: 10 = four corners and centre, each also flipped."""
-    spatial_weights: str | None = None
-    """URI of the spatial VGG16 weights (train_spatial's output); null skips the stream."""
-    stacked_weights: str | None = None
-    """URI of the stacked temporal stream weights (finetune_stacked's output); null skips it."""
-    tvl1_weights: str | None = None
-    """URI of the TV-L1 temporal VGG16 weights (train_temporal_flows' output); null skips it."""
-    tvl1_flows: str | None = None
-    """URI of the cached TV-L1 flow dataset covering the evaluated videos (tvl1_flows' output)."""
-    tvl1_timed_videos: int = Field(2, ge=0)
-    """Videos on which the two-stage baseline is also run end to end (decode, TV-L1 on the
-    fly, temporal VGG16) to measure its frames per second; its accuracy uses the cache."""
-    motionnet: MotionNetSpec = MotionNetSpec()
-    """MotionNet architecture inside the stacked weights."""
-    vgg_flavour: Flavour = "paper"
-    """VGG16 flavour of every stream."""
-    fusion_weights: tuple[float, float] = (1.0, 1.5)
-    """Spatial : temporal weights of late fusion."""
-    fusion_rule: Literal["release", "weighted_sum"] = "release"
-    """Headline fusion rule: `release` (softmax, clamp, L1-normalise, weighted sum) or
-    `weighted_sum` of pre-softmax scores. Both are logged."""
-    inputs_per_forward: PositiveInt = 50
-    """Inputs per network forward (lower it when memory is short)."""
-    loader_workers: int = Field(1, ge=0)
-    """DataLoader processes decoding test videos."""
-    bf16: bool = False
-    """bf16 autocast for the forward passes."""
-    scaling: ScalingSpec = ScalingSpec()
-    """Workers: videos are split across them."""
-
-
-SPEC = EvaluateSpec
+from h2s_dist.specs.evaluate import EvaluateSpec
+from h2s_dist.train.builders import build_stacked, flow_stack_channels
 
 
 def _mean_scores(model: torch.nn.Module, inputs: torch.Tensor, spec: EvaluateSpec, device: torch.device, stacked: bool) -> np.ndarray:
@@ -109,9 +56,8 @@ def _score_frames(spec: EvaluateSpec, num_classes: int, device: torch.device) ->
     if spec.spatial_weights:
         spatial = _load(build_vgg16(spec.vgg_flavour, 3, num_classes), spec.spatial_weights, device)
     if spec.stacked_weights:
-        motionnet = build_motionnet_from(spec.motionnet, spec.clip_len_frames)
-        vgg = build_vgg16(spec.vgg_flavour, motionnet.config.flow_channels, num_classes)
-        stacked = _load(StackedTemporalStream(motionnet, vgg, "action_only"), spec.stacked_weights, device)
+        stacked = _load(build_stacked(spec.motionnet, spec.clip_len_frames, spec.vgg_flavour, num_classes),
+                        spec.stacked_weights, device)
     seconds = {"decode": 0.0, "spatial": 0.0, "stacked": 0.0}
     results: dict[str, dict] = {}
     if spatial is None and stacked is None:
@@ -150,7 +96,7 @@ def _score_tvl1(spec: EvaluateSpec, num_classes: int, device: torch.device) -> t
         return {}, 0.0
     from h2s_dist.data.flow_shards import tvl1_eval_scores
 
-    vgg = _load(build_vgg16(spec.vgg_flavour, 2 * (spec.clip_len_frames - 1), num_classes), spec.tvl1_weights, device)
+    vgg = _load(build_vgg16(spec.vgg_flavour, flow_stack_channels(spec.clip_len_frames), num_classes), spec.tvl1_weights, device)
     start = time.perf_counter()
     scores = tvl1_eval_scores(
         vgg, spec.tvl1_flows, spec.split, spec.subset, rank=dist.rank(), world_size=dist.world_size(),
@@ -184,7 +130,7 @@ def _time_tvl1_two_stage(spec: EvaluateSpec, keys: list[str], num_classes: int, 
     """Seconds of decode, TV-L1 and CNN for the two-stage baseline run end to end on `keys`."""
     from h2s_dist.data.flow_shards import tvl1_video_scores
 
-    vgg = _load(build_vgg16(spec.vgg_flavour, 2 * (spec.clip_len_frames - 1), num_classes), spec.tvl1_weights, device)
+    vgg = _load(build_vgg16(spec.vgg_flavour, flow_stack_channels(spec.clip_len_frames), num_classes), spec.tvl1_weights, device)
     seconds = {"decode": 0.0, "tvl1": 0.0, "cnn": 0.0, "videos": 0.0}
     for key in keys:
         start = time.perf_counter()

@@ -2,43 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import torch
-from pydantic import Field
 
 from h2s_dist.data.manifest import read_classes
+from h2s_dist.losses import action_loss
 from h2s_dist.models import build_vgg16
 from h2s_dist.train.loop import split_bias_groups
-from h2s_dist.train.specs import DataSpec, Flavour, LabelSmoothing, LoopSpec, OptimSpec, ScalingSpec, Strict
-from h2s_dist.train.stages.common import StreamTask, action_loss, run_training
-
-
-class SpatialSpec(Strict):
-    """Spatial stream training; defaults are the paper's (SGD 1e-3, /10 every 4k, 10k steps, batch 128)."""
-
-    kind: Literal["train_spatial"] = "train_spatial"
-    """Stage kind."""
-    vgg_flavour: Flavour = "paper"
-    """VGG16 flavour."""
-    init_weights: str | None = None
-    """URI of RGB VGG16 weights to start from (e.g. your ImageNet weights); layers whose
-    shape differs (fc8 for another class count) stay random. Null = random init."""
-    data: DataSpec = Field(default_factory=lambda: DataSpec(dataset="", batch_size=128, clip_len_frames=1))
-    """Labeled videos; one random frame per sample (clip_len_frames 1)."""
-    optim: OptimSpec = OptimSpec(name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, milestones=[4000, 8000])
-    """SGD, learning rate /10 every 4k steps."""
-    loop: LoopSpec = LoopSpec(max_steps=10_000, checkpoint_every_steps=1000)
-    """Step budget."""
-    label_smoothing: LabelSmoothing = 0.0
-    """Cross-entropy label smoothing (0 = none, the paper). A stream that can memorise its
-    training videos without learning the classes (the spatial stream on the synthetic set)
-    is otherwise confidently wrong on test videos, and that confidence survives late fusion."""
-    scaling: ScalingSpec = ScalingSpec()
-    """Workers and resources."""
-
-
-SPEC = SpatialSpec
+from h2s_dist.specs.common import OptimSpec
+from h2s_dist.specs.training import SpatialSpec
+from h2s_dist.train.task import StreamTask, run_training
 
 
 class SpatialTask(StreamTask):

@@ -10,54 +10,20 @@ Test-time scoring (evaluate stage) lives in h2s_dist.data.flow_shards: `tvl1_eva
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
-from pydantic import Field, model_validator
 
 from h2s_dist.data import flow_shards
 from h2s_dist.data.flow_io import flow_to_color
 from h2s_dist.data.manifest import read_classes
+from h2s_dist.losses import action_loss
 from h2s_dist.train.loop import split_bias_groups
-from h2s_dist.train.specs import DataSpec, Flavour, LabelSmoothing, LoopSpec, OptimSpec, ScalingSpec, Strict
-from h2s_dist.train.stages.common import StreamTask, action_loss, run_training
-
-
-class TemporalFlowsSpec(Strict):
-    """Temporal VGG16 on precomputed TV-L1 flows."""
-
-    kind: Literal["train_temporal_flows"] = "train_temporal_flows"
-    """Stage kind."""
-    flows: str
-    """URI of a flow dataset (the tvl1_flows stage's `flows` output)."""
-    vgg_flavour: Flavour = "paper"
-    """Temporal VGG16 flavour."""
-    vgg_weights: str | None = None
-    """URI of temporal VGG16 weights to start from; wins over vgg_rgb_weights."""
-    vgg_rgb_weights: str | None = None
-    """URI of RGB VGG16 weights (e.g. ImageNet) turned into a 20-channel VGG16 by cross-modality init."""
-    data: DataSpec = Field(default_factory=lambda: DataSpec(dataset="", batch_size=32))
-    """Clip length, crop, batch, loader; `data.dataset` stays empty (`flows` says where to read)."""
-    optim: OptimSpec = OptimSpec(
-        name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, bias_lr_multiplier=2.0, milestones=[5000, 9500]
-    )
-    """SGD with step decay, as the stacked stream's VGG16."""
-    loop: LoopSpec = LoopSpec(max_steps=16_000, grad_accum_steps=4, checkpoint_every_steps=1000)
-    """16k steps of 32 clips x 4 accumulated (effective batch 128)."""
-    label_smoothing: LabelSmoothing = 0.0
-    """Cross-entropy label smoothing (0 = none, the paper)."""
-    scaling: ScalingSpec = ScalingSpec()
-    """Workers and resources."""
-
-    @model_validator(mode="after")
-    def _one_dataset(self) -> TemporalFlowsSpec:
-        if self.data.dataset not in ("", self.flows):
-            raise ValueError("data.dataset must stay empty: this stage reads the flow dataset named by `flows`")
-        return self
-
-
-SPEC = TemporalFlowsSpec
+from h2s_dist.specs.common import OptimSpec
+from h2s_dist.specs.training import TemporalFlowsSpec
+from h2s_dist.train.builders import build_temporal_vgg, flow_stack_channels
+from h2s_dist.train.task import StreamTask, run_training
 
 
 class TemporalFlowsTask(StreamTask):
@@ -67,11 +33,9 @@ class TemporalFlowsTask(StreamTask):
         self.spec = spec
         self.num_classes = len(read_classes(spec.flows))
         self.bound = float(flow_shards.read_flow_info(spec.flows)["bound"])
-        self.in_channels = 2 * (spec.data.clip_len_frames - 1)
+        self.in_channels = flow_stack_channels(spec.data.clip_len_frames)
 
     def build_model(self) -> torch.nn.Module:
-        from h2s_dist.train.stages.finetune import build_temporal_vgg
-
         spec = self.spec
         return build_temporal_vgg(spec.vgg_flavour, self.num_classes, self.in_channels, spec.vgg_weights,
                                   spec.vgg_rgb_weights)

@@ -29,97 +29,17 @@ from __future__ import annotations
 
 import json
 import math
-from typing import Annotated, Any, Literal, Union
-
-from pydantic import Discriminator, Field, Tag, model_validator
+from typing import Any
 
 from h2s_dist import tune_spaces
 from h2s_dist.data import storage
-from h2s_dist.train.specs import PositiveFloat, PositiveInt, ScalingSpec, Strict
-from h2s_dist.train.stages.finetune import FinetuneSpec
-from h2s_dist.train.stages.pretrain import PretrainSpec
+from h2s_dist.specs.driver import TuneSpec
 
-TRIAL_SPECS = {"pretrain_motionnet": PretrainSpec, "finetune_stacked": FinetuneSpec}
 EXPERIMENT_NAME = "tune"
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config.json"
 # Outputs of a training stage that are not weights URIs.
 _NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint"}
-
-TrialSpec = Annotated[
-    Union[Annotated[PretrainSpec, Tag("pretrain_motionnet")], Annotated[FinetuneSpec, Tag("finetune_stacked")]],  # noqa: UP007
-    Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)),
-]
-
-
-class AshaSpec(Strict):
-    """Asynchronous successive halving: at each rung keep the best 1/reduction_factor."""
-
-    grace_period_steps: PositiveInt = 10
-    """Steps every trial runs before it may be stopped (the first rung)."""
-    reduction_factor: float = Field(2.0, gt=1)
-    """Rungs at grace x factor^k steps; only the top 1/factor of trials pass each rung."""
-
-
-class TuneSpec(Strict):
-    """A hyperparameter search; each trial is a full training stage of kind `trial.kind`."""
-
-    kind: Literal["tune"] = "tune"
-    """Stage kind."""
-    trial: TrialSpec
-    """The stage every trial runs (a pretrain_motionnet or finetune_stacked spec, with `kind`)."""
-    search_space: str | dict[str, tune_spaces.Distribution]
-    """Path or URI of a tune/*.yaml, or inline `{dotted.path: {loguniform: [lo, hi]}}`."""
-    metric: str = "loss/total"
-    """Metric the search optimises: any metric the trial logs (`loss/total`, `train/top1`)."""
-    mode: Literal["min", "max"] = "min"
-    """Minimise or maximise `metric`."""
-    asha: AshaSpec | None = AshaSpec()
-    """Early stopping of poor trials; null = every trial runs its whole step budget."""
-    num_samples: PositiveInt = 8
-    """Trials to sample (a `grid` distribution multiplies this by the grid's size)."""
-    max_concurrent_trials: PositiveInt = 2
-    """Trials running at once."""
-    cpus_per_trial: PositiveFloat = 1.0
-    """CPUs of each Tune function (a multi-worker trial's workers reserve trial.scaling's on top)."""
-    gpus_per_trial: float = Field(0.0, ge=0)
-    """GPUs of each Tune function (for in-process trials with trial.scaling.use_gpu)."""
-    max_failures_per_trial: int = Field(0, ge=0)
-    """How often a crashed trial restarts from its last checkpoint."""
-    seed: int | None = 0
-    """Seed of the sampled configs (null = new configs every run)."""
-    scaling: ScalingSpec = ScalingSpec()
-    """The search's driver runs in the job's process: keep num_workers 0 (trials scale with trial.scaling)."""
-
-    @model_validator(mode="after")
-    def _consistent(self):
-        if self.scaling.num_workers != 0:
-            raise ValueError("scaling.num_workers must be 0 for a tune stage; give trial.scaling.num_workers instead")
-        if isinstance(self.search_space, dict):
-            space = tune_spaces.parse_search_space(self.search_space, source="search_space")
-            tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), "search_space")
-        if self.asha is not None and self.asha.grace_period_steps > self.trial.loop.max_steps:
-            raise ValueError(
-                f"asha.grace_period_steps ({self.asha.grace_period_steps}) exceeds trial.loop.max_steps "
-                f"({self.trial.loop.max_steps}); lower it or train trials longer"
-            )
-        return self
-
-    def trial_data(self) -> dict[str, Any]:
-        return self.trial.model_dump(mode="json")
-
-    def space(self) -> tune_spaces.SearchSpaceFile:
-        """The validated search space, read from its file when given as a path or URI."""
-        if isinstance(self.search_space, str):
-            space, source = tune_spaces.read_search_space(self.search_space), self.search_space
-        else:
-            space, source = tune_spaces.parse_search_space(self.search_space), "search_space"
-        tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), source)
-        return space
-
-
-SPEC = TuneSpec
-
 
 # ----------------------------------------------------------------------------- one trial
 
@@ -201,16 +121,22 @@ def _final_report(outputs: dict[str, Any]) -> dict[str, float]:
 
 
 def tune_trial(config: dict, setup: dict) -> None:
-    """The Tune function of every trial (importable, so Ray ships it by reference)."""
+    """The Tune function of every trial (importable, so Ray ships it by reference).
+
+    The trial is its stage run by the launcher, like any stage: in this process with a
+    TuneSession (metrics to Tune at every log step), or as a Ray Train run whose reports
+    TuneReportCallback passes on (at checkpoint cadence: RayTrainSession)."""
     import torch
     from ray import tune
+    from ray.tune.integration.ray_train import TuneReportCallback
 
-    from h2s_dist.train.launch import hash_of, stage_module
+    from h2s_dist.registry import stage_kind
+    from h2s_dist.train.launch import Tracking, hash_of, launch
+    from h2s_dist.train.tune_session import TuneSession
 
     torch.set_num_threads(max(1, int(setup["cpus_per_trial"])))
     trial_id = tune.get_context().get_trial_id()
-    module = stage_module(setup["kind"])
-    spec = module.SPEC.model_validate(tune_spaces.apply_config(setup["trial"], config))
+    spec = stage_kind(setup["kind"]).spec.model_validate(tune_spaces.apply_config(setup["trial"], config))
     folder = trial_uri(setup["output_uri"], trial_id)
     _claim_folder(folder, config, setup)
     done = _finished_outputs(folder)
@@ -220,55 +146,19 @@ def tune_trial(config: dict, setup: dict) -> None:
         tune.report(_final_report(done))
         return
     tracker = _trial_tracker(setup, trial_id, folder, config)
-    session = None
+    session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
     try:
-        if spec.scaling.num_workers == 0:
-            from h2s_dist.train.tune_session import TuneSession
-
-            session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
-            outputs = module.run(spec, session, tracker, folder)
-            storage.write_bytes(storage.join(folder, "outputs.json"), json.dumps(outputs, indent=2).encode())
-            if session.last_reported_step != outputs["steps"]:
-                # Restored from its final checkpoint (killed before writing its outputs): the
-                # loop had nothing left to log, but Tune still needs the final result.
-                session.report_metrics(_final_report(outputs), outputs["steps"])
-        else:
-            _fit_trial_on_workers(setup["kind"], spec, folder, tracker, trial_id)
+        outputs = launch(setup["kind"], spec, folder, Tracking(setup["tracking"]["uri"], tracker.run_id),
+                         run_name=f"trial-{trial_id}", local_session=session, callbacks=[TuneReportCallback()])
+        if session.ran_here and session.last_reported_step != outputs["steps"]:
+            # Restored from its final checkpoint (killed before writing its outputs): the
+            # loop had nothing left to log, but Tune still needs the final result.
+            session.report_metrics(_final_report(outputs), outputs["steps"])
     except BaseException:
         tracker.close("FAILED")
         raise
     tracker.close("FINISHED")
-    if session is not None:
-        session.flush()  # last: Tune may stop the trial inside this report (ASHA at max_t)
-
-
-def _fit_trial_on_workers(kind: str, spec, folder: str, tracker, trial_id: str) -> None:
-    """A multi-worker trial: a TorchTrainer started inside the Tune function (Train V2), its
-    reports passed on to Tune by TuneReportCallback (at checkpoint cadence: RayTrainSession)."""
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchConfig, TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
-    from h2s_dist.train.launch import hash_of, train_worker
-
-    scaling = spec.scaling
-    ray_fs, ray_path = storage.pyarrow_filesystem(storage.join(folder, "ray"))
-    TorchTrainer(
-        train_worker,
-        train_loop_config={
-            "kind": kind, "spec": spec.model_dump(mode="json"), "spec_hash": hash_of(spec), "output_uri": folder,
-            "tracking": {"uri": getattr(tracker, "tracking_uri", None), "run_id": tracker.run_id},
-        },
-        scaling_config=ScalingConfig(
-            num_workers=scaling.num_workers, use_gpu=scaling.use_gpu,
-            resources_per_worker={"CPU": scaling.cpus_per_worker, **({"GPU": 1} if scaling.use_gpu else {})},
-        ),
-        run_config=RunConfig(
-            name=f"trial-{trial_id}", storage_path=ray_path, storage_filesystem=ray_fs,
-            failure_config=FailureConfig(max_failures=scaling.max_failures), callbacks=[TuneReportCallback()],
-        ),
-        torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
-    ).fit()
+    session.flush()  # last: Tune may stop the trial inside this report (ASHA at max_t)
 
 
 # ----------------------------------------------------------------------------- the search
@@ -380,7 +270,7 @@ def _settle_trial_runs(rows: list[dict[str, Any]], output_uri: str, tracker) -> 
     return sorted(previous - {"", tracker.run_id})
 
 
-def run(spec: TuneSpec, session, tracker, output_uri: str) -> dict[str, Any]:
+def run(spec: TuneSpec, tracker, output_uri: str) -> dict[str, Any]:
     import ray
 
     from h2s_dist.train.launch import ensure_ray

@@ -22,80 +22,13 @@ import json
 import posixpath
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field, model_validator
-
-from h2s_dist.baseline.tvl1 import TVL1Params
 from h2s_dist.data import manifest, storage
-from h2s_dist.data.flow_shards import DEFAULT_FLOW_QUALITY, FLOW_ENCODING, write_flow_info
-from h2s_dist.train.specs import PositiveFloat, PositiveInt, ScalingSpec, Strict
+from h2s_dist.data.flow_shards import FLOW_ENCODING, write_flow_info
+from h2s_dist.specs.driver import TVL1FlowsSpec
 
 PLAN_VERSION = 1
-
-
-class TVL1Spec(Strict):
-    """Dual TV-L1 settings (h2s_dist.baseline.tvl1.TVL1Params); defaults are OpenCV's."""
-
-    tau: PositiveFloat = 0.25
-    """Time step of the numerical scheme."""
-    lambda_: PositiveFloat = 0.15
-    """Weight of the data term (smaller = smoother flow)."""
-    theta: PositiveFloat = 0.3
-    """Coupling of the two sub-problems."""
-    num_scales: PositiveInt = 5
-    """Levels of the image pyramid."""
-    scale_step: float = Field(0.8, gt=0, lt=1)
-    """Size ratio between pyramid levels."""
-    num_warps: PositiveInt = 5
-    """Warpings per pyramid level."""
-    epsilon: PositiveFloat = 0.01
-    """Stopping threshold of the inner iterations."""
-    inner_iterations: PositiveInt = 30
-    """Inner iterations per warping."""
-    outer_iterations: PositiveInt = 10
-    """Outer iterations per warping."""
-    median_filtering: PositiveInt = 5
-    """Median filter size after each warping (1 = off)."""
-
-    def params(self) -> TVL1Params:
-        return TVL1Params(**self.model_dump())
-
-
-class TVL1FlowsSpec(Strict):
-    """Precompute TV-L1 flow of a frame dataset (the baseline's first stage)."""
-
-    kind: Literal["tvl1_flows"] = "tvl1_flows"
-    """Stage kind."""
-    dataset: str
-    """URI of an ingested frame dataset (the folder holding manifest.parquet)."""
-    split: int | None = Field(1, ge=1, le=3)
-    """Split whose `subset` is computed; ignored when subset is null."""
-    subset: Literal["train", "test"] | None = None
-    """Side of `split` to compute; null = every video of the dataset."""
-    size: tuple[PositiveInt, PositiveInt] | None = None
-    """(width, height) frames are resized to before TV-L1; null keeps the dataset's size (340x256 for the paper)."""
-    bound: PositiveFloat = 20.0
-    """Flow is clipped to [-bound, bound] px and stored as 8 bits; 20 matches FlowNormalize."""
-    quality: int = Field(DEFAULT_FLOW_QUALITY, ge=1, le=95)
-    """JPEG quality of the stored u and v images."""
-    videos_per_shard: PositiveInt = 32
-    """Videos per flow shard and per task (a UCF101 video at 340x256 is about 1-2 MB of flow)."""
-    num_tasks: int = Field(4, ge=0)
-    """Ray tasks in flight (one CPU each); 0 computes in this process without Ray."""
-    tvl1: TVL1Spec = TVL1Spec()
-    """TV-L1 solver settings."""
-    scaling: ScalingSpec = ScalingSpec()
-    """Kept at num_workers 0: the launcher runs this stage in-process, the Ray tasks are its parallelism."""
-
-    @model_validator(mode="after")
-    def _no_train_workers(self) -> TVL1FlowsSpec:
-        if self.scaling.num_workers != 0:
-            raise ValueError("tvl1_flows runs its own Ray tasks: set num_tasks, keep scaling.num_workers 0")
-        return self
-
-
-SPEC = TVL1FlowsSpec
 
 
 # ----------------------------------------------------------------------------- plan
@@ -238,9 +171,9 @@ def _run_chunks(jobs: list[dict[str, Any]], num_tasks: int, on_done: Callable[[i
 # ----------------------------------------------------------------------------- the stage
 
 
-def run(spec: TVL1FlowsSpec, session, tracker, output_uri: str) -> dict[str, Any]:
+def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
     """Compute (or finish computing) the flow dataset; outputs {"flows": URI, "flow_bytes",
-    "frame_bytes", "seconds", "pairs_per_s", ...}. `session` is unused (no training loop)."""
+    "frame_bytes", "seconds", "pairs_per_s", ...}."""
     started = time.perf_counter()
     tracker.log_params(spec.model_dump(mode="json"))
     tracker.set_tags({"h2s.stage_kind": spec.kind})

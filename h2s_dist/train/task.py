@@ -1,4 +1,5 @@
-"""Pieces several stages share: the endless clip stream, flow pictures, weights output."""
+"""What every training stage shares: the endless clip stream a Task reads, flow pictures,
+the weights it hands on, and `run_training`, the body of every training stage."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from h2s_dist import frames as frame_conv
 from h2s_dist.data import storage
@@ -15,7 +15,7 @@ from h2s_dist.data.flow_io import flow_to_color
 from h2s_dist.data.shards import LoaderState, TrainStreamConfig, train_loader
 from h2s_dist.losses import reconstruction_images
 from h2s_dist.models import full_resolution_flow
-from h2s_dist.train.specs import DataSpec
+from h2s_dist.specs.common import DataSpec
 
 
 def clip_stream(
@@ -85,15 +85,6 @@ class StreamTask:
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
         return {}
-
-
-def action_loss(
-    scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
-) -> tuple[torch.Tensor, dict[str, float]]:
-    """Cross-entropy of class scores, with the terms every classifier stage logs."""
-    loss = F.cross_entropy(scores.float(), labels, label_smoothing=label_smoothing)
-    top1 = float((scores.argmax(1) == labels).float().mean())
-    return loss, {"loss/action": float(loss.detach()), "train/top1": top1}
 
 
 def _to_uint8(image01: torch.Tensor) -> np.ndarray:

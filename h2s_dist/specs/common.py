@@ -1,6 +1,8 @@
-"""Typed stage specs: plain data, validated once, loudly (STYLE habit 7).
+"""The pieces every stage spec is made of: plain data, validated once, loudly (STYLE habit 7).
 
-Each stage kind has one spec model. Defaults are the paper's values (../shared/PAPER.md);
+Each stage kind has one spec model (specs/training.py, specs/evaluate.py, specs/driver.py),
+built from these parts. Nothing here imports torch, Ray or MLflow: `h2s validate` reads specs
+without them. Defaults are the paper's values (../shared/PAPER.md);
 the CPU quickstart differs only in values (tiny flavours, small crops, few steps), never
 in code path. Unknown keys are errors. The job-spec loader (h2s_dist.config) nests these
 models, so errors read `stages[2].optim.lr: Input should be greater than 0`.
@@ -161,7 +163,23 @@ class UnsupLossSpec(Strict):
     """Weight of the photometric (Charbonnier) term at every level."""
     pixel_alpha: PositiveFloat = 0.4
     """Charbonnier exponent of the photometric term."""
-    smooth_alpha: PositiveFloat = 0.3
+    smoothness_alpha: PositiveFloat = 0.3
     """Charbonnier exponent of the smoothness term."""
     use_lrn: bool = False
     """Local response normalisation of the loss images, as in the Caffe release."""
+
+
+class SpecProblems(ValueError):
+    """What a network or loss refuses in a spec, as (field path relative to the spec, message).
+
+    Raised by a spec's validator; the job loader prefixes each path with the stage's own
+    (`stages[1].data.crop_size: ...`), so the message names the field to change."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {message}" for path, message in problems))
+
+
+def raise_problems(problems: list[tuple[str, str]]) -> None:
+    if problems:
+        raise SpecProblems(problems)

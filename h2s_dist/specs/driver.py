@@ -1,0 +1,203 @@
+"""Specs of the driver stages, which run in the job's own process and bring their own
+parallelism: `ingest` (decode processes), `tvl1_flows` (Ray tasks) and `tune` (Ray Tune
+trials, each a training stage with its own scaling). None has a `scaling` field. Pure pydantic.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal, Union
+
+from pydantic import Discriminator, Field, Tag, model_validator
+
+from h2s_dist import tune_spaces
+from h2s_dist.specs.common import PositiveFloat, PositiveInt, Strict
+from h2s_dist.specs.training import FinetuneSpec, PretrainSpec
+
+# The stage kinds a tune stage can search over, and their specs.
+TRIAL_SPECS = {"pretrain_motionnet": PretrainSpec, "finetune_stacked": FinetuneSpec}
+
+
+class SyntheticSourceSpec(Strict):
+    """The synthetic motion dataset (h2s_dist.data.synthetic), rendered in memory."""
+
+    num_videos: PositiveInt = 64
+    """Number of videos; video i has label i % 9 (the motion classes)."""
+    num_frames: int = Field(32, ge=2)
+    """Frames per video."""
+    height: PositiveInt = 128
+    """Frame height in pixels (even)."""
+    width: PositiveInt = 160
+    """Frame width in pixels (even)."""
+    seed: int = 0
+    """Base seed of the videos."""
+    shared_scenes: bool = False
+    """True: the 9 videos of a round (one per class) film the same scene, so appearance
+    carries no label even for a network that memorises its training videos."""
+
+
+class IngestSpec(Strict):
+    """Encode a corpus into the dataset layout every training stage reads."""
+
+    kind: Literal["ingest"] = "ingest"
+    """Stage kind."""
+    source: Literal["ucf101", "hmdb51", "videos", "synthetic"]
+    """ucf101 / hmdb51 (with split lists), videos (any files, unlabeled) or synthetic."""
+    root: str | None = None
+    """ucf101/hmdb51: the dataset's root folder; videos: a folder, a glob or a text file of paths."""
+    splits: str | None = None
+    """ucf101/hmdb51: folder of the official split lists; null = no splits."""
+    synthetic: SyntheticSourceSpec = SyntheticSourceSpec()
+    """Options of the synthetic source."""
+    output: str | None = None
+    """Dataset URI to write (path, file:// or s3://); null = this stage's output folder."""
+    encoding: Literal["jpeg", "mp4"] = "jpeg"
+    """jpeg: JPEG frame stack (fast window decode); mp4: H.264 (about 10x smaller)."""
+    size: tuple[PositiveInt, PositiveInt] | None = (340, 256)
+    """(width, height) every frame is resized to; null keeps the source size. Synthetic videos
+    keep their size unless `size` is given."""
+    min_frames: PositiveInt = 11
+    """Videos with fewer frames are skipped."""
+    quality: int | None = None
+    """JPEG quality or x264 CRF; null = the codec's default."""
+    shard_size_mb: float = Field(64.0, gt=0)
+    """Target shard size in MiB."""
+    decode_workers: int = Field(2, ge=0)
+    """Decode processes (0 = in this process)."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _synthetic_keeps_its_size(cls, data: Any) -> Any:
+        # A before-validator: assigning in an after-validator would re-validate (validate_assignment).
+        if isinstance(data, dict) and data.get("source") == "synthetic" and "size" not in data:
+            data = {**data, "size": None}
+        return data
+
+    @model_validator(mode="after")
+    def _check_source(self) -> IngestSpec:
+        if self.source != "synthetic" and not self.root:
+            raise ValueError(f"source {self.source!r} needs `root` (the folder, glob or list of videos)")
+        return self
+
+
+class TVL1Spec(Strict):
+    """Dual TV-L1 settings (h2s_dist.baseline.tvl1.TVL1Params); defaults are OpenCV's."""
+
+    tau: PositiveFloat = 0.25
+    """Time step of the numerical scheme."""
+    lambda_: PositiveFloat = 0.15
+    """Weight of the data term (smaller = smoother flow)."""
+    theta: PositiveFloat = 0.3
+    """Coupling of the two sub-problems."""
+    num_scales: PositiveInt = 5
+    """Levels of the image pyramid."""
+    scale_step: float = Field(0.8, gt=0, lt=1)
+    """Size ratio between pyramid levels."""
+    num_warps: PositiveInt = 5
+    """Warpings per pyramid level."""
+    epsilon: PositiveFloat = 0.01
+    """Stopping threshold of the inner iterations."""
+    inner_iterations: PositiveInt = 30
+    """Inner iterations per warping."""
+    outer_iterations: PositiveInt = 10
+    """Outer iterations per warping."""
+    median_filtering: PositiveInt = 5
+    """Median filter size after each warping (1 = off)."""
+
+    def params(self):
+        """These settings as h2s_dist.baseline.tvl1.TVL1Params (imported here: specs stay light)."""
+        from h2s_dist.baseline.tvl1 import TVL1Params
+
+        return TVL1Params(**self.model_dump())
+
+
+class TVL1FlowsSpec(Strict):
+    """Precompute TV-L1 flow of a frame dataset (the baseline's first stage)."""
+
+    kind: Literal["tvl1_flows"] = "tvl1_flows"
+    """Stage kind."""
+    dataset: str
+    """URI of an ingested frame dataset (the folder holding manifest.parquet)."""
+    split: int | None = Field(1, ge=1, le=3)
+    """Split whose `subset` is computed; ignored when subset is null."""
+    subset: Literal["train", "test"] | None = None
+    """Side of `split` to compute; null = every video of the dataset."""
+    size: tuple[PositiveInt, PositiveInt] | None = None
+    """(width, height) frames are resized to before TV-L1; null keeps the dataset's size (340x256 for the paper)."""
+    bound: PositiveFloat = 20.0
+    """Flow is clipped to [-bound, bound] px and stored as 8 bits; 20 matches FlowNormalize."""
+    quality: int = Field(95, ge=1, le=95)  # flow_shards.DEFAULT_FLOW_QUALITY
+    """JPEG quality of the stored u and v images."""
+    videos_per_shard: PositiveInt = 32
+    """Videos per flow shard and per task (a UCF101 video at 340x256 is about 1-2 MB of flow)."""
+    num_tasks: int = Field(4, ge=0)
+    """Ray tasks in flight (one CPU each); 0 computes in this process without Ray."""
+    tvl1: TVL1Spec = TVL1Spec()
+    """TV-L1 solver settings."""
+
+
+TrialSpec = Annotated[
+    Union[Annotated[PretrainSpec, Tag("pretrain_motionnet")], Annotated[FinetuneSpec, Tag("finetune_stacked")]],  # noqa: UP007
+    Discriminator(lambda v: v.get("kind") if isinstance(v, dict) else getattr(v, "kind", None)),
+]
+
+
+class AshaSpec(Strict):
+    """Asynchronous successive halving: at each rung keep the best 1/reduction_factor."""
+
+    grace_period_steps: PositiveInt = 10
+    """Steps every trial runs before it may be stopped (the first rung)."""
+    reduction_factor: float = Field(2.0, gt=1)
+    """Rungs at grace x factor^k steps; only the top 1/factor of trials pass each rung."""
+
+
+class TuneSpec(Strict):
+    """A hyperparameter search; each trial is a full training stage of kind `trial.kind`."""
+
+    kind: Literal["tune"] = "tune"
+    """Stage kind."""
+    trial: TrialSpec
+    """The stage every trial runs (a pretrain_motionnet or finetune_stacked spec, with `kind`)."""
+    search_space: str | dict[str, tune_spaces.Distribution]
+    """Path or URI of a tune/*.yaml, or inline `{dotted.path: {loguniform: [lo, hi]}}`."""
+    metric: str = "loss/total"
+    """Metric the search optimises: any metric the trial logs (`loss/total`, `train/top1`)."""
+    mode: Literal["min", "max"] = "min"
+    """Minimise or maximise `metric`."""
+    asha: AshaSpec | None = AshaSpec()
+    """Early stopping of poor trials; null = every trial runs its whole step budget."""
+    num_samples: PositiveInt = 8
+    """Trials to sample (a `grid` distribution multiplies this by the grid's size)."""
+    max_concurrent_trials: PositiveInt = 2
+    """Trials running at once."""
+    cpus_per_trial: PositiveFloat = 1.0
+    """CPUs of each Tune function (a multi-worker trial's workers reserve trial.scaling's on top)."""
+    gpus_per_trial: float = Field(0.0, ge=0)
+    """GPUs of each Tune function (for in-process trials with trial.scaling.use_gpu)."""
+    max_failures_per_trial: int = Field(0, ge=0)
+    """How often a crashed trial restarts from its last checkpoint."""
+    seed: int | None = 0
+    """Seed of the sampled configs (null = new configs every run)."""
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        if isinstance(self.search_space, dict):
+            space = tune_spaces.parse_search_space(self.search_space, source="search_space")
+            tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), "search_space")
+        if self.asha is not None and self.asha.grace_period_steps > self.trial.loop.max_steps:
+            raise ValueError(
+                f"asha.grace_period_steps ({self.asha.grace_period_steps}) exceeds trial.loop.max_steps "
+                f"({self.trial.loop.max_steps}); lower it or train trials longer"
+            )
+        return self
+
+    def trial_data(self) -> dict[str, Any]:
+        return self.trial.model_dump(mode="json")
+
+    def space(self) -> tune_spaces.SearchSpaceFile:
+        """The validated search space, read from its file when given as a path or URI."""
+        if isinstance(self.search_space, str):
+            space, source = tune_spaces.read_search_space(self.search_space), self.search_space
+        else:
+            space, source = tune_spaces.parse_search_space(self.search_space), "search_space"
+        tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), source)
+        return space

@@ -1,0 +1,76 @@
+"""Specs -> the torch objects a stage trains or scores: networks and loss configs.
+
+The one room where spec fields meet model and loss constructors, so that every stage
+(pretrain, finetune, temporal_flows, evaluate) builds MotionNet, the VGG16s and the
+unsupervised loss the same way, and no stage imports another.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from h2s_dist.losses import UnsupervisedLossConfig
+from h2s_dist.models import StackedTemporalStream, build_motionnet, build_vgg16, temporal_from_rgb
+from h2s_dist.models.limits import FinetuneMode
+from h2s_dist.specs.common import MotionNetSpec, UnsupLossSpec
+
+
+def unsup_loss_config(loss: UnsupLossSpec, *, finetuning: bool) -> UnsupervisedLossConfig:
+    """The pure-torch loss config from the spec (SSIM ladder ten times smaller when fine-tuning)."""
+    base = UnsupervisedLossConfig.finetuning() if finetuning else UnsupervisedLossConfig.pretraining()
+    return UnsupervisedLossConfig(
+        pixel_alpha=loss.pixel_alpha,
+        pixel_level_weights=tuple(loss.pixel_weight for _ in base.pixel_level_weights),
+        smoothness_alpha=loss.smoothness_alpha,
+        smoothness_weight=loss.smoothness_weight,
+        ssim_level_weights=base.ssim_level_weights,
+        ssim_weight_scale=base.ssim_weight_scale * loss.ssim_weight_scale,
+        use_lrn=loss.use_lrn,
+    )
+
+
+def build_motionnet_from(spec: MotionNetSpec, num_frames: int, weights: str | None = None) -> torch.nn.Module:
+    """MotionNet as `spec` describes it, for clips of `num_frames`; `weights` (a URI) loaded when given."""
+    # Unset fields keep the flavour's own value (build_motionnet applies overrides only).
+    head_std = spec.flow_head_init_std
+    overrides = {} if head_std is None else {"flow_head_init_std": None if head_std == "msra" else head_std}
+    model = build_motionnet(
+        spec.flavour,
+        num_frames=num_frames,
+        small_displacement=spec.small_displacement,
+        conv_between_deconv=spec.conv_between_deconv,
+        **overrides,
+    )
+    if weights:
+        from h2s_dist.weights import load_weights
+
+        load_weights(model, weights)
+    return model
+
+
+def build_temporal_vgg(flavour: str, num_classes: int, in_channels: int, weights: str | None = None,
+                       rgb_weights: str | None = None) -> torch.nn.Module:
+    """A VGG16 on `in_channels` stacked flow channels: from temporal `weights`, else from RGB
+    weights by cross-modality initialisation, else random."""
+    from h2s_dist.weights import load_state_dict, load_weights
+
+    vgg = build_vgg16(flavour, in_channels=in_channels, num_classes=num_classes)
+    if weights:
+        load_weights(vgg, weights)
+    elif rgb_weights:
+        converted = temporal_from_rgb(load_state_dict(rgb_weights), in_channels, vgg.state_dict())
+        vgg.load_state_dict(converted, strict=False)
+    return vgg
+
+
+def flow_stack_channels(clip_len_frames: int) -> int:
+    """Input channels of a temporal VGG16 on the flows of one clip: u and v of each frame pair."""
+    return 2 * (clip_len_frames - 1)
+
+
+def build_stacked(motionnet: MotionNetSpec, clip_len_frames: int, vgg_flavour: str, num_classes: int,
+                  mode: FinetuneMode | str = FinetuneMode.ACTION_ONLY) -> StackedTemporalStream:
+    """MotionNet -> flow normalisation -> temporal VGG16, randomly initialised (load weights into it)."""
+    net = build_motionnet_from(motionnet, clip_len_frames)
+    vgg = build_vgg16(vgg_flavour, in_channels=net.config.flow_channels, num_classes=num_classes)
+    return StackedTemporalStream(net, vgg, mode)
