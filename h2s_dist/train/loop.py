@@ -19,7 +19,7 @@ import torch
 
 from h2s_dist.train import checkpoint as ckpt
 from h2s_dist.train import dist
-from h2s_dist.train.specs import LoopSpec, OptimSpec
+from h2s_dist.specs.common import LoopSpec, OptimSpec
 
 
 class Task(Protocol):
