@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -23,7 +23,6 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from h2s_dist.data import transforms
 from h2s_dist.data.shard_io import (
-    SkipRecorder,
     Video,
     check_rank,
     iter_samples,
@@ -31,6 +30,7 @@ from h2s_dist.data.shard_io import (
     selected_videos,
     worker_slot,
 )
+from h2s_dist.data.skips import Skip, SkipRecorder
 
 
 @dataclass
@@ -113,11 +113,11 @@ class EvalStream(IterableDataset):
 
 class EvalLoader:
     """Iterable over this rank's EvalItems (each assigned video once). keys: the videos
-    assigned to this rank; skipped: those that failed (dicts with key, url, error)."""
+    assigned to this rank; skipped: those that failed (h2s_dist.data.skips.Skip records)."""
 
     def __init__(self, dataloader: DataLoader, keys: list[str]) -> None:
         self._dataloader, self.keys = dataloader, keys
-        self.skipped: list[dict[str, Any]] = []
+        self.skipped: list[Skip] = []
 
     def __len__(self) -> int:
         return len(self.keys)

@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from h2s_dist.data import codec, manifest, sources, storage
+from h2s_dist.data.skips import Skip, count_kinds
 from h2s_dist.data.sources import SourceListing, VideoEntry
 
 DEFAULT_SIZE = (340, 256)
@@ -86,8 +87,8 @@ class IngestReport:
     num_entries: int
     num_ok: int
     num_skipped: int
-    skipped: list[dict[str, str]]
-    """[{"key", "source", "reason"}] for every video that was not ingested."""
+    skipped: list[Skip]
+    """Every video that was not ingested (source: its file), with its reason."""
     missing: list[str]
     """Split-list entries with no file on disk (not counted in num_entries)."""
     num_shards: int
@@ -99,10 +100,10 @@ class IngestReport:
     seconds: float
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        return asdict(self)  # Skip records become {"key", "source", "reason"}
 
     def summary(self) -> str:
-        reasons = collections.Counter(_reason_kind(s["reason"]) for s in self.skipped)
+        reasons = count_kinds(self.skipped)
         lines = [
             f"ingested {self.num_ok} of {self.num_entries} videos into {self.num_shards} shards "
             f"({self.shards_written} written, {self.shards_reused} already complete) in {self.seconds:.1f} s",
@@ -111,17 +112,13 @@ class IngestReport:
         ]
         if self.skipped:
             lines.append(f"skipped {self.num_skipped}: " + ", ".join(f"{n} {r}" for r, n in reasons.most_common()))
-            lines += [f"  {s['source']}: {s['reason']}" for s in self.skipped[:10]]
+            lines += [f"  {s.source}: {s.reason}" for s in self.skipped[:10]]
             if len(self.skipped) > 10:
                 lines.append(f"  ... {len(self.skipped) - 10} more in ingest_report.json")
         if self.missing:
             lines.append(f"{len(self.missing)} split-list entries have no file, e.g. {self.missing[0]}")
         lines.append(f"manifest: {self.manifest_uri}")
         return "\n".join(lines)
-
-
-def _reason_kind(reason: str) -> str:
-    return reason.split(":", 1)[0]
 
 
 # ----------------------------------------------------------------------------- planning
@@ -292,7 +289,7 @@ def _done_record(
     rows, skipped = [], []
     for r, e in zip(results, entries):
         if r.reason is not None:
-            skipped.append({"key": e.key, "source": e.path, "reason": r.reason})
+            skipped.append(Skip(e.key, e.path, r.reason).to_dict())
             continue
         rows.append({
             "key": e.key, "shard": shard_uri, "label": e.label, "class_name": e.class_name,
@@ -467,7 +464,7 @@ def _finish(
     shards_reused: int, seconds: float,
 ) -> IngestReport:
     rows = [row for i in sorted(records) for row in records[i]["rows"]]
-    skipped = [s for i in sorted(records) for s in records[i]["skipped"]]
+    skipped = [Skip.from_dict(s) for i in sorted(records) for s in records[i]["skipped"]]
     report = IngestReport(
         output_uri=output_uri, manifest_uri=storage.join(output_uri, manifest.MANIFEST_NAME), source=listing.name,
         options=asdict(options), num_entries=len(listing.entries), num_ok=len(rows), num_skipped=len(skipped),
@@ -478,7 +475,7 @@ def _finish(
     )
     storage.write_bytes(storage.join(output_uri, "ingest_report.json"), json.dumps(report.to_dict(), indent=1).encode())
     if not rows:
-        kinds = collections.Counter(_reason_kind(s["reason"]) for s in skipped)
+        kinds = count_kinds(skipped)
         raise ValueError(
             f"no video could be ingested: all {len(skipped)} were skipped ({dict(kinds)}); "
             f"see {storage.join(output_uri, 'ingest_report.json')} for each file's reason"

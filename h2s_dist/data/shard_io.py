@@ -1,5 +1,5 @@
 """Shard access shared by every reader: open a shard, list the selected videos, pull their
-samples out of the tar stream, record what had to be skipped.
+samples out of the tar stream, record what had to be skipped (h2s_dist.data.skips).
 
     videos = selected_videos(dataset_uri, split=1, subset="train")   # manifest rows -> Video
     recorder = SkipRecorder()
@@ -16,22 +16,19 @@ from __future__ import annotations
 
 import fcntl
 import hashlib
-import logging
 import os
 import posixpath
 import shutil
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from torch.utils.data import get_worker_info
 from webdataset.tariterators import group_by_keys, tar_file_expander
 
 from h2s_dist.data import codec, manifest, storage, transforms
-
-log = logging.getLogger(__name__)
+from h2s_dist.data.skips import SkipRecorder
 
 # A worker that keeps failing (every sample corrupt, or its shards hold none of the
 # selected keys) would otherwise loop forever on a resampled stream.
@@ -76,33 +73,6 @@ def open_shard(uri: str, cache_dir: str | None = None):
     if cache_dir is not None:
         return open(cached_shard_path(uri, cache_dir), "rb")
     return storage.open_uri(uri, "rb")
-
-
-# ----------------------------------------------------------------------------- skips
-
-
-class SkipRecorder:
-    """A webdataset `handler=`: warn, remember, keep going. `drain()` hands the new records
-    to whoever forwards them out of a DataLoader worker."""
-
-    def __init__(self) -> None:
-        self.skipped: list[dict[str, Any]] = []
-        self._sent = 0
-
-    def __call__(self, exn: BaseException) -> bool:
-        url = next((a for a in getattr(exn, "args", ())[1:] if isinstance(a, str)), None)
-        self.record(None, url, exn)
-        return True
-
-    def record(self, key: str | None, url: str | None, exn: BaseException | str) -> None:
-        error = exn if isinstance(exn, str) else f"{type(exn).__name__}: {str(exn)[:300]}"
-        self.skipped.append({"key": key, "url": url, "error": error})
-        log.warning("skipping sample %s in %s: %s", key, url, error)
-
-    def drain(self) -> list[dict[str, Any]]:
-        new = self.skipped[self._sent :]
-        self._sent = len(self.skipped)
-        return new
 
 
 # ----------------------------------------------------------------------------- selection
@@ -154,7 +124,7 @@ def iter_samples(
     """Shard URIs -> webdataset samples (raw bytes) whose key is in `keys`.
 
     Members of other keys are skipped inside the tar stream without being read into memory.
-    A missing or unreadable shard is one record in `recorder`, not an exception.
+    A missing or unreadable shard is one record in `recorder` (key None), not an exception.
     """
 
     def opened() -> Iterator[dict]:

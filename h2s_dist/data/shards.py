@@ -40,7 +40,6 @@ from h2s_dist.data.eval_stream import (
 )
 from h2s_dist.data.shard_io import (
     MAX_CONSECUTIVE_FAILURES,
-    SkipRecorder,
     Video,
     cached_shard_path,
     check_rank,
@@ -50,6 +49,7 @@ from h2s_dist.data.shard_io import (
     selected_videos,
     worker_slot,
 )
+from h2s_dist.data.skips import Skip, SkipRecorder
 
 __all__ = [
     "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "LoaderState", "SkipRecorder", "TrainLoader",
@@ -262,14 +262,14 @@ class TrainLoader:
     """Iterable over one epoch's remaining (clips, labels) batches of one rank.
 
     state: the LoaderState after the batches handed out so far (checkpoint this); after the
-    last batch it is (samples_seen=0, epoch + 1). skipped: samples skipped so far (dicts
-    with key, url, error). last_keys: the video keys of the latest batch.
+    last batch it is (samples_seen=0, epoch + 1). skipped: samples skipped so far
+    (h2s_dist.data.skips.Skip records). last_keys: the video keys of the latest batch.
     """
 
     def __init__(self, dataloader: DataLoader, state: LoaderState, batch_size: int, num_batches: int) -> None:
         self._dataloader, self.state, self._batch_size = dataloader, state, batch_size
         self._num_batches = num_batches
-        self.skipped: list[dict[str, Any]] = []
+        self.skipped: list[Skip] = []
         self.last_keys: list[str] = []
 
     def __len__(self) -> int:

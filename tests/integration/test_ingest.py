@@ -48,12 +48,13 @@ def test_bad_files_are_skipped_and_named_with_reasons(folder_with_bad_files, tmp
     listing = sources.unlabeled_entries(folder_with_bad_files)
     report = ingest(listing, out, size=SMALL, shard_target_bytes=300_000, num_workers=2, progress=False)
     assert (report.num_entries, report.num_ok, report.num_skipped) == (21, 18, 3)
-    reasons = {pathlib.Path(s["source"]).name: s["reason"] for s in report.skipped}
+    reasons = {pathlib.Path(s.source).name: s.reason for s in report.skipped}
     assert reasons["empty.avi"] == "empty file"
     assert reasons["notes.avi"].startswith("not a video")
     assert reasons["truncated.avi"].startswith("truncated")
     saved = json.loads(pathlib.Path(out, "ingest_report.json").read_text())
     assert saved["num_skipped"] == 3 and len(saved["skipped"]) == 3
+    assert {pathlib.Path(s["source"]).name: s["reason"] for s in saved["skipped"]} == reasons
     table = manifest.read_manifest(out)
     assert table.num_rows == 18 and "truncated" not in table.column("key").to_pylist()
 

@@ -188,10 +188,11 @@ def test_corrupt_sample_is_skipped_and_listed(dataset, tmp_path):
                          num_windows=2, num_crops=1)
     keys = [item.key for item in loader]
     assert sorted(keys) == sorted(set(_keys(dataset, "test")) - {victim})
-    assert [s["key"] for s in loader.skipped] == [victim]
+    assert [s.key for s in loader.skipped] == [victim]
+    assert loader.skipped[0].source.endswith(".tar") and loader.skipped[0].reason
     train = train_loader(_config(str(tmp_path), subset="test", epoch_length_samples=24), rank=0, world_size=1)
     assert sum(1 for _ in train) == 6
-    assert train.skipped and {s["key"] for s in train.skipped} == {victim}
+    assert train.skipped and {s.key for s in train.skipped} == {victim}
 
 
 def test_missing_shards_stop_the_train_stream_loudly(dataset, tmp_path):

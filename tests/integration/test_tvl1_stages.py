@@ -17,7 +17,8 @@ pytest.importorskip("cv2", reason="the TV-L1 baseline needs the `baseline` extra
 
 from h2s_dist.baseline import tvl1  # noqa: E402
 from h2s_dist.data import codec, flow_shards, manifest, storage  # noqa: E402
-from h2s_dist.data.shard_io import SkipRecorder, iter_samples  # noqa: E402
+from h2s_dist.data.shard_io import iter_samples  # noqa: E402
+from h2s_dist.data.skips import SkipRecorder  # noqa: E402
 from h2s_dist.specs.driver import TVL1FlowsSpec  # noqa: E402
 from h2s_dist.tracking import NullTracker  # noqa: E402
 from h2s_dist.train.stages import tvl1_flows  # noqa: E402

@@ -87,7 +87,7 @@ def _score_frames(spec: EvaluateSpec, num_classes: int, device: torch.device) ->
                 seconds["stacked"] += time.perf_counter() - start
             results[item.key] = entry
     if loader.skipped:
-        results["__skipped__"] = {"skipped": loader.skipped}
+        results["__skipped__"] = {"skipped": [s.to_dict() for s in loader.skipped]}
     return results, seconds
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from h2s_dist.data import manifest, storage
 from h2s_dist.data.flow_shards import FLOW_ENCODING, write_flow_info
+from h2s_dist.data.skips import Skip
 from h2s_dist.specs.driver import TVL1FlowsSpec
 
 PLAN_VERSION = 1
@@ -102,11 +103,12 @@ def compute_chunk(job: dict[str, Any]) -> dict[str, Any]:
     """Flows of one chunk -> its flow shard (written here) and its record (returned).
 
     job: {"frame_shard", "flow_shard", "rows", "size", "bound", "quality", "params", "num_threads"}.
-    Record: {"rows": flow-manifest rows, "skipped": [{key, url, error}], "pairs", "tvl1_s",
+    Record: {"rows": flow-manifest rows, "skipped": [Skip.to_dict()], "pairs", "tvl1_s",
     "shard_bytes"}. A video that fails to decode is skipped and listed, never fatal."""
     from h2s_dist.baseline import tvl1
     from h2s_dist.data import codec, flow_shards, transforms
-    from h2s_dist.data.shard_io import SkipRecorder, iter_samples
+    from h2s_dist.data.shard_io import iter_samples
+    from h2s_dist.data.skips import SkipRecorder
 
     if job["num_threads"] is not None:
         tvl1.set_num_threads(job["num_threads"])
@@ -134,11 +136,11 @@ def compute_chunk(job: dict[str, Any]) -> dict[str, Any]:
                "height": height, "stored_bytes": len(payload), "encoding": FLOW_ENCODING}
         done[key] = (payload, meta, row)
     for key in by_key:
-        if key not in done and not any(s["key"] == key for s in recorder.skipped):
+        if key not in done and not any(s.key == key for s in recorder.skipped):
             recorder.record(key, job["frame_shard"], "sample not found in its shard")
     ordered = [done[k] for k in by_key if k in done]
     shard_bytes = flow_shards.write_flow_shard(job["flow_shard"], [(m["key"], p, m) for p, m, _ in ordered])
-    return {"rows": [r for _, _, r in ordered], "skipped": recorder.skipped, "pairs": pairs,
+    return {"rows": [r for _, _, r in ordered], "skipped": [s.to_dict() for s in recorder.skipped], "pairs": pairs,
             "tvl1_s": round(tvl1_s, 4), "shard_bytes": shard_bytes}
 
 
@@ -214,8 +216,8 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
 def _finish(spec: TVL1FlowsSpec, flows_uri: str, records: list[dict[str, Any]], frame_rows: list[dict]) -> dict:
     """Manifest, classes, flow_info and report of the finished flow dataset; the size outputs."""
     rows = [row for r in records for row in r["rows"]]
-    skipped = [s for r in records for s in r["skipped"]]
-    report = {"num_videos": len(rows), "num_skipped": len(skipped), "skipped": skipped}
+    skipped = [Skip.from_dict(s) for r in records for s in r["skipped"]]
+    report = {"num_videos": len(rows), "num_skipped": len(skipped), "skipped": [s.to_dict() for s in skipped]}
     storage.write_bytes(storage.join(flows_uri, "flows_report.json"), json.dumps(report, indent=1).encode())
     if not rows:
         raise ValueError(f"no video gave flows: all {len(skipped)} were skipped; see {flows_uri}/flows_report.json")
