@@ -46,6 +46,7 @@ from typing import Any
 import numpy as np
 
 from h2s_dist.data import codec, manifest, sources, storage
+from h2s_dist.data.resumable import ResumableDataset, UnitRecord, gather, plan_fingerprint
 from h2s_dist.data.skips import Skip, count_kinds
 from h2s_dist.data.sources import SourceListing, VideoEntry
 
@@ -167,18 +168,13 @@ def plan_shards(entries: Sequence[VideoEntry], options: IngestOptions) -> list[l
     return shards
 
 
-def _plan_record(shards: list[list[VideoEntry]], options: IngestOptions) -> dict[str, Any]:
-    content = {
+def _plan(shards: list[list[VideoEntry]], options: IngestOptions) -> dict[str, Any]:
+    """What decides the shards' bytes, saved in _ingest/plan.json beside its fingerprint."""
+    return {
         "version": _PLAN_VERSION,
         "options": asdict(options),
         "shards": [[[e.key, e.path, e.label, e.class_name, sorted(e.splits.items())] for e in s] for s in shards],
     }
-    fingerprint = hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
-    return {**content, "fingerprint": fingerprint}
-
-
-def shard_name(index: int) -> str:
-    return f"shard-{index:06d}.tar"
 
 
 # ----------------------------------------------------------------------------- one video (worker side)
@@ -283,13 +279,11 @@ def _write_shard(results: list[_Encoded], shard_uri: str) -> None:
                 _tar_member(tar, f"{r.key}.json", json.dumps(r.meta, sort_keys=True).encode())
 
 
-def _done_record(
-    results: list[_Encoded], entries: list[VideoEntry], shard_uri: str, fingerprint: str
-) -> dict[str, Any]:
+def _done_record(results: list[_Encoded], entries: list[VideoEntry], shard_uri: str) -> UnitRecord:
     rows, skipped = [], []
     for r, e in zip(results, entries):
         if r.reason is not None:
-            skipped.append(Skip(e.key, e.path, r.reason).to_dict())
+            skipped.append(Skip(e.key, e.path, r.reason))
             continue
         rows.append({
             "key": e.key, "shard": shard_uri, "label": e.label, "class_name": e.class_name,
@@ -298,7 +292,7 @@ def _done_record(
             "height": r.meta["height"], "stored_bytes": len(r.payload), "source": e.path,
             "sha256": r.sha256, "encoding": r.meta["encoding"], "source_bytes": r.source_bytes,
         })
-    return {"fingerprint": fingerprint, "shard": shard_uri, "rows": rows, "skipped": skipped}
+    return UnitRecord(rows, skipped, {"shard": shard_uri})
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -350,24 +344,6 @@ def _check_keys(entries: Sequence[VideoEntry]) -> None:
         raise ValueError(f"keys must be unique (use sources.unique_keys), repeated: {dupes[:5]}")
 
 
-def _load_or_save_plan(output_uri: str, plan: dict[str, Any], resume: bool) -> None:
-    plan_uri = storage.join(output_uri, "_ingest", "plan.json")
-    if resume and storage.exists(plan_uri):
-        stored = json.loads(storage.read_bytes(plan_uri))
-        if stored.get("fingerprint") != plan["fingerprint"]:
-            raise ValueError(
-                f"{output_uri} holds an ingest planned from other inputs or options "
-                f"(plan {stored.get('fingerprint', '?')[:12]} vs {plan['fingerprint'][:12]}); "
-                "use a new --output, or --no-resume to overwrite it"
-            )
-        return
-    if not resume:  # start over: old done records and shards must not be mistaken for ours
-        for sub in ("_ingest", "shards"):
-            for uri in storage.list_uris(storage.join(output_uri, sub)):
-                storage.delete(uri)
-    storage.write_bytes(plan_uri, json.dumps(plan).encode())
-
-
 def ingest(
     entries: SourceListing | Iterable[VideoEntry],
     output_uri: str,
@@ -402,45 +378,27 @@ def ingest(
         raise ValueError(f"no videos to ingest from {listing.name} (check the root folder and its layout)")
     _check_keys(listing.entries)
     shards = plan_shards(listing.entries, options)
-    plan = _plan_record(shards, options)
-    _load_or_save_plan(output_uri, plan, resume)
+    plan = _plan(shards, options)
+    out = ResumableDataset(output_uri, plan_fingerprint(plan), state_dir="_ingest", record_prefix="shard",
+                           what="an ingest")
+    out.open_plan(plan, resume=resume, remedy="use a new --output, or --no-resume to overwrite it")
 
-    shard_uris = [storage.join(output_uri, "shards", shard_name(i)) for i in range(len(shards))]
-    records: dict[int, dict[str, Any]] = {}
-    for i, uri in enumerate(shard_uris):
-        record = _read_done(output_uri, i, plan["fingerprint"]) if resume else None
-        if record is not None and storage.exists(uri):
-            records[i] = record
+    records = out.done_records(len(shards))
     todo = [i for i in range(len(shards)) if i not in records]
-    written = _encode_shards(
-        [shards[i] for i in todo], todo, shard_uris, output_uri, options, plan["fingerprint"],
-        num_workers, progress, on_shard_done,
-    )
+    written = _encode_shards([shards[i] for i in todo], todo, out, options, num_workers, progress, on_shard_done)
     records.update(written)
-    return _finish(listing, output_uri, options, records, len(shards) - len(written), time.perf_counter() - t0)
-
-
-def _done_uri(output_uri: str, index: int) -> str:
-    return storage.join(output_uri, "_ingest", f"shard-{index:06d}.json")
-
-
-def _read_done(output_uri: str, index: int, fingerprint: str) -> dict[str, Any] | None:
-    uri = _done_uri(output_uri, index)
-    if not storage.exists(uri):
-        return None
-    record = json.loads(storage.read_bytes(uri))
-    return record if record.get("fingerprint") == fingerprint else None
+    return _finish(listing, out, options, records, len(shards) - len(written), time.perf_counter() - t0)
 
 
 def _encode_shards(
-    shards: list[list[VideoEntry]], indices: list[int], shard_uris: list[str], output_uri: str,
-    options: IngestOptions, fingerprint: str, num_workers: int, progress: bool, on_shard_done: Callable[[int], None] | None,
-) -> dict[int, dict[str, Any]]:
+    shards: list[list[VideoEntry]], indices: list[int], out: ResumableDataset, options: IngestOptions,
+    num_workers: int, progress: bool, on_shard_done: Callable[[int], None] | None,
+) -> dict[int, UnitRecord]:
     from tqdm import tqdm
 
     flat = [e for shard in shards for e in shard]
     results = _encoded_in_order(flat, options, num_workers)
-    records: dict[int, dict[str, Any]] = {}
+    records: dict[int, UnitRecord] = {}
     num_skipped = 0
     with contextlib.closing(results), tqdm(total=len(flat), disable=not progress, unit="video", desc="ingest") as bar:
         for shard, index in zip(shards, indices):
@@ -450,36 +408,27 @@ def _encode_shards(
                 num_skipped += done[-1].reason is not None
                 bar.update(1)
                 bar.set_postfix(shard=index, skipped=num_skipped, refresh=False)
-            _write_shard(done, shard_uris[index])
-            record = _done_record(done, shard, shard_uris[index], fingerprint)
-            storage.write_bytes(_done_uri(output_uri, index), json.dumps(record).encode())
-            records[index] = record
+            _write_shard(done, out.unit_uri(index))
+            records[index] = out.mark_done(index, _done_record(done, shard, out.unit_uri(index)))
             if on_shard_done is not None:
                 on_shard_done(index)
     return records
 
 
 def _finish(
-    listing: SourceListing, output_uri: str, options: IngestOptions, records: dict[int, dict[str, Any]],
+    listing: SourceListing, out: ResumableDataset, options: IngestOptions, records: dict[int, UnitRecord],
     shards_reused: int, seconds: float,
 ) -> IngestReport:
-    rows = [row for i in sorted(records) for row in records[i]["rows"]]
-    skipped = [Skip.from_dict(s) for i in sorted(records) for s in records[i]["skipped"]]
+    rows, skipped = gather(records)
     report = IngestReport(
-        output_uri=output_uri, manifest_uri=storage.join(output_uri, manifest.MANIFEST_NAME), source=listing.name,
+        output_uri=out.output_uri, manifest_uri=storage.join(out.output_uri, manifest.MANIFEST_NAME),
+        source=listing.name,
         options=asdict(options), num_entries=len(listing.entries), num_ok=len(rows), num_skipped=len(skipped),
         skipped=skipped, missing=list(listing.missing), num_shards=len(records),
         shards_written=len(records) - shards_reused, shards_reused=shards_reused,
         stored_bytes=sum(r["stored_bytes"] for r in rows), source_bytes=sum(r["source_bytes"] for r in rows),
         seconds=round(seconds, 3),
     )
-    storage.write_bytes(storage.join(output_uri, "ingest_report.json"), json.dumps(report.to_dict(), indent=1).encode())
-    if not rows:
-        kinds = count_kinds(skipped)
-        raise ValueError(
-            f"no video could be ingested: all {len(skipped)} were skipped ({dict(kinds)}); "
-            f"see {storage.join(output_uri, 'ingest_report.json')} for each file's reason"
-        )
-    manifest.write_manifest(output_uri, rows)
-    manifest.write_classes(output_uri, listing.classes)
+    out.finish(rows, skipped, report.to_dict(), report_name="ingest_report.json", classes=listing.classes,
+               nothing_done="no video could be ingested")
     return report

@@ -9,7 +9,8 @@ Work is cut into chunks: consecutive selected videos of one frame shard, at most
 side, like the frame shards). Chunks run as Ray tasks (one CPU each, at most `num_tasks` in
 flight; `num_tasks: 0` computes in this process). A chunk is done when its shard and its
 record `flows/_flows/chunk-NNNNNN.json` exist; a rerun skips done chunks, and a rerun with
-another plan (other videos, size, bound, quality, TV-L1 settings) at the same URI is refused.
+another plan (other videos, size, bound, quality, TV-L1 settings) at the same URI is refused
+(h2s_dist.data.resumable, the mechanism ingest resumes with too).
 
     outputs = launch("tvl1_flows", TVL1FlowsSpec(dataset="s3://b/ucf101", num_tasks=32), "s3://b/job/tvl1")
     outputs["flows"]      # the flow dataset URI, for train_temporal_flows and evaluate
@@ -17,16 +18,14 @@ another plan (other videos, size, bound, quality, TV-L1 settings) at the same UR
 
 from __future__ import annotations
 
-import hashlib
-import json
 import posixpath
 import time
 from collections.abc import Callable
 from typing import Any
 
-from h2s_dist.data import manifest, storage
+from h2s_dist.data import manifest, resumable, storage
 from h2s_dist.data.flow_shards import FLOW_ENCODING, write_flow_info
-from h2s_dist.data.skips import Skip
+from h2s_dist.data.resumable import UnitRecord
 from h2s_dist.specs.driver import TVL1FlowsSpec
 
 PLAN_VERSION = 1
@@ -64,47 +63,25 @@ def plan_fingerprint(spec: TVL1FlowsSpec, chunks: list[list[dict[str, Any]]]) ->
                    for chunk in chunks],
         "size": spec.size, "bound": spec.bound, "quality": spec.quality, "tvl1": spec.tvl1.model_dump(),
     }
-    return hashlib.sha256(json.dumps(plan, sort_keys=True).encode()).hexdigest()[:16]
+    # 16 hex digits, as flow caches written before resumable.py carry: they still resume.
+    return resumable.plan_fingerprint(plan)[:16]
 
 
-def _state_uri(flows_uri: str, name: str) -> str:
-    return storage.join(flows_uri, "_flows", name)
-
-
-def _shard_uri(flows_uri: str, index: int) -> str:
-    return storage.join(flows_uri, "shards", f"shard-{index:06d}.tar")
-
-
-def _check_plan(flows_uri: str, fingerprint: str) -> None:
-    uri = _state_uri(flows_uri, "plan.json")
-    if storage.exists(uri):
-        found = json.loads(storage.read_bytes(uri)).get("fingerprint")
-        if found != fingerprint:
-            raise ValueError(
-                f"{flows_uri} holds flows of another plan ({found} != {fingerprint}: other videos or settings); "
-                "write to a new output URI or delete that one"
-            )
-        return
-    storage.write_bytes(uri, json.dumps({"fingerprint": fingerprint}).encode())
-
-
-def _done_record(flows_uri: str, index: int, fingerprint: str) -> dict[str, Any] | None:
-    uri = _state_uri(flows_uri, f"chunk-{index:06d}.json")
-    if not storage.exists(uri) or not storage.exists(_shard_uri(flows_uri, index)):
-        return None
-    record = json.loads(storage.read_bytes(uri))
-    return record if record.get("fingerprint") == fingerprint else None
+def flow_dataset(flows_uri: str, fingerprint: str) -> resumable.ResumableDataset:
+    """The flow dataset's plan and chunk records: _flows/plan.json, _flows/chunk-NNNNNN.json."""
+    return resumable.ResumableDataset(flows_uri, fingerprint, state_dir="_flows", record_prefix="chunk",
+                                      what="flows")
 
 
 # ----------------------------------------------------------------------------- one chunk (a Ray task)
 
 
-def compute_chunk(job: dict[str, Any]) -> dict[str, Any]:
+def compute_chunk(job: dict[str, Any]) -> UnitRecord:
     """Flows of one chunk -> its flow shard (written here) and its record (returned).
 
     job: {"frame_shard", "flow_shard", "rows", "size", "bound", "quality", "params", "num_threads"}.
-    Record: {"rows": flow-manifest rows, "skipped": [Skip.to_dict()], "pairs", "tvl1_s",
-    "shard_bytes"}. A video that fails to decode is skipped and listed, never fatal."""
+    Record: rows = flow-manifest rows, skipped, extra = {"pairs", "tvl1_s", "shard_bytes"}.
+    A video that fails to decode is skipped and listed, never fatal."""
     from h2s_dist.baseline import tvl1
     from h2s_dist.data import codec, flow_shards, transforms
     from h2s_dist.data.shard_io import iter_samples
@@ -140,11 +117,11 @@ def compute_chunk(job: dict[str, Any]) -> dict[str, Any]:
             recorder.record(key, job["frame_shard"], "sample not found in its shard")
     ordered = [done[k] for k in by_key if k in done]
     shard_bytes = flow_shards.write_flow_shard(job["flow_shard"], [(m["key"], p, m) for p, m, _ in ordered])
-    return {"rows": [r for _, _, r in ordered], "skipped": [s.to_dict() for s in recorder.skipped], "pairs": pairs,
-            "tvl1_s": round(tvl1_s, 4), "shard_bytes": shard_bytes}
+    return UnitRecord([r for _, _, r in ordered], recorder.skipped,
+                      {"pairs": pairs, "tvl1_s": round(tvl1_s, 4), "shard_bytes": shard_bytes})
 
 
-def _run_chunks(jobs: list[dict[str, Any]], num_tasks: int, on_done: Callable[[int, dict], None]) -> None:
+def _run_chunks(jobs: list[dict[str, Any]], num_tasks: int, on_done: Callable[[int, UnitRecord], None]) -> None:
     """compute_chunk every job, in this process (num_tasks 0) or as <= num_tasks Ray tasks."""
     if num_tasks == 0:
         for job in jobs:
@@ -182,12 +159,12 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
     flows_uri = storage.join(output_uri, "flows")
     rows = selected_rows(spec.dataset, spec.split, spec.subset)
     chunks = plan_chunks(rows, spec.videos_per_shard)
-    fingerprint = plan_fingerprint(spec, chunks)
-    _check_plan(flows_uri, fingerprint)
+    out = flow_dataset(flows_uri, plan_fingerprint(spec, chunks))
+    out.open_plan(remedy="write to a new output URI or delete that one")
 
-    records = {i: r for i in range(len(chunks)) if (r := _done_record(flows_uri, i, fingerprint)) is not None}
+    records = out.done_records(len(chunks))
     jobs = [
-        {"index": i, "rows": chunk, "flow_shard": _shard_uri(flows_uri, i),
+        {"index": i, "rows": chunk, "flow_shard": out.unit_uri(i),
          "frame_shard": storage.join(spec.dataset, "shards", posixpath.basename(chunk[0]["shard"])),
          "size": spec.size, "bound": spec.bound, "quality": spec.quality, "params": spec.tvl1.params(),
          "num_threads": 1 if spec.num_tasks else None}
@@ -195,44 +172,40 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
     ]
     reused, computed_pairs = len(records), 0
 
-    def on_done(index: int, record: dict[str, Any]) -> None:
+    def on_done(index: int, record: UnitRecord) -> None:
         nonlocal computed_pairs
-        record["fingerprint"] = fingerprint
-        storage.write_bytes(_state_uri(flows_uri, f"chunk-{index:06d}.json"), json.dumps(record).encode())
-        records[index] = record
-        computed_pairs += record["pairs"]
+        records[index] = out.mark_done(index, record)
+        computed_pairs += record.extra["pairs"]
         tracker.log_metrics({"flows/chunks_done": len(records), "flows/pairs_computed": computed_pairs},
                             step=len(records))
 
     _run_chunks(jobs, spec.num_tasks, on_done)
     seconds = time.perf_counter() - started
-    outputs = _finish(spec, flows_uri, [records[i] for i in range(len(chunks))], rows)
+    outputs = _finish(spec, out, records, rows)
     outputs.update(seconds=round(seconds, 3), pairs_per_s=round(computed_pairs / seconds, 3) if computed_pairs else 0.0,
                    chunks_reused=reused, chunks_computed=len(jobs))
     tracker.log_metrics({f"flows/{k}": float(v) for k, v in outputs.items() if k != "flows"}, step=len(chunks))
     return outputs
 
 
-def _finish(spec: TVL1FlowsSpec, flows_uri: str, records: list[dict[str, Any]], frame_rows: list[dict]) -> dict:
+def _finish(spec: TVL1FlowsSpec, out: resumable.ResumableDataset, records: dict[int, UnitRecord],
+            frame_rows: list[dict]) -> dict:
     """Manifest, classes, flow_info and report of the finished flow dataset; the size outputs."""
-    rows = [row for r in records for row in r["rows"]]
-    skipped = [Skip.from_dict(s) for r in records for s in r["skipped"]]
+    rows, skipped = resumable.gather(records)
     report = {"num_videos": len(rows), "num_skipped": len(skipped), "skipped": [s.to_dict() for s in skipped]}
-    storage.write_bytes(storage.join(flows_uri, "flows_report.json"), json.dumps(report, indent=1).encode())
-    if not rows:
-        raise ValueError(f"no video gave flows: all {len(skipped)} were skipped; see {flows_uri}/flows_report.json")
-    manifest.write_manifest(flows_uri, rows)
-    manifest.write_classes(flows_uri, manifest.read_classes(spec.dataset))
+    out.finish(rows, skipped, report, report_name="flows_report.json", classes=manifest.read_classes(spec.dataset),
+               nothing_done="no video gave flows")
+    flows_uri = out.output_uri
     write_flow_info(flows_uri, {"bound": spec.bound, "quality": spec.quality, "source_dataset": spec.dataset,
                                 "size": spec.size, "tvl1": spec.tvl1.model_dump()})
     kept = {r["key"] for r in rows}
-    pairs = sum(r["pairs"] for r in records)
-    tvl1_s = sum(r["tvl1_s"] for r in records)
+    pairs = sum(r.extra["pairs"] for r in records.values())
+    tvl1_s = sum(r.extra["tvl1_s"] for r in records.values())
     return {
         "flows": flows_uri,
         "flow_bytes": sum(int(r["stored_bytes"]) for r in rows),
         "frame_bytes": sum(int(r["stored_bytes"]) for r in frame_rows if r["key"] in kept),
-        "flow_shard_bytes": sum(int(r["shard_bytes"]) for r in records),
+        "flow_shard_bytes": sum(int(r.extra["shard_bytes"]) for r in records.values()),
         "num_videos": len(rows),
         "num_skipped": len(skipped),
         "num_pairs": pairs,
