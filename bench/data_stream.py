@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import itertools
 import json
 import os
 import pathlib
@@ -57,12 +58,12 @@ def measure(dataset_uri: str, *, workers: int, batches: int, batch_size: int, ca
         dataset_uri, batch_size=batch_size, epoch_length_samples=(batches + 1) * batch_size,
         num_workers=workers, shuffle_buffer=8, cache_dir=cache_dir,
     )
-    loader = iter(train_loader(config, rank=0, world_size=1))
+    loader = train_loader(config, rank=0, world_size=1)  # endless: one epoch is batches + 1
     t0 = time.perf_counter()
     next(loader)
     warmup_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    count = sum(clips.shape[0] for clips, _ in loader)
+    count = sum(clips.shape[0] for clips, _ in itertools.islice(loader, batches))
     elapsed = time.perf_counter() - t0
     return {"clips": count, "seconds": round(elapsed, 3), "clips_per_s": round(count / elapsed, 2),
             "first_batch_s": round(warmup_s, 3)}

@@ -16,8 +16,8 @@ at flow s is the JPEGs [2s, 2s + 2L): one slice, no scanning. Grayscale JPEG (qu
 95 by default, as dense_flow's image files) is the standard two-stream storage; each
 field costs one JPEG per component, so u and v decode independently.
 
-    loader = flow_train_loader(TrainStreamConfig(flows_uri, batch_size=8, clip_len_frames=11), rank=0, world_size=1)
-    for flows, labels in loader:   # (B, 20, crop, crop) float32 = q - 128 in [-128, 127]; (B,) int64
+    stream = flow_train_loader(TrainStreamConfig(flows_uri, batch_size=8, clip_len_frames=11), rank=0, world_size=1)
+    flows, labels = next(stream)   # (B, 20, crop, crop) float32 = q - 128 in [-128, 127]; (B,) int64
 
     for item in flow_eval_loader(flows_uri, split=1, rank=0, world_size=1):
         item.clips                 # (25 * 10, 20, 224, 224), window-major; flipped crops have u negated
@@ -54,7 +54,7 @@ from h2s_dist.data.codec import ClipDecodeError
 from h2s_dist.data.eval_stream import EvalLoader, EvalStream, eval_loader
 from h2s_dist.data.shard_io import Video
 from h2s_dist.data.shards import (
-    LoaderState,
+    StreamPosition,
     TrainLoader,
     TrainStream,
     TrainStreamConfig,
@@ -225,8 +225,8 @@ class FlowTrainStream(TrainStream):
 
 
 def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
-                      state: LoaderState | None = None) -> TrainLoader:
-    """The rest of the current epoch of rank `rank`'s flow training stream.
+                      position: StreamPosition | None = None) -> TrainLoader:
+    """Rank `rank`'s endless flow training stream, from `position`.
 
     `config.dataset_uri` is a flow dataset; clips are clip_len_frames - 1 consecutive flow
     fields, multi-scale corner cropped (flow values are not rescaled with the crop, as for
@@ -234,7 +234,7 @@ def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
     Batches: (B, 2 (clip_len_frames - 1), crop, crop) float32 q - 128 in [-128, 127], (B,) int64.
     Everything else (resampled shards, resume, skips) is `shards.train_loader`'s.
     """
-    return train_loader(config, rank=rank, world_size=world_size, state=state, stream_cls=FlowTrainStream)
+    return train_loader(config, rank=rank, world_size=world_size, position=position, stream_cls=FlowTrainStream)
 
 
 # ----------------------------------------------------------------------------- evaluation

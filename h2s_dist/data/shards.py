@@ -1,16 +1,17 @@
 """The training clip stream of an ingested dataset's WebDataset shards.
 
-    loader = train_loader(TrainStreamConfig(uri, batch_size=8, epoch_length_samples=512),
-                          rank=0, world_size=1, state=None)
-    for clips, labels in loader:        # (B, T, 3, H, W) float32 normalised, (B,) int64
-        ...; checkpoint["data"] = loader.state   # resume: train_loader(..., state=that)
+    stream = train_loader(TrainStreamConfig(uri, batch_size=8, epoch_length_samples=512),
+                          rank=0, world_size=1, position=None)
+    clips, labels = next(stream)        # (B, T, 3, H, W) float32 normalised, (B,) int64; endless
+    checkpoint["data"] = stream.checkpoint()     # resume: train_loader(..., position=that)
+    stream.skipped                      # every sample skipped so far (h2s_dist.data.skips.Skip)
 
 A generator stage run inside torch DataLoader workers: open shard (h2s_dist.data.shard_io,
 optionally via a local cache) -> tar members (webdataset's tar_file_expander /
 group_by_keys) -> keep the manifest-selected keys -> shuffle buffer -> decode window
 (h2s_dist.data.codec) -> crops (h2s_dist.data.transforms) -> batch. Splitting by rank and
 by DataLoader worker is explicit (see `train_loader`). Corrupt samples are skipped with a
-warning and listed in the loader's `skipped` (workers send their lists along with the data).
+warning and listed in the stream's `skipped` (workers send their lists along with the data).
 The flow reader (h2s_dist.data.flow_shards) is `train_loader(..., stream_cls=FlowTrainStream)`.
 
 The test-time reader lives in h2s_dist.data.eval_stream and is re-exported here, as are the
@@ -52,8 +53,8 @@ from h2s_dist.data.shard_io import (
 from h2s_dist.data.skips import Skip, SkipRecorder
 
 __all__ = [
-    "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "LoaderState", "SkipRecorder", "TrainLoader",
-    "TrainStream", "TrainStreamConfig", "cached_shard_path", "eval_assignment", "eval_loader", "open_shard",
+    "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "SkipRecorder", "StreamPosition",
+    "TrainLoader", "TrainStream", "TrainStreamConfig", "cached_shard_path", "eval_assignment", "eval_loader", "open_shard",
     "shards_for_worker", "train_loader",
 ]
 
@@ -116,21 +117,22 @@ class TrainStreamConfig:
 
 
 @dataclass(frozen=True)
-class LoaderState:
-    """Where a rank's training stream stands: `samples_seen` clips of epoch `epoch` handed out.
+class StreamPosition:
+    """Where a rank's training stream stands: `samples` clips of epoch `epoch` handed out.
 
-    Guarantee on resume: `train_loader(config, state=s)` yields exactly the remaining
-    batches_per_epoch - samples_seen / batch_size batches of that epoch, drawn from a
-    random stream seeded by (seed, epoch, samples_seen, rank, worker): the same state
-    (with the same config, world_size and num_workers) gives the same batches every time,
-    but not the batches the interrupted run would have produced next (no exact replay;
-    shuffle buffers are not saved). `seed` here is used, not config.seed (they agree
-    unless the config changed between runs).
+    The stream after a position is a pure function of it (with the same config, rank,
+    world_size and num_workers): the rest of the epoch is drawn from random streams seeded
+    by (seed, epoch, samples, rank, worker), then epoch after epoch from (seed, epoch, 0,
+    rank, worker). `TrainLoader.checkpoint()` restarts its stream at its position, so a
+    stream resumed from a checkpointed position yields exactly what the checkpointed one
+    yields next. `seed` here is used, not config.seed (they agree unless the config
+    changed between runs).
     """
 
-    samples_seen: int = 0
-    seed: int = 0
     epoch: int = 0
+    samples: int = 0
+    """Clips of `epoch` handed out: a whole number of batches, less than one epoch."""
+    seed: int = 0
 
 
 # ----------------------------------------------------------------------------- training
@@ -186,8 +188,8 @@ def _counted(samples: Iterable[dict], count: list[int]) -> Iterator[dict]:
 
 
 class TrainStream(IterableDataset):
-    """One rank's training stream; each DataLoader worker yields its share of the batches
-    as (clips, labels, keys, newly skipped).
+    """The rest of one epoch of one rank's stream: `num_batches` batches from `position`;
+    each DataLoader worker yields its share of them as (clips, labels, keys, newly skipped).
 
     Subclasses change what a sample becomes by overriding `make_clip` (and the class
     attributes `content`, `min_clip_len_frames` that train_loader checks against).
@@ -199,23 +201,23 @@ class TrainStream(IterableDataset):
     """Smallest clip_len_frames that gives a clip."""
 
     def __init__(self, config: TrainStreamConfig, videos: list[Video], rank: int, world_size: int,
-                 state: LoaderState, num_batches: int) -> None:
+                 position: StreamPosition, num_batches: int) -> None:
         self.config, self.rank, self.world_size = config, rank, world_size
-        self.state, self.num_batches = state, num_batches
+        self.position, self.num_batches = position, num_batches
         self.videos = {v.key: v for v in videos}
         self.shards = sorted({v.shard for v in videos})
 
     def __iter__(self) -> Iterator[tuple]:
-        cfg, state = self.config, self.state
+        cfg, position = self.config, self.position
         worker, num_workers = worker_slot()
         my_batches = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
         if my_batches == 0:
             return
         shards = shards_for_worker(
-            self.shards, seed=state.seed, epoch=state.epoch,
+            self.shards, seed=position.seed, epoch=position.epoch,
             global_worker=self.rank * num_workers + worker, num_global_workers=self.world_size * num_workers,
         )
-        rng = np.random.default_rng([state.seed, state.epoch, state.samples_seen, self.rank, worker])
+        rng = np.random.default_rng([position.seed, position.epoch, position.samples, self.rank, worker])
         recorder, count = SkipRecorder(), [0]
         samples = iter_samples(_resampled(shards, rng, count), set(self.videos), recorder, cfg.cache_dir)
         clips = self._clips(_shuffled(_counted(samples, count), cfg.shuffle_buffer, rng), rng, recorder)
@@ -259,34 +261,68 @@ class TrainStream(IterableDataset):
 
 
 class TrainLoader:
-    """Iterable over one epoch's remaining (clips, labels) batches of one rank.
+    """One rank's endless training stream: (clips, labels) batches, epoch after epoch.
 
-    state: the LoaderState after the batches handed out so far (checkpoint this); after the
-    last batch it is (samples_seen=0, epoch + 1). skipped: samples skipped so far
-    (h2s_dist.data.skips.Skip records). last_keys: the video keys of the latest batch.
+    position: the StreamPosition after the batches handed out so far. skipped: every sample
+    skipped so far (Skip records, sent by the workers with the batches). last_keys: the
+    video keys of the latest batch. Each epoch (or its rest) is one torch DataLoader over a
+    `stream_cls` dataset, built when its first batch is asked for.
     """
 
-    def __init__(self, dataloader: DataLoader, state: LoaderState, batch_size: int, num_batches: int) -> None:
-        self._dataloader, self.state, self._batch_size = dataloader, state, batch_size
-        self._num_batches = num_batches
+    def __init__(self, config: TrainStreamConfig, videos: list[Video], rank: int, world_size: int,
+                 position: StreamPosition, stream_cls: type[TrainStream]) -> None:
+        self.config, self._videos, self._rank, self._world_size = config, videos, rank, world_size
+        self._stream_cls = stream_cls
+        self.position = position
         self.skipped: list[Skip] = []
         self.last_keys: list[str] = []
+        self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
-    def __len__(self) -> int:
-        return self._num_batches
+    def __iter__(self) -> TrainLoader:
+        return self
 
-    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        for clips, labels, keys, skipped in self._dataloader:
-            self.skipped.extend(skipped)
-            self.last_keys = list(keys)
-            self.state = dataclasses.replace(self.state, samples_seen=self.state.samples_seen + self._batch_size)
-            yield clips, labels
-        self.state = LoaderState(samples_seen=0, seed=self.state.seed, epoch=self.state.epoch + 1)
+    def __next__(self) -> tuple[torch.Tensor, torch.Tensor]:
+        if self._batches is None:
+            self._batches = self._from_position()
+        return next(self._batches)
+
+    def checkpoint(self) -> StreamPosition:
+        """The position to save in a checkpoint. The stream restarts there too: the shuffle
+        buffers and batches its workers had read ahead are dropped, so that it yields from
+        now on exactly what a stream resumed from this position (`train_loader(...,
+        position=)`) yields, and an interrupted run sees the batches of an uninterrupted one."""
+        if self._batches is not None:
+            self._batches.close()  # ends this epoch's DataLoader (and its worker processes)
+            self._batches = None
+        return self.position
+
+    def _from_position(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        cfg = self.config
+        while True:
+            start = self.position
+            num_batches = cfg.batches_per_epoch - start.samples // cfg.batch_size
+            dataset = self._stream_cls(cfg, self._videos, self._rank, self._world_size, start, num_batches)
+            dataloader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
+                                    prefetch_factor=2 if cfg.num_workers else None)
+            for clips, labels, keys, skipped in dataloader:
+                self.skipped.extend(skipped)
+                self.last_keys = list(keys)
+                self.position = _advanced(self.position, cfg)
+                yield clips, labels
 
 
-def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, state: LoaderState | None = None,
+def _advanced(position: StreamPosition, config: TrainStreamConfig) -> StreamPosition:
+    """The position one batch later (the next epoch's start after an epoch's last batch)."""
+    samples = position.samples + config.batch_size
+    if samples >= config.batches_per_epoch * config.batch_size:
+        return StreamPosition(epoch=position.epoch + 1, samples=0, seed=position.seed)
+    return dataclasses.replace(position, samples=samples)
+
+
+def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, position: StreamPosition | None = None,
                  stream_cls: type[TrainStream] = TrainStream) -> TrainLoader:
-    """The rest of the current epoch of rank `rank`'s training stream (see LoaderState).
+    """Rank `rank`'s endless training stream, from `position` (default: the start of epoch 0
+    with config.seed); see StreamPosition for what a resume yields.
 
     Resampled shards: every DataLoader worker of every rank draws shards at random, with
     replacement, from its own slice of a per-epoch shard permutation (`shards_for_worker`),
@@ -294,7 +330,8 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, state
     shards; then a shuffle buffer, a random window of clip_len_frames, a multi-scale corner
     crop, a random flip and normalisation. Only manifest-selected videos are read, and
     only shards holding them are opened. Batches: (B, T, 3, crop, crop) float32, (B,) int64.
-    stream_cls: what a sample becomes (TrainStream: frames; flow_shards.FlowTrainStream: flows).
+    An epoch is config.batches_per_epoch batches per rank. stream_cls: what a sample becomes
+    (TrainStream: frames; flow_shards.FlowTrainStream: flows).
     """
     check_rank(rank, world_size)
     if config.clip_len_frames < stream_cls.min_clip_len_frames:
@@ -302,11 +339,12 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, state
             f"a {stream_cls.content} clip needs clip_len_frames >= {stream_cls.min_clip_len_frames}, "
             f"got {config.clip_len_frames}"
         )
-    state = state or LoaderState(seed=config.seed)
-    if state.samples_seen % config.batch_size or not 0 <= state.samples_seen <= config.epoch_length_samples:
+    position = position or StreamPosition(seed=config.seed)
+    per_epoch = config.batches_per_epoch * config.batch_size
+    if position.samples % config.batch_size or not 0 <= position.samples < per_epoch:
         raise ValueError(
-            f"LoaderState.samples_seen={state.samples_seen} is not a whole number of batches of "
-            f"{config.batch_size} within the epoch of {config.epoch_length_samples}: was batch_size changed?"
+            f"StreamPosition.samples={position.samples} is not a whole number of batches of "
+            f"{config.batch_size} within the epoch of {per_epoch} clips: was batch_size changed?"
         )
     videos = selected_videos(config.dataset_uri, config.split, config.subset)
     if config.labeled and any(v.label < 0 for v in videos):
@@ -321,8 +359,4 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, state
             "same videos within an epoch; ingest with smaller shards for disjoint rank streams",
             num_shards, stream_cls.content, slots,
         )
-    num_batches = config.batches_per_epoch - state.samples_seen // config.batch_size
-    dataset = stream_cls(config, videos, rank, world_size, state, num_batches)
-    dataloader = DataLoader(dataset, batch_size=None, num_workers=config.num_workers,
-                            prefetch_factor=2 if config.num_workers else None)
-    return TrainLoader(dataloader, state, config.batch_size, num_batches)
+    return TrainLoader(config, videos, rank, world_size, position, stream_cls)

@@ -1,7 +1,8 @@
 """The whole resume state of a training stage, as one serialisable dict.
 
-A checkpoint holds the models, optimiser, scheduler, step, samples seen, the loader
-state, every RNG state and a hash of the spec it was written under (STYLE habit 10).
+A checkpoint holds the models, optimiser, scheduler, step, samples seen, every rank's data
+position (its stream's `checkpoint()`), the samples skipped so far, every RNG state and a
+hash of the spec it was written under (STYLE habit 10).
 Resuming under a different spec is refused: silently continuing someone else's run with
 new hyper-parameters is the failure this guards against.
 """
@@ -18,7 +19,8 @@ from typing import Any
 import numpy as np
 import torch
 
-FORMAT_VERSION = 1
+# 2: per-rank stream positions ("data") and the skipped samples replaced per-rank samples_seen.
+FORMAT_VERSION = 2
 
 
 class CheckpointMismatchError(ValueError):
@@ -62,7 +64,11 @@ def from_bytes(data: bytes, *, expected_spec_hash: str, where: str) -> dict[str,
     state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=False)
     version = state.get("format_version")
     if version != FORMAT_VERSION:
-        raise CheckpointMismatchError(f"{where}: checkpoint format {version}, this code reads {FORMAT_VERSION}")
+        raise CheckpointMismatchError(
+            f"{where}: checkpoint format {version}, this code reads format {FORMAT_VERSION} only (older checkpoints "
+            "lack the data stream's position and cannot resume). Start the stage fresh (h2s run --fresh) or in "
+            "another output location."
+        )
     found = state.get("spec_hash")
     if found != expected_spec_hash:
         raise CheckpointMismatchError(

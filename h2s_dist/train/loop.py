@@ -4,22 +4,43 @@ A stage supplies a `Task`: its model, its parameter groups, its data stream, the
 one batch and the pictures worth logging. `fit` does the rest, top to bottom: restore,
 accumulate, step, log, picture, checkpoint. Ranks differ only in what they are handed:
 rank 0 a real tracker, the others a `NullTracker`; the rank-0 checkpoint state.
+
+The data position is the stream's own (`DataStream.checkpoint()`): `fit` saves every
+rank's in the checkpoint and hands it back to `Task.batches` on resume, without looking
+inside. What the streams skipped is logged as `data/skipped` (all ranks, so far) at log
+steps and listed in the `skipped.json` artifact at every checkpoint.
 """
 
 from __future__ import annotations
 
 import contextlib
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import numpy as np
 import torch
 
+from h2s_dist.data.skips import Skip
+from h2s_dist.specs.common import LoopSpec, OptimSpec
 from h2s_dist.train import checkpoint as ckpt
 from h2s_dist.train import dist
-from h2s_dist.specs.common import LoopSpec, OptimSpec
+
+SKIPPED_ARTIFACT = "skipped.json"
+
+
+class DataStream(Protocol):
+    """What `Task.batches` returns: endless batches that know where they stand."""
+
+    skipped: Sequence[Skip]
+    """Every sample this stream has skipped so far (empty for a stream that never skips)."""
+
+    def __next__(self) -> Any: ...
+
+    def checkpoint(self) -> Any:
+        """A picklable position after the batches handed out so far, for `Task.batches` to
+        resume from; from now on the stream yields what a stream resumed there yields."""
 
 
 class Task(Protocol):
@@ -30,8 +51,9 @@ class Task(Protocol):
     def param_groups(self, model: torch.nn.Module, optim: OptimSpec) -> list[dict[str, Any]]:
         """Parameter groups with their own `lr` where the stage needs them."""
 
-    def batches(self, rank: int, world_size: int, samples_seen: int, seed: int) -> Iterable[Any]:
-        """An endless stream of batches for this rank, continuing after `samples_seen`."""
+    def batches(self, rank: int, world_size: int, position: Any | None, seed: int) -> DataStream:
+        """This rank's endless batch stream, from `position` (one its `checkpoint()` gave) or,
+        when None, from the start."""
 
     def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
         """(total loss, {term name: value}) of one micro-batch; names like `loss/pixel`."""
@@ -49,6 +71,7 @@ class Task(Protocol):
 class FitResult:
     step: int
     samples_seen: int
+    """Samples this rank trained on (every rank's count is the same)."""
     metrics: dict[str, float]
     weights: dict[str, dict[str, torch.Tensor]] = field(default_factory=dict)
     resumed_from_step: int | None = None
@@ -90,7 +113,8 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
     optimizer = build_optimizer(task.param_groups(model, optim), optim)
     scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=optim.milestones, gamma=optim.gamma)
 
-    step, samples_seen, resumed_from = 0, 0, None
+    step, samples_seen, resumed_from, position = 0, 0, None, None
+    earlier_skips: list[Skip] = []  # every rank's skips before the resumed checkpoint, held by rank 0
     metrics: dict[str, float] = {}
     state = session.restore()
     if state is not None:
@@ -98,22 +122,24 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         # Per-rank data position and RNG; a resume on fewer ranks takes the nearest rank's.
-        mine = min(dist.rank(), len(state["samples_seen"]) - 1)
-        step, samples_seen = state["step"], state["samples_seen"][mine]
+        mine = min(dist.rank(), len(state["data"]) - 1)
+        step, samples_seen, position = state["step"], state["samples_seen"], state["data"][mine]
+        if dist.is_main():
+            earlier_skips = [Skip.from_dict(s) for s in state["skipped"]]
         metrics = dict(state.get("metrics", {}))
         ckpt.set_rng_state(state["rng"][mine])
         resumed_from = step
         tracker.set_tags({"h2s.resumed_from_step": str(step)})
 
     trained = dist.wrap_ddp(model, device)
-    batches: Iterator[Any] = iter(task.batches(dist.rank(), dist.world_size(), samples_seen, loop.seed))
+    stream = task.batches(dist.rank(), dist.world_size(), position, loop.seed)
     window_start, window_samples = time.perf_counter(), 0
     checksums: list[float] = []
     while step < loop.max_steps:
         trained.train()
         terms_sum: dict[str, float] = {}
         for micro in range(loop.grad_accum_steps):
-            batch = next(batches)
+            batch = next(stream)
             if not checksums:
                 checksums = [float(c) for c in dist.gather_objects(_checksum(batch))]
             # Only the last micro-batch synchronises gradients across ranks.
@@ -124,11 +150,11 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
             for name, value in terms.items():
                 terms_sum[name] = terms_sum.get(name, 0.0) + value / loop.grad_accum_steps
             window_samples += task.batch_size(batch)
+            samples_seen += task.batch_size(batch)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
-        samples_seen += task.batch_size(batch) * loop.grad_accum_steps
 
         is_last = step == loop.max_steps
         if step % loop.log_every_steps == 0 or is_last:
@@ -137,6 +163,7 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
             metrics["throughput/samples_per_s"] = window_samples * dist.world_size() / max(elapsed, 1e-9)
             for group in optimizer.param_groups:
                 metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
+            metrics.update(_data_counts(samples_seen, len(earlier_skips) + len(stream.skipped), device))
             tracker.log_metrics(metrics, step=step)
             # Sessions that want every logged step (a Tune trial's, for early stopping) say so.
             report_metrics = getattr(session, "report_metrics", None)
@@ -149,7 +176,13 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
                 for name, image in task.pictures(dist.unwrap(trained), batch, device).items():
                     tracker.log_image(image, f"{name}/step_{step:07d}.png")
         if step % loop.checkpoint_every_steps == 0 or is_last:
-            session.report(metrics, _resume_state(model, optimizer, scheduler, step, samples_seen, spec_hash, metrics), step)
+            skipped = earlier_skips + _gather_skips(stream.skipped)
+            tracker.log_dict(_skipped_report(skipped), SKIPPED_ARTIFACT)
+            state = _resume_state(model, optimizer, scheduler, step, samples_seen, stream.checkpoint(), skipped,
+                                  spec_hash, metrics)
+            session.report(metrics, state, step)
+    if step == resumed_from:  # nothing left to train: the list is the checkpoint's
+        tracker.log_dict(_skipped_report(earlier_skips), SKIPPED_ARTIFACT)
 
     weights = task.final_weights(model) if dist.is_main() else {}
     return FitResult(step, samples_seen, metrics, weights, resumed_from, checksums)
@@ -160,11 +193,28 @@ def _checksum(batch: Any) -> float:
     return float(inputs.double().sum())
 
 
+def _data_counts(samples_seen: int, num_skipped: int, device: torch.device) -> dict[str, float]:
+    """Samples trained on and samples skipped so far, summed over ranks."""
+    counts = dist.sum_across_ranks(torch.tensor([samples_seen, num_skipped], dtype=torch.float64, device=device))
+    return {"data/samples_seen": counts[0].item(), "data/skipped": counts[1].item()}
+
+
+def _gather_skips(mine: Sequence[Skip]) -> list[Skip]:
+    """Every rank's skips, in rank order (a collective: every rank calls it)."""
+    return [s for skips in dist.gather_objects(list(mine)) for s in skips]
+
+
+def _skipped_report(skipped: Sequence[Skip]) -> dict[str, Any]:
+    return {"num_skipped": len(skipped), "skipped": [s.to_dict() for s in skipped]}
+
+
 def _resume_state(
-    model, optimizer, scheduler, step: int, samples_seen: int, spec_hash: str, metrics: Mapping[str, float]
+    model, optimizer, scheduler, step: int, samples_seen: int, position: Any, skipped: Sequence[Skip],
+    spec_hash: str, metrics: Mapping[str, float],
 ) -> Mapping[str, Any] | None:
-    """Rank 0's checkpoint, holding every rank's data position and RNG (gathered)."""
-    positions = dist.gather_objects(samples_seen)
+    """Rank 0's checkpoint, holding every rank's data position and RNG (gathered) and every
+    sample skipped so far."""
+    positions = dist.gather_objects(position)
     rngs = dist.gather_objects(ckpt.rng_state())
     if not dist.is_main():
         return None
@@ -173,7 +223,9 @@ def _resume_state(
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict(),
         "step": step,
-        "samples_seen": positions,
+        "samples_seen": samples_seen,
+        "data": positions,
+        "skipped": [s.to_dict() for s in skipped],
         "rng": rngs,
         "spec_hash": spec_hash,
         "metrics": dict(metrics),

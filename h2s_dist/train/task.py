@@ -3,7 +3,7 @@ the weights it hands on, and `run_training`, the body of every training stage.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
@@ -12,30 +12,15 @@ import torch
 from h2s_dist import frames as frame_conv
 from h2s_dist.data import storage
 from h2s_dist.data.flow_io import flow_to_color
-from h2s_dist.data.shards import LoaderState, TrainStreamConfig, train_loader
+from h2s_dist.data.shards import StreamPosition, TrainLoader, TrainStreamConfig, train_loader
 from h2s_dist.losses import reconstruction_images
 from h2s_dist.models import full_resolution_flow
 from h2s_dist.specs.common import DataSpec
 
 
-def clip_stream(
-    data: DataSpec,
-    *,
-    labeled: bool,
-    rank: int,
-    world_size: int,
-    samples_seen: int,
-    seed: int,
-    dataset_uri: str | None = None,
-    loader: Callable[..., Iterable] = train_loader,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Endless (inputs, labels) batches for one rank, epoch after epoch, continuing after
-    `samples_seen` clips (the loop's checkpointed position).
-
-    `loader` reads one epoch (`shards.train_loader` for frames, `flow_shards.flow_train_loader`
-    for cached flows) from `dataset_uri` (default `data.dataset`).
-    """
-    config = TrainStreamConfig(
+def stream_config(data: DataSpec, *, labeled: bool, seed: int, dataset_uri: str | None = None) -> TrainStreamConfig:
+    """The clip stream a stage's `data` describes, read from `dataset_uri` (default `data.dataset`)."""
+    return TrainStreamConfig(
         dataset_uri=dataset_uri or data.dataset,
         batch_size=data.batch_size,
         split=data.split,
@@ -50,35 +35,28 @@ def clip_stream(
         labeled=labeled,
         cache_dir=data.cache_dir,
     )
-    per_epoch = config.batches_per_epoch * config.batch_size
-    epoch, within = divmod(samples_seen, per_epoch)
-    within -= within % config.batch_size
-    while True:
-        state = LoaderState(samples_seen=within, seed=seed, epoch=epoch)
-        yield from loader(config, rank=rank, world_size=world_size, state=state)
-        epoch, within = epoch + 1, 0
 
 
 class StreamTask:
     """`batches` and `batch_size` of a Task that reads `self.spec.data` as a clip stream.
 
     Subclasses set `labeled` (False for MotionNet pretraining), and may point the stream
-    at another dataset (`dataset_uri`) or reader (`loader`).
+    at another dataset (`dataset_uri`) or reader (`loader`: `shards.train_loader` for
+    frames, `flow_shards.flow_train_loader` for cached flows).
     """
 
     spec: Any
     labeled: bool = True
-    loader: Callable[..., Iterable] = staticmethod(train_loader)
+    loader: Callable[..., TrainLoader] = staticmethod(train_loader)
 
     @property
     def dataset_uri(self) -> str:
         return self.spec.data.dataset
 
-    def batches(self, rank: int, world_size: int, samples_seen: int, seed: int):
-        return clip_stream(
-            self.spec.data, labeled=self.labeled, rank=rank, world_size=world_size, samples_seen=samples_seen,
-            seed=seed, dataset_uri=self.dataset_uri, loader=self.loader,
-        )
+    def batches(self, rank: int, world_size: int, position: StreamPosition | None, seed: int) -> TrainLoader:
+        """This rank's endless clip stream, from `position` (a TrainLoader.checkpoint()) or the start."""
+        config = stream_config(self.spec.data, labeled=self.labeled, seed=seed, dataset_uri=self.dataset_uri)
+        return self.loader(config, rank=rank, world_size=world_size, position=position)
 
     def batch_size(self, batch) -> int:
         return int(batch[0].shape[0])

@@ -4,14 +4,17 @@
     def test_y(ucf101_mini): root, splits = ucf101_mini   # named after tests/data/ucf101_splits
     def test_z(synthetic_dataset_uri): ...    # an ingested dataset URI (jpeg, 64x48, 4 shards)
     def test_w(make_synthetic_dataset): uri = make_synthetic_dataset(encoding="mp4")
+    copy_with_corrupt_samples(uri, tmp_path, victims)   # a copy whose victims' frames are garbage
 
 Session-scoped: build once, treat as read-only (copy before changing anything).
 """
 
 from __future__ import annotations
 
+import io
 import pathlib
-from collections.abc import Callable
+import tarfile
+from collections.abc import Callable, Iterable
 
 import pytest
 
@@ -85,3 +88,21 @@ def make_synthetic_dataset(tmp_path_factory) -> Callable[..., str]:
 def synthetic_dataset_uri(make_synthetic_dataset) -> str:
     """An ingested synthetic dataset (jpeg, 36 videos of 16 frames at 64x48, several shards)."""
     return make_synthetic_dataset()
+
+
+def copy_with_corrupt_samples(dataset_uri: str, dst: pathlib.Path, victims: Iterable[str]) -> str:
+    """Copy a local JPEG-stack dataset to `dst` (manifest, classes, shards) with the frames of
+    every key in `victims` garbled after their header (they fail to decode); dst as a str."""
+    src, victims = pathlib.Path(dataset_uri), set(victims)
+    (dst / "shards").mkdir(parents=True)
+    for name in ("manifest.parquet", "classes.json"):
+        (dst / name).write_bytes((src / name).read_bytes())
+    for shard in (src / "shards").glob("*.tar"):
+        with tarfile.open(shard) as tin, tarfile.open(dst / "shards" / shard.name, "w") as tout:
+            for member in tin.getmembers():
+                data = tin.extractfile(member).read()
+                key, _, ext = member.name.partition(".")
+                if key in victims and ext == "jpgs":
+                    data = data[:40] + b"\0" * (len(data) - 40)
+                tout.addfile(member, io.BytesIO(data))
+    return str(dst)

@@ -3,18 +3,19 @@
 
 from __future__ import annotations
 
-import io
+import itertools
 import os
 import pathlib
 import secrets
-import tarfile
 
 import pytest
 import torch
 
 from h2s_dist.data import manifest, shards, storage
-from h2s_dist.data.shards import LoaderState, TrainStreamConfig, eval_loader, train_loader
+from h2s_dist.data.shards import StreamPosition, TrainStreamConfig, eval_loader, train_loader
 from h2s_dist.frames import MEAN_RGB_255
+from h2s_dist.train import checkpoint as ckpt
+from tests.conftest_parts.data import copy_with_corrupt_samples
 from tests.conftest_parts.storage import S3_TEST_BUCKET
 
 pytestmark = pytest.mark.integration
@@ -116,17 +117,14 @@ def test_train_batches_have_shapes_dtypes_labels_and_normalised_range(dataset):
     table = manifest.read_manifest(dataset)
     label_of = dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist()))
     train_keys = set(_keys(dataset, "train"))
-    batches = 0
-    for clips, labels in loader:
-        batches += 1
+    for clips, labels in itertools.islice(loader, 2):  # one epoch; the stream goes on
         assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP) and clips.dtype == torch.float32
         assert labels.dtype == torch.int64
         assert labels.tolist() == [label_of[k] for k in loader.last_keys]
         assert set(loader.last_keys) <= train_keys
         low = -max(MEAN_RGB_255) / 255
         assert clips.min() >= low - 1e-6 and clips.max() <= (255 - min(MEAN_RGB_255)) / 255 + 1e-6
-    assert batches == 2 and len(loader) == 2
-    assert loader.state == LoaderState(samples_seen=0, seed=0, epoch=1)
+    assert loader.position == StreamPosition(epoch=1, samples=0, seed=0)
 
 
 def test_train_ranks_read_disjoint_videos(dataset):
@@ -135,35 +133,38 @@ def test_train_ranks_read_disjoint_videos(dataset):
     for rank in range(2):
         loader = train_loader(_config(dataset, num_workers=2, epoch_length_samples=16), rank=rank, world_size=2)
         keys = set()
-        for _ in loader:
+        for _ in itertools.islice(loader, 4):  # one epoch
             keys |= set(loader.last_keys)
         seen.append(keys)
     assert seen[0] and seen[1] and not seen[0] & seen[1]
 
 
-def test_resume_from_state_is_a_deterministic_continuation(dataset):
-    config = _config(dataset, epoch_length_samples=12)
-    first = train_loader(config, rank=0, world_size=1)
-    batches = iter(first)
-    next(batches)
-    state = first.state
-    assert state == LoaderState(samples_seen=4, seed=0, epoch=0)
-    runs = []
+@pytest.mark.parametrize("num_workers", [0, 2])
+def test_stream_resumed_from_its_checkpoint_yields_the_batches_of_the_uninterrupted_one(dataset, num_workers):
+    """What fit does, LocalSession-style: checkpoint the stream's position, write it to a
+    checkpoint file, read it back in a new stream. Both streams then yield the same batches,
+    into the next epoch."""
+    config = _config(dataset, epoch_length_samples=12, num_workers=num_workers)  # 3 batches per epoch
+    straight = train_loader(config, rank=0, world_size=1)
     for _ in range(2):
-        resumed = train_loader(config, rank=0, world_size=1, state=state)
-        assert len(resumed) == 2
-        runs.append([(clips, labels) for clips, labels in resumed])
-        assert resumed.state == LoaderState(samples_seen=0, seed=0, epoch=1)
-    assert len(runs[0]) == 2
-    for (c0, l0), (c1, l1) in zip(*runs):
-        assert torch.equal(c0, c1) and torch.equal(l0, l1)
+        next(straight)
+    position = straight.checkpoint()
+    assert position == StreamPosition(epoch=0, samples=8, seed=0)
+    saved = ckpt.from_bytes(ckpt.to_bytes({"data": [position], "spec_hash": "h"}), expected_spec_hash="h", where="t")
+    resumed = train_loader(config, rank=0, world_size=1, position=saved["data"][0])
+    for _ in range(3):  # the last of epoch 0, then two of epoch 1
+        (c0, l0), (c1, l1) = next(straight), next(resumed)
+        assert torch.equal(c0, c1) and torch.equal(l0, l1) and straight.last_keys == resumed.last_keys
+    assert straight.position == resumed.position == StreamPosition(epoch=1, samples=8, seed=0)
+    with pytest.raises(ValueError, match="whole number of batches"):
+        train_loader(config, rank=0, world_size=1, position=StreamPosition(samples=6))
 
 
 def test_unlabeled_stream_reads_all_videos_with_label_minus_one(dataset):
     config = _config(dataset, split=None, subset=None, labeled=False, epoch_length_samples=24, shuffle_buffer=4)
     loader = train_loader(config, rank=0, world_size=1)
     keys = set()
-    for _, labels in loader:
+    for _, labels in itertools.islice(loader, 6):  # one epoch
         assert (labels == -1).all()
         keys |= set(loader.last_keys)
     assert keys & set(_keys(dataset, "test")) and keys & set(_keys(dataset, "train"))
@@ -172,18 +173,8 @@ def test_unlabeled_stream_reads_all_videos_with_label_minus_one(dataset):
 def test_corrupt_sample_is_skipped_and_listed(dataset, tmp_path):
     """Copy the dataset, garble one test video's JPEG stack: both streams list it as skipped
     and go on with the other videos."""
-    src = pathlib.Path(dataset)
-    (tmp_path / "shards").mkdir()
-    for name in ("manifest.parquet", "classes.json"):
-        (tmp_path / name).write_bytes((src / name).read_bytes())
     victim = _keys(dataset, "test")[0]
-    for shard in (src / "shards").glob("*.tar"):
-        with tarfile.open(shard) as tin, tarfile.open(tmp_path / "shards" / shard.name, "w") as tout:
-            for member in tin.getmembers():
-                data = tin.extractfile(member).read()
-                if member.name == f"{victim}.jpgs":
-                    data = data[:40] + b"\0" * (len(data) - 40)
-                tout.addfile(member, io.BytesIO(data))
+    copy_with_corrupt_samples(dataset, tmp_path, [victim])
     loader = eval_loader(str(tmp_path), 1, "test", rank=0, world_size=1, clip_len_frames=CLIP_LEN, crop_size=CROP,
                          num_windows=2, num_crops=1)
     keys = [item.key for item in loader]
@@ -191,7 +182,7 @@ def test_corrupt_sample_is_skipped_and_listed(dataset, tmp_path):
     assert [s.key for s in loader.skipped] == [victim]
     assert loader.skipped[0].source.endswith(".tar") and loader.skipped[0].reason
     train = train_loader(_config(str(tmp_path), subset="test", epoch_length_samples=24), rank=0, world_size=1)
-    assert sum(1 for _ in train) == 6
+    assert all(len(labels) == 4 for _, labels in itertools.islice(train, 6))
     assert train.skipped and {s.key for s in train.skipped} == {victim}
 
 
@@ -240,7 +231,7 @@ def test_s3_train_stream_with_cache_downloads_each_shard_once(s3_dataset, tmp_pa
     monkeypatch.setattr(storage, "open_uri", lambda uri, mode="rb": opened.append(uri) or real_open(uri, mode))
     config = _config(s3_dataset, cache_dir=str(tmp_path / "cache"), epoch_length_samples=16, shuffle_buffer=4)
     for _ in range(2):
-        for clips, _ in train_loader(config, rank=0, world_size=1):
+        for clips, _ in itertools.islice(train_loader(config, rank=0, world_size=1), 4):  # one epoch
             assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP)
     cached = [p for p in os.listdir(tmp_path / "cache") if p.endswith(".tar")]
     assert opened and sorted(opened) == sorted(set(opened))  # each shard fetched at most once

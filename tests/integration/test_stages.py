@@ -1,9 +1,12 @@
 """Every training stage in this process on tiny models and synthetic shards: weights are
-handed on, a crash resumes at the checkpointed step, MLflow holds what a researcher reads."""
+handed on, a crash resumes at the checkpointed step with the batches an uninterrupted run
+trains on, MLflow holds what a researcher reads (skipped samples included)."""
 
 from __future__ import annotations
 
 import contextlib
+import json
+import pathlib
 
 import pytest
 import torch
@@ -17,6 +20,7 @@ from h2s_dist.train.stages.finetune import FinetuneTask
 from h2s_dist.specs.training import PretrainSpec
 from h2s_dist.train.stages.pretrain import PretrainTask
 from h2s_dist.specs.training import SpatialSpec
+from tests.conftest_parts.data import copy_with_corrupt_samples
 
 TINY = {"flavour": "tiny"}
 
@@ -104,12 +108,63 @@ def _crash_on_fourth_step(monkeypatch):
     monkeypatch.setattr(PretrainTask, "loss", real_loss)
 
 
-def test_crash_resumes_at_the_checkpointed_step(make_synthetic_dataset, tmp_path, monkeypatch):
+def _record_batches(monkeypatch) -> list[float]:
+    """The sum of every batch pretraining computes a loss on, in order (the list returned)."""
+    real_loss, seen = PretrainTask.loss, []
+
+    def recording_loss(self, model, batch, device):
+        seen.append(float(batch[0].double().sum()))
+        return real_loss(self, model, batch, device)
+
+    monkeypatch.setattr(PretrainTask, "loss", recording_loss)
+    return seen
+
+
+def test_crash_resumes_at_the_checkpointed_step_with_the_batches_of_an_uninterrupted_run(
+    make_synthetic_dataset, tmp_path, monkeypatch
+):
+    from h2s_dist.weights import load_state_dict
+
     spec = PretrainSpec(motionnet=TINY, data=data(make_synthetic_dataset()), loop={**LOOP, "max_steps": 6})
+    seen = _record_batches(monkeypatch)
+    straight = launch("pretrain_motionnet", spec, str(tmp_path / "straight"))
+    straight_batches = list(seen)
     with _crash_on_fourth_step(monkeypatch):
         launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
+    seen.clear()
     out = launch("pretrain_motionnet", spec, str(tmp_path / "pre"))
     assert out["resumed_from_step"] == 2 and out["steps"] == 6
+    # The restored stream continues at the checkpointed data position: steps 3..6 see the
+    # uninterrupted run's batches, and with model, optimiser and RNG restored end where it ended.
+    assert len(straight_batches) == 6 and seen == straight_batches[2:]
+    resumed_weights, straight_weights = load_state_dict(out["motionnet"]), load_state_dict(straight["motionnet"])
+    assert all(torch.equal(resumed_weights[k], straight_weights[k]) for k in straight_weights)
+
+
+def test_corrupt_samples_are_counted_in_data_skipped_and_listed_in_skipped_json(
+    make_synthetic_dataset, tmp_path, stage_run
+):
+    from mlflow.tracking import MlflowClient
+
+    from h2s_dist.data import manifest
+
+    uri = make_synthetic_dataset()
+    train_keys = manifest.select(manifest.read_manifest(uri), 1, "train").column("key").to_pylist()
+    victims = set(train_keys[::3])
+    corrupt = copy_with_corrupt_samples(uri, tmp_path / "corrupt", victims)
+    tracking = stage_run("skips")
+    out = launch("pretrain_motionnet", PretrainSpec(motionnet=TINY, data=data(corrupt), loop=LOOP),
+                 str(tmp_path / "pre"), tracking)
+    assert out["steps"] == 4
+    client = MlflowClient(tracking.uri)
+    history = client.get_metric_history(tracking.run_id, "data/skipped")
+    listed = json.loads(pathlib.Path(client.download_artifacts(tracking.run_id, "skipped.json", str(tmp_path))).read_text())
+    assert [m.step for m in history] == [2, 4]
+    assert history[-1].value == listed["num_skipped"] == len(listed["skipped"]) > 0
+    assert {s["key"] for s in listed["skipped"]} <= victims
+    assert all(s["source"].endswith(".tar") and s["reason"] for s in listed["skipped"])
+    samples = client.get_metric_history(tracking.run_id, "data/samples_seen")
+    assert [m.value for m in samples] == [2 * 4, 4 * 4]  # clips trained on, skips not counted
 
 
 def test_a_run_resumed_in_place_logs_each_step_once(make_synthetic_dataset, tmp_path, monkeypatch, stage_run):
