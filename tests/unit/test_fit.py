@@ -22,7 +22,7 @@ import torch.multiprocessing as torch_mp
 from h2s_dist.tracking import NullTracker
 from h2s_dist.train.loop import FitResult, fit, split_bias_groups
 from h2s_dist.train.session import LocalSession
-from h2s_dist.train.specs import LoopSpec, OptimSpec
+from h2s_dist.specs.common import LoopSpec, OptimSpec
 
 DIM_IN, DIM_HIDDEN, DIM_OUT = 4, 8, 3
 SPEC_HASH = "toy-spec"
