@@ -11,6 +11,8 @@ import sys
 
 import pytest
 
+from h2s_dist import cli
+
 HEAVY = {"torch", "numpy", "pyarrow", "pandas", "ray", "mlflow", "fsspec", "av", "cv2", "PIL", "pydantic", "yaml"}
 
 
@@ -26,3 +28,8 @@ def test_help_imports_no_heavy_package(argv):
     heavy = {name for name in imported_modules(*argv) if name.split(".")[0] in HEAVY}
     assert not heavy, f"h2s {' '.join(argv)} imports {sorted(heavy)[:8]}: move them into the command functions"
 
+
+def test_user_errors_of_modules_never_loaded_are_still_plain_value_errors():
+    message, code = cli._user_error(ValueError("--limit must be at least 1"))  # noqa: SLF001
+    assert (message, code) == ("error: --limit must be at least 1", 2)
+    assert cli._user_error(RuntimeError("a bug")) == (None, 0)  # noqa: SLF001
