@@ -94,7 +94,7 @@ def _score_frames(spec: EvaluateSpec, num_classes: int, device: torch.device) ->
 def _score_tvl1(spec: EvaluateSpec, num_classes: int, device: torch.device) -> tuple[dict[str, dict], float]:
     if not (spec.tvl1_weights and spec.tvl1_flows):
         return {}, 0.0
-    from h2s_dist.data.flow_shards import tvl1_eval_scores
+    from h2s_dist.train.scoring import tvl1_eval_scores
 
     vgg = _load(build_vgg16(spec.vgg_flavour, flow_stack_channels(spec.clip_len_frames), num_classes), spec.tvl1_weights, device)
     start = time.perf_counter()
@@ -128,7 +128,7 @@ def _video_frames(dataset_uri: str, key: str) -> np.ndarray:
 
 def _time_tvl1_two_stage(spec: EvaluateSpec, keys: list[str], num_classes: int, device: torch.device) -> dict[str, float]:
     """Seconds of decode, TV-L1 and CNN for the two-stage baseline run end to end on `keys`."""
-    from h2s_dist.data.flow_shards import tvl1_video_scores
+    from h2s_dist.train.scoring import tvl1_video_scores
 
     vgg = _load(build_vgg16(spec.vgg_flavour, flow_stack_channels(spec.clip_len_frames), num_classes), spec.tvl1_weights, device)
     seconds = {"decode": 0.0, "tvl1": 0.0, "cnn": 0.0, "videos": 0.0}
