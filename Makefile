@@ -12,7 +12,10 @@ EXTRAS      ?= baseline,dev
 PYTEST_ARGS ?=
 # uv ignores pip's config: hand it pip's find-links so that it sees local torch wheels.
 FIND_LINKS  := $(if $(PIP_FIND_LINKS),$(foreach d,$(PIP_FIND_LINKS),--find-links $(d)),)
-UV          := $(VENV)/bin/uv pip install --python $(VENV)/bin/python $(FIND_LINKS)
+# --compile-bytecode: every later import reads .pyc files instead of compiling torch, ray and
+# mlflow from source (seconds per process, in every Ray worker too), even where the
+# environment sets PYTHONDONTWRITEBYTECODE.
+UV          := $(VENV)/bin/uv pip install --compile-bytecode --python $(VENV)/bin/python $(FIND_LINKS)
 STAMP       := $(VENV)/.installed
 
 export RAY_AUTH_MODE ?= disabled

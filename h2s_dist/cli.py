@@ -354,23 +354,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     parser = build_parser()
     args = parser.parse_args(argv)
-    from h2s_dist.config import JobSpecError
-    from h2s_dist.pipeline.runner import StageFailedError
-
     try:
         return int(args.func(args) or 0)
-    except JobSpecError as err:
-        print(f"error: the job spec is not valid:\n{err}", file=sys.stderr)
-        return 2
-    except StageFailedError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    except ValueError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted: rerun the same command to resume (finished stages are reused)", file=sys.stderr)
         return 130
+    except Exception as err:
+        message, code = _user_error(err)
+        if message is None:
+            raise
+        print(message, file=sys.stderr)
+        return code
+
+
+def _user_error(err: Exception) -> tuple[str | None, int]:
+    """(message, exit status) for an error the user can fix; (None, 0) for a bug, to raise.
+
+    The error types are taken only from modules already loaded: importing the config and the
+    runner costs seconds, and a command that never loaded them (`h2s runs`) cannot have
+    raised their errors."""
+    config = sys.modules.get("h2s_dist.config")
+    runner = sys.modules.get("h2s_dist.pipeline.runner")
+    if config is not None and isinstance(err, config.JobSpecError):
+        return f"error: the job spec is not valid:\n{err}", 2
+    if runner is not None and isinstance(err, runner.StageFailedError):
+        return f"error: {err}", 1
+    if isinstance(err, ValueError):
+        return f"error: {err}", 2
+    return None, 0
 
 
 if __name__ == "__main__":

@@ -130,6 +130,10 @@ class _JobBase(BaseModel):
         if self.experiment is None:
             self.experiment = self.name
         problems = graph_problems(self.stages)  # type: ignore[attr-defined]
+        if not problems:
+            from h2s_dist.specs.wiring import weights_problems
+
+            problems = weights_problems(self.stages)  # type: ignore[attr-defined]
         if problems:
             raise JobSpecError(problems)
         return self

@@ -19,9 +19,10 @@ import os
 import pathlib
 import tempfile
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import numpy as np
+if TYPE_CHECKING:  # numpy is imported where images are logged: `h2s runs` only resolves URIs here
+    import numpy as np
 
 DEFAULT_TRACKING_URI = "sqlite:///.h2s/mlflow.db"
 DEFAULT_EXPERIMENT = "h2s"
@@ -197,6 +198,7 @@ class MlflowTracker(NullTracker):
 
     def log_image(self, image: np.ndarray, artifact_file: str) -> None:
         """image (H, W, 3) uint8 -> a PNG artifact at `artifact_file` (e.g. "flows/step_000100.png")."""
+        import numpy as np
         from PIL import Image
 
         with _tmp_path(artifact_file) as path:

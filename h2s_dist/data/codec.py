@@ -33,10 +33,9 @@ import av
 import numpy as np
 from PIL import Image
 
+from h2s_dist.data.ingest_defaults import DEFAULT_ENCODING, ENCODINGS  # noqa: F401 (codec.ENCODINGS is public)
 from h2s_dist.data.video import encode_video
 
-ENCODINGS = ("jpeg", "mp4")
-DEFAULT_ENCODING = "jpeg"
 EXTENSIONS = {"mp4": "mp4", "jpeg": "jpgs"}  # encoding -> sample member extension
 DEFAULT_QUALITY = {"mp4": 23, "jpeg": 90}  # mp4: x264 CRF (lower = better); jpeg: 1..95
 

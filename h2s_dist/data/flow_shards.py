@@ -27,9 +27,7 @@ FlowTrainStream, `eval_stream.eval_loader` with FlowEvalStream): the same shard 
 rank/worker splitting, shuffle buffer, skip records and eval assignment (every video
 exactly once across ranks and workers).
 
-Test-time scoring of the baseline's temporal stream (used by the evaluate stage):
-`tvl1_eval_scores` on cached flows, `tvl1_video_scores` from frames with TV-L1 on the fly
-(decode-to-scores throughput, TV-L1 and CNN seconds apart).
+Test-time scoring of these flows (a network's scores) is h2s_dist.train.scoring's.
 """
 
 from __future__ import annotations
@@ -38,16 +36,13 @@ import io
 import json
 import struct
 import tarfile
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
-from h2s_dist.baseline import tvl1
 from h2s_dist.baseline.tvl1 import FLOW_MEAN, flip_quantized
 from h2s_dist.data import storage, transforms
 from h2s_dist.data.codec import ClipDecodeError
@@ -269,96 +264,3 @@ def flow_eval_loader(
     crop_size, num_windows, num_crops, num_workers, cache_dir, normalized).
     """
     return eval_loader(flows_uri, split, subset, stream_cls=FlowEvalStream, **options)
-
-
-# ----------------------------------------------------------------------------- scoring (evaluate stage)
-
-
-def _mean_scores(vgg: torch.nn.Module, inputs: torch.Tensor, device: torch.device, batch: int) -> torch.Tensor:
-    """uint8 (N, 2L, h, w) quantised stacks -> mean pre-softmax scores (C,) over the N inputs."""
-    total = None
-    with torch.no_grad():
-        for chunk in inputs.split(batch):
-            scores = vgg(to_network_input(chunk.to(device))).float().sum(0)
-            total = scores if total is None else total + scores
-    return (total / len(inputs)).cpu()
-
-
-def tvl1_eval_scores(
-    vgg: torch.nn.Module,
-    flows_uri: str,
-    split: int | None,
-    subset: Literal["train", "test"] | None,
-    rank: int,
-    world_size: int,
-    num_windows: int = 25,
-    num_crops: int = 10,
-    crop_size: int = 224,
-    device: torch.device | str = "cpu",
-    batch: int = 50,
-    num_workers: int = 0,
-    cache_dir: str | None = None,
-) -> dict[str, tuple[int, torch.Tensor]]:
-    """{key: (label, scores (C,))} of this rank's videos (each video on exactly one rank):
-    pre-softmax scores averaged over num_windows x num_crops inputs of cached flows
-    (flipped crops have u negated). Clip length follows the VGG16's input: 2 (L - 1) channels.
-    Skipped videos are absent (the loader logs them)."""
-    device = torch.device(device)
-    vgg = vgg.to(device).eval()
-    clip_len = vgg.config.in_channels // 2 + 1
-    loader = flow_eval_loader(
-        flows_uri, split, subset, rank=rank, world_size=world_size, clip_len_frames=clip_len,
-        crop_size=crop_size, num_windows=num_windows, num_crops=num_crops, num_workers=num_workers,
-        cache_dir=cache_dir, normalized=False,
-    )
-    return {item.key: (item.label, _mean_scores(vgg, item.clips, device, batch)) for item in loader}
-
-
-@dataclass(frozen=True)
-class VideoScores:
-    """One video scored from its frames: scores (C,) pre-softmax mean; seconds spent in
-    TV-L1 (flow of the needed pairs + quantisation) and in the CNN (crops + forward)."""
-
-    scores: torch.Tensor
-    tvl1_s: float
-    cnn_s: float
-    num_pairs: int
-
-
-def tvl1_video_scores(
-    vgg: torch.nn.Module,
-    frames: np.ndarray,
-    *,
-    num_windows: int = 25,
-    num_crops: int = 10,
-    crop_size: int = 224,
-    device: torch.device | str = "cpu",
-    batch: int = 50,
-    bound: float = tvl1.DEFAULT_BOUND_PX,
-    params: tvl1.TVL1Params = tvl1.DEFAULT_PARAMS,
-) -> VideoScores:
-    """Decode-to-scores of the two-stage baseline for one video, frames (T, H, W, 3) uint8
-    RGB (already at the test size, 340x256 for the paper): TV-L1 of every frame pair the
-    test windows use (each pair once, though windows overlap), then the windows x crops
-    of `tvl1_eval_scores`. Times TV-L1 and CNN separately (the paper's fps split)."""
-    device = torch.device(device)
-    clip_len = vgg.config.in_channels // 2 + 1
-    length, num_flows = clip_len - 1, max(len(frames) - 1, 1)
-    starts = transforms.eval_window_starts(len(frames), clip_len, num_windows)
-    needed = sorted({i for s in starts for i in range(s, s + length) if i < num_flows and len(frames) > 1})
-    started = time.perf_counter()
-    flows = np.full((starts[-1] + length,) + frames.shape[1:3] + (2,), ZERO_FLOW_Q, np.uint8)
-    gray = {}
-    for i in needed:
-        for j in (i, i + 1):
-            if j not in gray:
-                gray[j] = tvl1.to_gray(frames[j])
-        flows[i] = tvl1.quantize_flow(tvl1.tvl1_flow(gray[i], gray[i + 1], params), bound)
-    tvl1_s = time.perf_counter() - started
-    started = time.perf_counter()
-    crops, _ = eval_flow_crops(flows, starts, length, crop_size, num_crops)
-    vgg = vgg.to(device).eval()
-    scores = _mean_scores(vgg, torch.from_numpy(np.ascontiguousarray(crops)), device, batch)
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-    return VideoScores(scores, tvl1_s, time.perf_counter() - started, len(needed))

@@ -46,12 +46,12 @@ from typing import Any
 import numpy as np
 
 from h2s_dist.data import codec, manifest, sources, storage
+from h2s_dist.data.ingest_defaults import DEFAULT_SHARD_TARGET_BYTES
 from h2s_dist.data.resumable import ResumableDataset, UnitRecord, gather, plan_fingerprint
 from h2s_dist.data.skips import Skip, count_kinds
 from h2s_dist.data.sources import SourceListing, VideoEntry
 
 DEFAULT_SIZE = (340, 256)
-DEFAULT_SHARD_TARGET_BYTES = 64 * 2**20
 # Stored bytes / source bytes per encoding, from bench/data.py (docs/data.md); only used
 # to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
 _ESTIMATED_RATIO = {"jpeg": 7.0, "mp4": 0.3}

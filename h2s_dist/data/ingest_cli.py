@@ -5,6 +5,9 @@
 
 Arguments -> h2s_dist.data.ingest.build_listing + ingest(...) -> the report's summary on
 stdout. The work itself (planning, encoding, resume) is h2s_dist.data.ingest's.
+
+Building the parser imports nothing heavy (`h2s --help` builds it whole): the ingest itself,
+with numpy, PyAV and pyarrow, is imported by the handler that runs it.
 """
 
 from __future__ import annotations
@@ -12,12 +15,15 @@ from __future__ import annotations
 import argparse
 import re
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-from h2s_dist.data import codec
-from h2s_dist.data import ingest as ingest_lib
-from h2s_dist.data.sources import SourceListing
+from h2s_dist.data.ingest_defaults import DEFAULT_ENCODING, DEFAULT_SHARD_TARGET_BYTES, ENCODINGS
 
-_DESCRIPTION = (ingest_lib.__doc__ or "").split("\n\n")[0]
+if TYPE_CHECKING:
+    from h2s_dist.data.sources import SourceListing
+
+# The first line of h2s_dist.data.ingest's docstring (a test keeps them equal).
+_DESCRIPTION = "Ingest: video corpora -> WebDataset shards + Parquet manifest at a URI (path or s3://)."
 _SYNTHETIC_FIELDS = ("num_videos", "num_frames", "height", "width", "seed", "shared_scenes")
 _EXAMPLES = """examples:
   h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
@@ -53,14 +59,14 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     sources = parser.add_subparsers(dest="source", required=True, metavar="{videos,ucf101,hmdb51,synthetic}")
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", required=True, help="dataset URI to write: a path, file:// or s3://bucket/prefix")
-    common.add_argument("--encoding", choices=codec.ENCODINGS, default=codec.DEFAULT_ENCODING,
+    common.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING,
                         help="jpeg: JPEG frame stack, ~4x faster window decode (default); mp4: H.264, ~25x smaller")
     common.add_argument("--quality", type=int, help="JPEG quality (default 90) or x264 CRF (default 23)")
     common.add_argument("--size", type=_parse_size,
                         help="WIDTHxHEIGHT frames are resized to, or 'native' (default 340x256; synthetic: native)")
     common.add_argument("--min-frames", type=int, default=11, help="skip shorter videos (default 11)")
     common.add_argument("--num-workers", type=int, default=2, help="decode processes (default 2; 0 = in process)")
-    common.add_argument("--shard-size-mb", type=float, default=ingest_lib.DEFAULT_SHARD_TARGET_BYTES / 2**20,
+    common.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_TARGET_BYTES / 2**20,
                         help="target shard size in MiB (default %(default)g)")
     common.add_argument("--no-resume", action="store_true", help="start over, deleting shards of an earlier run")
     common.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -90,12 +96,16 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
 
 def listing_from_args(args: argparse.Namespace) -> SourceListing:
     """The SourceListing the parsed `h2s ingest` arguments describe."""
+    from h2s_dist.data import ingest as ingest_lib
+
     synthetic = {name: getattr(args, name) for name in _SYNTHETIC_FIELDS} if args.source == "synthetic" else None
     return ingest_lib.build_listing(args.source, getattr(args, "root", None), getattr(args, "splits", None), synthetic)
 
 
 def run_ingest_command(args: argparse.Namespace) -> int:
     """Handler of `h2s ingest ...`: runs the ingest and prints its summary; returns the exit code."""
+    from h2s_dist.data import ingest as ingest_lib
+
     if args.size is None:  # not given: the paper's 340x256, but synthetic videos keep their size
         size = None if args.source == "synthetic" else ingest_lib.DEFAULT_SIZE
     else:

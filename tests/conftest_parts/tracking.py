@@ -28,3 +28,31 @@ def stage_run(tracking_uri):
         return Tracking(tracking_uri, child.run_id)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tracking_uri, tmp_path_factory):
+    """http://127.0.0.1:PORT: MLflow's tracking server over the session store.
+
+    MLflow's own server app (the handlers and JSON `mlflow server` serves) on a loopback port,
+    served from a thread of this process: a `mlflow server` process takes ~30 s to answer on
+    2 cores, this ~7 s once mlflow is imported."""
+    import threading
+
+    from werkzeug.serving import make_server
+
+    with pytest.MonkeyPatch.context() as patch:
+        # What `mlflow server` hands its workers: the store, the artifact root. Set before the
+        # app is imported, which then also installs the server's security middleware.
+        patch.setenv("_MLFLOW_SERVER_FILE_STORE", tracking_uri)
+        patch.setenv("_MLFLOW_SERVER_ARTIFACT_ROOT", str(tmp_path_factory.mktemp("server-artifacts")))
+        from mlflow.server import app
+
+        server = make_server("127.0.0.1", 0, app, threaded=True)
+        thread = threading.Thread(target=server.serve_forever, name="mlflow-server", daemon=True)
+        thread.start()
+        try:
+            yield f"http://127.0.0.1:{server.server_port}"
+        finally:
+            server.shutdown()
+            thread.join(timeout=10)

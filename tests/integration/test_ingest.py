@@ -198,3 +198,11 @@ def test_cli_ingests_synthetic_and_prints_a_summary(tmp_path, capsys):
     with pytest.raises(SystemExit):
         ingest_cli(["ucf101", "--help"])
     assert "h2s ingest ucf101" in capsys.readouterr().out
+
+
+def test_cli_description_is_the_first_line_of_the_ingest_docstring():
+    # ingest_cli keeps its own copy so that `h2s --help` does not import the ingest.
+    from h2s_dist.data import ingest as ingest_lib
+    from h2s_dist.data import ingest_cli as cli_module
+
+    assert cli_module._DESCRIPTION == ingest_lib.__doc__.split("\n\n")[0]  # noqa: SLF001

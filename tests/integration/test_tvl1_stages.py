@@ -21,6 +21,7 @@ from h2s_dist.data.shard_io import iter_samples  # noqa: E402
 from h2s_dist.data.skips import SkipRecorder  # noqa: E402
 from h2s_dist.specs.driver import TVL1FlowsSpec  # noqa: E402
 from h2s_dist.tracking import NullTracker  # noqa: E402
+from h2s_dist.train import scoring  # noqa: E402
 from h2s_dist.train.stages import tvl1_flows  # noqa: E402
 
 pytestmark = pytest.mark.integration
@@ -149,8 +150,8 @@ def test_eval_scores_cover_every_test_video_once_and_match_on_the_fly(computed, 
     _, outputs = computed
     torch.manual_seed(0)
     vgg = build_vgg16("tiny", in_channels=2 * (CLIP_LEN - 1), num_classes=9)
-    parts = [flow_shards.tvl1_eval_scores(vgg, outputs["flows"], 1, "test", rank=r, world_size=2, num_windows=3,
-                                          num_crops=10, crop_size=CROP, batch=16) for r in range(2)]
+    parts = [scoring.tvl1_eval_scores(vgg, outputs["flows"], 1, "test", rank=r, world_size=2, num_windows=3,
+                                      num_crops=10, crop_size=CROP, batch=16) for r in range(2)]
     keys = [k for p in parts for k in p]
     test_keys = manifest.select(manifest.read_manifest(frames_uri), 1, "test").column("key").to_pylist()
     assert sorted(keys) == sorted(test_keys)
@@ -161,8 +162,8 @@ def test_eval_scores_cover_every_test_video_once_and_match_on_the_fly(computed, 
     sample = _read_samples(frames_uri, {key})[key]
     assert label == codec.sample_meta(sample)["label"]
     frames = codec.decode_frames(sample)
-    live = flow_shards.tvl1_video_scores(vgg, frames, num_windows=3, num_crops=10, crop_size=CROP, batch=16,
-                                         params=tvl1.TVL1Params(**FAST_TVL1))
+    live = scoring.tvl1_video_scores(vgg, frames, num_windows=3, num_crops=10, crop_size=CROP, batch=16,
+                                     params=tvl1.TVL1Params(**FAST_TVL1))
     assert live.num_pairs == 12  # windows start at 0, 4, 8 (step (16 - 5 + 1) // 3): pairs 0..11, each once
     assert live.tvl1_s > 0 and live.cnn_s > 0
     torch.testing.assert_close(live.scores, cached, atol=0.05 * float(cached.abs().max()) + 1e-4, rtol=0)

@@ -84,6 +84,20 @@ def test_what_the_networks_refuse_is_an_error_at_validation_naming_the_field(tmp
     assert "stages[3].data.clip_len_frames: a flow stack needs clips of at least 2 frames" in problems_for(tmp_path, flows)
 
 
+def test_weights_handed_between_stages_must_fit_the_network_that_reads_them(tmp_path):
+    # A 7-frame MotionNet cannot load an 11-frame one's conv1 (33 vs 21 input channels).
+    text = BASE.replace('motionnet_weights: "${stages.pretrain.outputs.motionnet}"\n    data: {dataset: "${data.dataset}"}',
+                        'motionnet_weights: "${stages.pretrain.outputs.motionnet}"\n    data: {dataset: "${data.dataset}", clip_len_frames: 7}')
+    message = problems_for(tmp_path, text)
+    assert ("jobs/x.yaml: stages[2].motionnet_weights: pretrain.motionnet holds a network with clip_len_frames 11 "
+            "(stages[1]), but this stage builds one with clip_len_frames 7") in message
+    flavours = BASE.replace("    optim: {name: adam, lr: 0.001}", "    optim: {name: adam, lr: 0.001}\n    motionnet: {flavour: tiny}")
+    assert "stages[2].motionnet_weights: pretrain.motionnet holds a network with motionnet.flavour 'tiny'" in \
+        problems_for(tmp_path, flavours)
+    agreeing = flavours.replace("    motionnet_weights:", "    motionnet: {flavour: tiny}\n    motionnet_weights:")
+    assert cfg.load_job(write(tmp_path, agreeing)).stage("finetune").motionnet.flavour == "tiny"
+
+
 def test_network_limits_agree_with_the_networks():
     import torch
 

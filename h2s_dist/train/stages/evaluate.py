@@ -8,6 +8,9 @@ fused with TV-L1 temporal. Ranks split the videos; rank 0 gathers, scores and lo
 top-1/top-5, per-class accuracy, confusion matrices, and end-to-end frames per second
 (decode to scores, counting 10 frames per 11-frame window for every method alike), and
 writes every video's scores per stream to `scores.npz` (also an MLflow artifact).
+
+The streams, their weights fields, inputs and fusions are the table in
+h2s_dist.train.streams; the averaging is h2s_dist.train.scoring's.
 """
 
 from __future__ import annotations
@@ -15,95 +18,55 @@ from __future__ import annotations
 import io
 import json
 import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
-from h2s_dist import frames as frame_conv
 from h2s_dist import metrics as M
 from h2s_dist.data import storage
+from h2s_dist.data.eval_stream import EvalItem
 from h2s_dist.data.manifest import read_classes
-from h2s_dist.data.shards import eval_loader
-from h2s_dist.models import build_vgg16, fuse_scores
-from h2s_dist.train import dist
+from h2s_dist.models import fuse_scores
 from h2s_dist.specs.evaluate import EvaluateSpec
-from h2s_dist.train.builders import build_stacked, flow_stack_channels
+from h2s_dist.train import dist
+from h2s_dist.train.scoring import RankScores, mean_scores, score_videos, tvl1_video_scores
+from h2s_dist.train.streams import SOURCES, STREAMS, Stream, fusions
 
 
-def _mean_scores(model: torch.nn.Module, inputs: torch.Tensor, spec: EvaluateSpec, device: torch.device, stacked: bool) -> np.ndarray:
-    """Average pre-softmax scores over all inputs of one video, `inputs_per_forward` at a time."""
-    total = None
-    for chunk in inputs.split(spec.inputs_per_forward):
-        x = frame_conv.normalize(chunk.to(device, non_blocking=True))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=spec.bf16):
-            out = model(x)
-        scores = (out.scores if stacked else out).float().sum(0)
-        total = scores if total is None else total + scores
-    return (total / inputs.shape[0]).cpu().numpy()
-
-
-def _load(model: torch.nn.Module, uri: str, device: torch.device) -> torch.nn.Module:
+def _load(stream: Stream, spec: EvaluateSpec, num_classes: int, device: torch.device) -> torch.nn.Module:
     from h2s_dist.weights import load_weights
 
-    load_weights(model, uri)
+    model = stream.build(spec, num_classes)
+    load_weights(model, getattr(spec, stream.weights))
     return model.to(device).eval()
 
 
-def _score_frames(spec: EvaluateSpec, num_classes: int, device: torch.device) -> tuple[dict[str, dict], dict[str, float]]:
-    """{key: {"label", "spatial", "stacked"}} for this rank's videos, and seconds per part."""
-    spatial = stacked = None
-    if spec.spatial_weights:
-        spatial = _load(build_vgg16(spec.vgg_flavour, 3, num_classes), spec.spatial_weights, device)
-    if spec.stacked_weights:
-        stacked = _load(build_stacked(spec.motionnet, spec.clip_len_frames, spec.vgg_flavour, num_classes),
-                        spec.stacked_weights, device)
-    seconds = {"decode": 0.0, "spatial": 0.0, "stacked": 0.0}
-    results: dict[str, dict] = {}
-    if spatial is None and stacked is None:
-        return results, seconds
-    loader = eval_loader(
-        spec.dataset, spec.split, spec.subset, rank=dist.rank(), world_size=dist.world_size(),
-        clip_len_frames=spec.clip_len_frames, crop_size=spec.crop_size, num_windows=spec.num_windows,
-        num_crops=spec.num_crops, num_workers=spec.loader_workers, normalized=False,
-    )
-    items = iter(loader)
-    with torch.no_grad():
-        while True:
-            start = time.perf_counter()
-            item = next(items, None)
-            seconds["decode"] += time.perf_counter() - start
-            if item is None:
-                break
-            entry: dict[str, Any] = {"label": item.label}
-            if spatial is not None:
-                start = time.perf_counter()
-                centre = item.clips[:, item.clips.shape[1] // 2]  # one frame per window and crop
-                entry["spatial"] = _mean_scores(spatial, centre, spec, device, stacked=False)
-                seconds["spatial"] += time.perf_counter() - start
-            if stacked is not None:
-                start = time.perf_counter()
-                entry["stacked"] = _mean_scores(stacked, item.clips, spec, device, stacked=True)
-                seconds["stacked"] += time.perf_counter() - start
-            results[item.key] = entry
-    if loader.skipped:
-        results["__skipped__"] = {"skipped": [s.to_dict() for s in loader.skipped]}
-    return results, seconds
+def score_rank(spec: EvaluateSpec, num_classes: int, device: torch.device) -> RankScores:
+    """This rank's videos scored by every stream the spec turns on, one loader per source.
+    Seconds hold every source's decode part and every stream of the table (0 when off)."""
+    parts = [RankScores(seconds={
+        **dict.fromkeys([s.decode_part for s in SOURCES.values() if s.decode_part], 0.0),
+        **dict.fromkeys(STREAMS, 0.0),
+    })]
+    for source in SOURCES.values():
+        streams = [s for s in STREAMS.values() if s.source == source.name and s.enabled(spec)]
+        if not streams:
+            continue
+        scorers = {s.name: _scorer(s, _load(s, spec, num_classes, device), spec, device) for s in streams}
+        loader = source.open(spec, dist.rank(), dist.world_size())
+        parts.append(score_videos(loader, scorers, decode_part=source.decode_part))
+    return RankScores.merge(parts)
 
 
-def _score_tvl1(spec: EvaluateSpec, num_classes: int, device: torch.device) -> tuple[dict[str, dict], float]:
-    if not (spec.tvl1_weights and spec.tvl1_flows):
-        return {}, 0.0
-    from h2s_dist.data.flow_shards import tvl1_eval_scores
+def _scorer(stream: Stream, model: torch.nn.Module, spec: EvaluateSpec,
+            device: torch.device) -> Callable[[EvalItem], torch.Tensor]:
+    def score(item: EvalItem) -> torch.Tensor:
+        return mean_scores(model, stream.inputs(item.clips), stream.to_input, device=device,
+                           chunk=spec.inputs_per_forward, bf16=spec.bf16)
 
-    vgg = _load(build_vgg16(spec.vgg_flavour, flow_stack_channels(spec.clip_len_frames), num_classes), spec.tvl1_weights, device)
-    start = time.perf_counter()
-    scores = tvl1_eval_scores(
-        vgg, spec.tvl1_flows, spec.split, spec.subset, rank=dist.rank(), world_size=dist.world_size(),
-        num_windows=spec.num_windows, num_crops=spec.num_crops, crop_size=spec.crop_size, device=device,
-        batch=spec.inputs_per_forward,
-    )
-    return {key: {"label": label, "tvl1": s.cpu().numpy()} for key, (label, s) in scores.items()}, time.perf_counter() - start
+    return score
 
 
 def _video_frames(dataset_uri: str, key: str) -> np.ndarray:
@@ -128,50 +91,57 @@ def _video_frames(dataset_uri: str, key: str) -> np.ndarray:
 
 def _time_tvl1_two_stage(spec: EvaluateSpec, keys: list[str], num_classes: int, device: torch.device) -> dict[str, float]:
     """Seconds of decode, TV-L1 and CNN for the two-stage baseline run end to end on `keys`."""
-    from h2s_dist.data.flow_shards import tvl1_video_scores
-
-    vgg = _load(build_vgg16(spec.vgg_flavour, flow_stack_channels(spec.clip_len_frames), num_classes), spec.tvl1_weights, device)
+    vgg = _load(STREAMS["tvl1"], spec, num_classes, device)
     seconds = {"decode": 0.0, "tvl1": 0.0, "cnn": 0.0, "videos": 0.0}
     for key in keys:
         start = time.perf_counter()
         frames = _video_frames(spec.dataset, key)
         seconds["decode"] += time.perf_counter() - start
         timed = tvl1_video_scores(vgg, frames, num_windows=spec.num_windows, num_crops=spec.num_crops,
-                                  crop_size=spec.crop_size, device=device, batch=spec.inputs_per_forward)
+                                  crop_size=spec.crop_size, device=device, batch=spec.inputs_per_forward,
+                                  bf16=spec.bf16)
         seconds["tvl1"] += timed.tvl1_s
         seconds["cnn"] += timed.cnn_s
         seconds["videos"] += 1
     return seconds
 
 
-def _merge(parts: list[dict[str, dict]]) -> dict[str, dict]:
-    merged: dict[str, dict] = {}
-    for part in parts:
-        for key, entry in part.items():
-            merged.setdefault(key, {}).update(entry)
-    return merged
-
-
 def stream_scores(
-    results: dict[str, dict], spec: EvaluateSpec
+    results: RankScores, spec: EvaluateSpec
 ) -> tuple[list[str], np.ndarray, dict[str, np.ndarray]]:
-    """Video keys (sorted), labels (N,) and {stream: scores (N, C)} for the streams every
-    video has, plus fusions (pre-softmax scores; the release rule's are probability sums)."""
-    keys = sorted(k for k in results if not k.startswith("__"))
-    labels = np.array([results[k]["label"] for k in keys], dtype=np.int64)
+    """Video keys (sorted), labels (N,) and {stream: scores (N, C)} for the table's streams
+    every video has, plus their fusions under both rules (pre-softmax scores; the release
+    rule's are probability sums); the headline rule's under the fusion's own name."""
+    keys = sorted(results.videos)
+    labels = np.array([results.videos[k].label for k in keys], dtype=np.int64)
     streams = {}
-    for name in ("spatial", "stacked", "tvl1"):
-        if keys and all(name in results[k] for k in keys):
-            streams[name] = np.stack([results[k][name] for k in keys])
-    fusions = {"hidden_two_stream": "stacked", "two_stream_tvl1": "tvl1"}
-    for fused, temporal in fusions.items():
-        if "spatial" in streams and temporal in streams:
+    for name in STREAMS:
+        if keys and all(name in results.videos[k].scores for k in keys):
+            streams[name] = np.stack([results.videos[k].scores[name] for k in keys])
+    for fused, (first, second) in fusions().items():
+        if first in streams and second in streams:
             for rule in ("release", "weighted_sum"):
                 name = fused if rule == spec.fusion_rule else f"{fused}_{rule}"
                 streams[name] = fuse_scores(
-                    torch.from_numpy(streams["spatial"]), torch.from_numpy(streams[temporal]), spec.fusion_weights, rule
+                    torch.from_numpy(streams[first]), torch.from_numpy(streams[second]), spec.fusion_weights, rule
                 ).numpy()
     return keys, labels, streams
+
+
+def _decode_s(stream: str, seconds: dict[str, float]) -> float:
+    part = SOURCES[STREAMS[stream].source].decode_part
+    return seconds[part] if part else 0.0
+
+
+def protocol_fps(streams: dict[str, np.ndarray], seconds: dict[str, float], frames_scored: int) -> dict[str, float]:
+    """`fps/` metrics of the scored streams: each pays its source's decode in full plus its
+    own seconds; a fusion of two streams of one source pays that decode once. (The TV-L1
+    fusion reads two sources: its fps comes from the two-stage run.)"""
+    timing = {STREAMS[name].fps_metric: _decode_s(name, seconds) + seconds[name] for name in STREAMS if name in streams}
+    for fused, (first, second) in fusions().items():
+        if fused in streams and STREAMS[first].source == STREAMS[second].source:
+            timing[f"fps/{fused}"] = _decode_s(first, seconds) + seconds[first] + seconds[second]
+    return {name: frames_scored / secs for name, secs in timing.items() if secs > 0 and frames_scored}
 
 
 def scores_npz(keys: list[str], labels: np.ndarray, streams: dict[str, np.ndarray], classes: list[str]) -> bytes:
@@ -187,19 +157,16 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
     tracker.log_params(spec.model_dump(mode="json"))
     tracker.set_tags({"h2s.stage_kind": spec.kind})
     classes = read_classes(spec.dataset)
-    frame_results, seconds = _score_frames(spec, len(classes), device)
-    tvl1_results, seconds["tvl1"] = _score_tvl1(spec, len(classes), device)
-    gathered = dist.gather_objects((_merge([frame_results, tvl1_results]), seconds))
+    gathered = dist.gather_objects(score_rank(spec, len(classes), device))
     if not dist.is_main():
         return {}
-    results = _merge([r for r, _ in gathered])
-    skipped = results.pop("__skipped__", {}).get("skipped", [])
-    total_seconds = {part: sum(s[part] for _, s in gathered) for part in seconds}
+    results = RankScores.merge(gathered)
+    total_seconds = results.seconds
     keys, labels, streams = stream_scores(results, spec)
     # Video frames turned into scores: 10 per 11-frame window, however many crops each is seen in.
     frames_per_video = spec.num_windows * (spec.clip_len_frames - 1)
     frames_scored = len(labels) * frames_per_video
-    metrics: dict[str, float] = {"eval/videos": float(len(labels)), "eval/skipped": float(len(skipped))}
+    metrics: dict[str, float] = {"eval/videos": float(len(labels)), "eval/skipped": float(len(results.skipped))}
     per_class: dict[str, list] = {"class": classes}
     for name, scores in streams.items():
         predicted = scores.argmax(1)
@@ -207,24 +174,13 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
         metrics[f"accuracy/{name}/top1"] = M.topk_accuracy(scores, labels, 1)
         metrics[f"accuracy/{name}/top5"] = M.topk_accuracy(scores, labels, 5)
         per_class[name] = [None if np.isnan(v) else float(v) for v in M.per_class_accuracy(matrix)]
-        if name in ("spatial", "stacked", "tvl1"):  # fused streams hold no pre-softmax scores
+        if name in STREAMS:  # fused streams hold no pre-softmax scores
             metrics[f"confidence/{name}"] = M.mean_confidence(scores)
-        if name in ("spatial", "stacked", "tvl1", "hidden_two_stream", "two_stream_tvl1"):
+        if name in STREAMS or name in fusions():  # the headline rule's fusion only
             tracker.log_figure(M.confusion_figure(matrix, classes, f"{name}: confusion"), f"confusion/{name}.png")
-    # Decode is shared by the frame streams; each method is charged for it in full.
-    decode = total_seconds["decode"]
-    timing = {
-        "spatial": decode + total_seconds["spatial"],
-        "stacked": decode + total_seconds["stacked"],
-        "hidden_two_stream": decode + total_seconds["spatial"] + total_seconds["stacked"],
-        "tvl1_cached": total_seconds["tvl1"],
-    }
-    for name, secs in timing.items():
-        if secs > 0 and frames_scored:
-            metrics[f"fps/{name}"] = frames_scored / secs
+    metrics.update(protocol_fps(streams, total_seconds, frames_scored))
     if spec.tvl1_weights and spec.tvl1_timed_videos and len(labels):
-        timed_keys = sorted(k for k in results if not k.startswith("__"))[: spec.tvl1_timed_videos]
-        two_stage = _time_tvl1_two_stage(spec, timed_keys, len(classes), device)
+        two_stage = _time_tvl1_two_stage(spec, keys[: spec.tvl1_timed_videos], len(classes), device)
         per_video_spatial = total_seconds["spatial"] / len(labels)
         temporal_s = two_stage["decode"] + two_stage["tvl1"] + two_stage["cnn"]
         timed_frames = two_stage["videos"] * frames_per_video
@@ -234,7 +190,8 @@ def run(spec: EvaluateSpec, session, tracker, output_uri: str) -> dict[str, Any]
         total_seconds["tvl1_two_stage"] = two_stage
     tracker.log_metrics(metrics, step=0)
     tracker.log_table(per_class, "per_class_accuracy.json")
-    report = {"metrics": metrics, "per_class": per_class, "skipped": skipped, "seconds": total_seconds}
+    report = {"metrics": metrics, "per_class": per_class, "skipped": [s.to_dict() for s in results.skipped],
+              "seconds": total_seconds}
     report_uri = storage.join(output_uri, "evaluation.json")
     storage.write_bytes(report_uri, json.dumps(report, indent=2).encode())
     tracker.log_dict(report, "evaluation.json")

@@ -5,7 +5,8 @@ channels u0, v0, ..., u9, v9 at q - 128, the scale the stacked stream's FlowNorm
 feeds the same VGG16. Output weights `tvl1_temporal`. Defaults are the recipe of the
 stacked stream's VGG16 (SGD 1e-3, biases x2, x0.1 at 5000 and 9500 of 16000 steps,
 effective batch 128), since PAPER.md gives none for the baseline.
-Test-time scoring (evaluate stage) lives in h2s_dist.data.flow_shards: `tvl1_eval_scores`.
+Test-time scoring (evaluate stage) lives in h2s_dist.train.scoring: `tvl1_eval_scores`
+(cached flows), `tvl1_video_scores` (TV-L1 on the fly); the stream is `tvl1` in h2s_dist.train.streams.
 """
 
 from __future__ import annotations

@@ -1,0 +1,9 @@
+"""The ingest's choices and defaults that `h2s ingest --help` shows, in a module that imports
+nothing: building the `h2s` parser reads them without loading numpy, PyAV and pyarrow.
+codec and ingest take their values from here."""
+
+ENCODINGS = ("jpeg", "mp4")
+"""How a clip is stored in a shard sample (h2s_dist.data.codec has the formats)."""
+DEFAULT_ENCODING = "jpeg"
+DEFAULT_SHARD_TARGET_BYTES = 64 * 2**20
+"""Shards are packed to about this many bytes (an estimate: see h2s_dist.data.ingest)."""

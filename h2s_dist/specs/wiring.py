@@ -1,0 +1,93 @@
+"""Weights handed from stage to stage must fit the network that reads them: checked at
+validation, from the specs alone.
+
+A stage that trains a network describes it in its spec (MotionNet flavour and switches,
+frames per clip, VGG16 flavour); a stage that reads those weights through a reference
+(`motionnet_weights: ${pretrain.motionnet}`) describes the network it builds. When the two
+descriptions differ, loading would fail on the workers (a 33-channel conv1 into a
+21-channel one) or, worse, load into a different network. Pure Python: no torch.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from pydantic import BaseModel
+
+# ${stages.NAME.outputs.KEY} or ${NAME.KEY}, the whole value (h2s_dist.config's form).
+_WHOLE_REFERENCE = re.compile(r"^\$\{\s*(?:stages\.([A-Za-z0-9_-]+)\.outputs|([A-Za-z0-9_-]+))\.([^}\s]+)\s*\}$")
+
+Signature = dict[str, Any]
+
+
+def _motionnet(spec) -> dict[str, Any]:
+    m = spec.motionnet
+    return {"motionnet.flavour": m.flavour, "motionnet.small_displacement": m.small_displacement,
+            "motionnet.conv_between_deconv": m.conv_between_deconv}
+
+
+def _clip(length: int) -> dict[str, Any]:
+    return {"clip_len_frames": length}
+
+
+# Stage kind -> {weights output: what the network it wrote looks like}.
+PRODUCED: dict[str, dict[str, Callable[[Any], Signature]]] = {
+    "pretrain_motionnet": {"motionnet": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames)}},
+    "finetune_stacked": {"stacked_temporal": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames),
+                                                        "vgg_flavour": s.vgg_flavour}},
+    "train_spatial": {"spatial": lambda s: {"vgg_flavour": s.vgg_flavour}},
+    "train_temporal_flows": {"tvl1_temporal": lambda s: {"vgg_flavour": s.vgg_flavour,
+                                                         **_clip(s.data.clip_len_frames)}},
+}
+
+# Stage kind -> {field holding a weights URI: what the network reading it looks like}.
+CONSUMED: dict[str, dict[str, Callable[[Any], Signature]]] = {
+    "pretrain_motionnet": {"init_weights": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames)}},
+    "finetune_stacked": {
+        "motionnet_weights": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames)},
+        "vgg_weights": lambda s: {"vgg_flavour": s.vgg_flavour, **_clip(s.data.clip_len_frames)},
+    },
+    "train_spatial": {"init_weights": lambda s: {"vgg_flavour": s.vgg_flavour}},
+    "train_temporal_flows": {"vgg_weights": lambda s: {"vgg_flavour": s.vgg_flavour, **_clip(s.data.clip_len_frames)}},
+    "evaluate": {
+        "stacked_weights": lambda s: {**_motionnet(s), **_clip(s.clip_len_frames), "vgg_flavour": s.vgg_flavour},
+        "spatial_weights": lambda s: {"vgg_flavour": s.vgg_flavour},
+        "tvl1_weights": lambda s: {"vgg_flavour": s.vgg_flavour, **_clip(s.clip_len_frames)},
+    },
+}
+
+
+def produced_signature(spec: BaseModel, output: str) -> Signature | None:
+    """What the network behind `output` of a stage with this spec looks like (None: not known).
+    A tune stage's weights are its trial stage's."""
+    if spec.kind == "tune":
+        return produced_signature(spec.trial, output)
+    describe = PRODUCED.get(spec.kind, {}).get(output)
+    return describe(spec) if describe else None
+
+
+def weights_problems(entries: Sequence[BaseModel]) -> list[tuple[str, str]]:
+    """(field path, message) for each weights reference whose producer trained another network."""
+    index = {e.name: i for i, e in enumerate(entries)}
+    problems = []
+    for i, entry in enumerate(entries):
+        for field, describe in CONSUMED.get(entry.kind, {}).items():
+            match = _WHOLE_REFERENCE.match(getattr(entry, field) or "")
+            if not match or (match[1] or match[2]) not in index:
+                continue
+            producer_name, output = match[1] or match[2], match[3]
+            produced = produced_signature(entries[index[producer_name]], output)
+            if produced is None:
+                continue
+            wanted = describe(entry)
+            for key in sorted(set(wanted) & set(produced)):
+                if wanted[key] != produced[key]:
+                    problems.append((
+                        f"stages[{i}].{field}",
+                        f"{producer_name}.{output} holds a network with {key} {produced[key]!r} "
+                        f"(stages[{index[producer_name]}]), but this stage builds one with {key} {wanted[key]!r}; "
+                        "make them agree",
+                    ))
+    return problems
