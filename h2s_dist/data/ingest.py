@@ -24,6 +24,7 @@ Steps (docs/data.md has the layout and the encoding numbers):
    tar; it rewrites none of them. A different plan at the same URI is refused.
 4. Finish. manifest.parquet (rows of every shard, in shard order), classes.json and
    ingest_report.json are written from the done records.
+Plan, done records, resume and finish are h2s_dist.data.resumable's (tvl1_flows uses them too).
 """
 
 from __future__ import annotations
