@@ -290,7 +290,9 @@ class TrainLoader:
         """The position to save in a checkpoint. The stream restarts there too: the shuffle
         buffers and batches its workers had read ahead are dropped, so that it yields from
         now on exactly what a stream resumed from this position (`train_loader(...,
-        position=)`) yields, and an interrupted run sees the batches of an uninterrupted one."""
+        position=)`) yields, and an interrupted run sees the batches of an uninterrupted one.
+        Costs a refill of the shuffle buffers (and new worker processes) per checkpoint;
+        skips found in the dropped read-ahead are not listed (no batch of theirs was used)."""
         if self._batches is not None:
             self._batches.close()  # ends this epoch's DataLoader (and its worker processes)
             self._batches = None
