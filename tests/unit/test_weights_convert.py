@@ -15,10 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from h2s_dist import cli
 from h2s_dist.frames import normalize
 from h2s_dist.models import build_vgg16
+from h2s_dist.weights import load_weights, save_state_dict
 from h2s_dist.weights_convert import (
     convert_caffe,
+    convert_file,
     convert_torchvision,
     read_caffemodel,
     torchvision_names,
@@ -319,3 +322,37 @@ def test_fc8_converts_as_it_is_or_stays_out():
     model = build_vgg16("tiny", num_classes=101)
     model.load_state_dict(dropped, strict=False)  # a UCF101 network keeps its own fc8
     assert torch.equal(model.state_dict()["features.conv5_3.weight"], dropped["features.conv5_3.weight"])
+
+
+# ----------------------------------------------------------------------------- files and the CLI
+
+
+def test_cli_converts_a_caffemodel_into_weights_our_vgg_loads(tmp_path, capsys):
+    layers = _caffe_layers(seed=10)
+    src, dst = tmp_path / "vgg16.caffemodel", tmp_path / "out" / "vgg16_imagenet.pt"
+    src.write_bytes(_caffemodel(layers))
+    assert cli.main(["weights", "convert", str(src), str(dst), "--from", "caffe", "--flavour", "tiny"]) == 0
+    assert "vgg_rgb_weights" in capsys.readouterr().err
+    model = build_vgg16("tiny", num_classes=CLASSES).eval()
+    assert load_weights(model, dst) == []
+    with torch.no_grad():
+        torch.testing.assert_close(model(normalize(_pixels())), _caffe_forward(layers, _pixels()), rtol=1e-5, atol=1e-4)
+
+
+def test_cli_errors_say_what_is_wrong(tmp_path, capsys):
+    torch_file, caffe_file = tmp_path / "tv.pth", tmp_path / "vgg.caffemodel"
+    save_state_dict(_randomize(TorchvisionVGG16(), seed=11).state_dict(), torch_file)
+    caffe_file.write_bytes(_caffemodel(_caffe_layers(seed=11)))
+    cases = [
+        (torch_file, "caffe", "tiny", "torch file, not a Caffe .caffemodel: use --from torchvision"),
+        (caffe_file, "torchvision", "tiny", "not a torch state-dict file"),
+        (torch_file, "torchvision", "paper", "conv1_1 (features.0) weight: source (8, 3, 3, 3)"),
+    ]
+    for src, source, flavour, message in cases:
+        code = cli.main(["weights", "convert", str(src), str(tmp_path / "x.pt"), "--from", source,
+                         "--flavour", flavour])
+        err = capsys.readouterr().err
+        assert code == 2 and message in err and str(src) in err, err
+    assert not (tmp_path / "x.pt").exists()
+    state = convert_file(torch_file, tmp_path / "ok.pt", "torchvision", flavour="tiny")
+    assert load_weights(build_vgg16("tiny", num_classes=CLASSES), tmp_path / "ok.pt") == [] and state
