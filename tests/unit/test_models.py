@@ -198,11 +198,22 @@ def test_fc6_fc7_init_keeps_the_signal_at_any_width():
 
 def test_cross_modality_conv1_is_channel_mean_replicated():
     w = torch.arange(2 * 3 * 1 * 2, dtype=torch.float32).view(2, 3, 1, 2)
-    out = cross_modality_conv1(w, 20)
+    out = cross_modality_conv1(w, 20, scale=1.0)
     assert out.shape == (2, 20, 1, 2)
     # filter 0: channels [0,1], [2,3], [4,5] -> mean [2, 3]; filter 1: [6..11] -> [8, 9]
     torch.testing.assert_close(out[:, 7], torch.tensor([[[2.0, 3.0]], [[8.0, 9.0]]]))
     assert bool((out == out[:, :1]).all())
+
+
+def test_cross_modality_filters_answer_a_flow_stack_on_the_rgb_scale():
+    # An RGB filter sees (pixel - mean)/255; the same value arriving on every channel of a
+    # flow stack in 0..255 units (x255) gives the same response per input channel.
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3)
+    value = torch.rand(1, 1, 8, 8) - 0.5
+    rgb_response = torch.nn.functional.conv2d(value.expand(-1, 3, -1, -1), w)
+    flow_response = torch.nn.functional.conv2d((value * 255).expand(-1, 20, -1, -1), cross_modality_conv1(w, 20))
+    torch.testing.assert_close(flow_response / 20, rgb_response / 3, rtol=1e-4, atol=1e-5)
 
 
 def test_temporal_from_rgb_loads_into_a_20_channel_vgg_except_mismatched_fc8():
