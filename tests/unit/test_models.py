@@ -224,7 +224,7 @@ def test_temporal_from_rgb_loads_into_a_20_channel_vgg_except_mismatched_fc8():
     assert sorted(result.missing_keys) == ["classifier.fc8.bias", "classifier.fc8.weight"]
     torch.testing.assert_close(
         temporal.features.conv1_1.weight,
-        rgb.features.conv1_1.weight.mean(1, keepdim=True).expand(-1, 20, -1, -1),
+        rgb.features.conv1_1.weight.mean(1, keepdim=True).expand(-1, 20, -1, -1) / 255,
     )
     torch.testing.assert_close(temporal.classifier.fc7.weight, rgb.classifier.fc7.weight)
 
