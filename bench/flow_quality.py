@@ -41,7 +41,8 @@ the unsupervised loss alone (reported as e.g. "tiny-11f, trained N steps"); othe
 MotionNet is an untrained (random-init) network and is reported as "untrained".
 
     .venv/bin/python bench/flow_quality.py --quick                        # ~1-3 min, 2 cores
-    .venv/bin/python bench/flow_quality.py --quick --flow-dev ../shared/data/flow_dev
+    .venv/bin/python bench/flow_quality.py --quick --flow-dev ../shared/data/flow_dev   # ~9 min: TV-L1
+        # takes ~40 s per 512x384 FlyingChairs pair on one (busy) core, 6 of the 9 minutes
     .venv/bin/python bench/flow_quality.py --motionnet out/pretrain/motionnet.pt --flavour paper \
         --num-frames 11 --middlebury /data/middlebury --sintel /data/MPI-Sintel/training
 
