@@ -20,7 +20,9 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 # Cross-entropy label smoothing of a classifier stage (torch's `label_smoothing`): the target
 # puts 1 - x on the true class and x spread evenly over all classes.
 LabelSmoothing = Annotated[float, Field(ge=0, lt=1)]
-Flavour = Literal["paper", "tiny"]
+Flavour = Literal["paper", "tiny"]  # VGG16 widths
+# MotionNet has a third width between the two (h2s_dist.models.motionnet.MotionNetConfig.small).
+MotionNetFlavour = Literal["paper", "small", "tiny"]
 
 
 class Strict(BaseModel):
@@ -142,16 +144,17 @@ class LoopSpec(Strict):
 
 
 class MotionNetSpec(Strict):
-    flavour: Flavour = "paper"
-    """`paper` = Table 1 widths; `tiny` = same topology, narrow (tests, CPU quickstart)."""
+    flavour: MotionNetFlavour = "paper"
+    """`paper` = Table 1 widths (42.3M parameters); `small` = same topology, widths 32 ... 192
+    (2.6M; sized for ~30 CPU minutes of pretraining); `tiny` = narrow (0.5M; tests, CPU quickstart)."""
     small_displacement: bool = True
     """Table 3 ablation switch: 3x3 stride-1 first layers for small motions."""
     conv_between_deconv: bool = True
     """Table 3 ablation switch: a 3x3 conv after each concat in the decoder."""
     flow_head_init_std: Annotated[float, Field(ge=0)] | Literal["msra"] | None = None
     """Std of the predict_flow heads' normal init, or `msra` (as every other layer, the
-    release); null = the flavour's own (paper: msra; tiny: 0.001, which starts at about zero
-    flow). Only a fresh network uses it."""
+    release); null = the flavour's own (paper: msra; small and tiny: 0.001, which starts at
+    about zero flow). Only a fresh network uses it."""
 
 
 class UnsupLossSpec(Strict):

@@ -100,6 +100,19 @@ def test_tiny_motionnet_shapes_hold_for_every_switch(overrides):
     ]
 
 
+def test_small_motionnet_outputs_every_level_and_sits_between_tiny_and_paper_in_size():
+    torch.manual_seed(0)
+    net = build_motionnet("small")
+    with torch.no_grad():
+        flows = net(torch.randn(1, 11, 3, 64, 96) * 0.2)
+    assert [tuple(f.shape) for f in flows] == [(1, 20, 64 // s, 96 // s) for s in (32, 16, 8, 4, 2)]
+    with torch.device("meta"):
+        sizes = {f: _num_params(build_motionnet(f)) for f in ("tiny", "small", "paper")}
+    assert sizes["tiny"] < sizes["small"] < sizes["paper"] / 10, sizes
+    assert flows[-1].abs().max().item() * RAW_FLOW_SCALE < 0.5  # starts near zero flow, as tiny
+    assert build_motionnet("small", num_frames=2).config.flow_channels == 2
+
+
 def test_motionnet_init_is_msra_with_zero_bias():
     torch.manual_seed(0)
     net = build_motionnet("paper")
