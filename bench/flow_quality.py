@@ -76,7 +76,6 @@ from h2s_dist.data.flow_sets import (  # noqa: E402,F401  (FlowPair and the read
     synthetic_pairs,
 )
 
-SIZE_MULTIPLE = 32
 METHODS = ("motionnet", "tvl1", "farneback", "zero")
 FlowMethod = Callable[["FlowPair"], np.ndarray]  # a pair -> its flow (H, W, 2), px
 
@@ -108,25 +107,6 @@ def farneback_method(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
     return cv2.calcOpticalFlowFarneback(to_gray(frame1), to_gray(frame2), None, 0.5, 3, 15, 3, 5, 1.2, 0)
 
 
-def pad_to_multiple(frames: np.ndarray, multiple: int = SIZE_MULTIPLE) -> np.ndarray:
-    """(..., H, W, C) -> edge-padded at the bottom and right to multiples of `multiple`."""
-    h, w = frames.shape[-3:-1]
-    pad_h, pad_w = -h % multiple, -w % multiple
-    widths = [(0, 0)] * (frames.ndim - 3) + [(0, pad_h), (0, pad_w), (0, 0)]
-    return np.pad(frames, widths, mode="edge") if pad_h or pad_w else frames
-
-
-def motionnet_window(pair: FlowPair, num_frames: int) -> tuple[np.ndarray, int]:
-    """(T frames for a T-frame MotionNet, index of the pair's flow among its T-1 flows):
-    the real frames around the pair when `pair.window` has enough, else the pair padded by
-    repeating frame2 (flow 0 scored)."""
-    window = pair.window
-    if window is not None and len(window) >= num_frames:
-        start = min(max(pair.window_index - (num_frames - 1) // 2, 0), len(window) - num_frames)
-        return window[start:start + num_frames], pair.window_index - start
-    return np.stack([pair.frame1] + [pair.frame2] * (num_frames - 1)), 0
-
-
 def motionnet_input(pairs: list[FlowPair], num_frames: int) -> str:
     """What a `num_frames` MotionNet sees for `pairs`, in words (printed and kept in the JSON)."""
     if num_frames == 2:
@@ -139,26 +119,11 @@ def motionnet_input(pairs: list[FlowPair], num_frames: int) -> str:
 
 
 def motionnet_method(model) -> FlowMethod:
-    """A FlowMethod running `model` (a MotionNet) on a pair, see the module docstring."""
-    import torch
+    """A FlowMethod running `model` (a MotionNet) on a pair (h2s_dist.train.flow_eval)."""
+    from h2s_dist.train.flow_eval import motionnet_flow
 
-    from h2s_dist.frames import normalize
-    from h2s_dist.models import full_resolution_flow
-
-    num_frames = model.config.num_frames
     model.eval()
-
-    def method(pair: FlowPair) -> np.ndarray:
-        h, w = pair.frame1.shape[:2]
-        frames, index = motionnet_window(pair, num_frames)
-        padded = pad_to_multiple(frames)
-        x = normalize(torch.from_numpy(np.ascontiguousarray(padded)).permute(0, 3, 1, 2))[None]
-        with torch.inference_mode():
-            flow2 = model(x)[-1]
-        flow = full_resolution_flow(flow2, padded.shape[1:3])[0, index]  # (2, Hp, Wp)
-        return flow[:, :h, :w].permute(1, 2, 0).numpy().astype(np.float32)
-
-    return method
+    return lambda pair: motionnet_flow(model, pair)
 
 
 def train_quick_motionnet(steps: int, num_frames: int = 11, flavour: str = "tiny", size: int = 64, batch: int = 4,

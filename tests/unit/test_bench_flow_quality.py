@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from bench import flow_quality as fq
+from h2s_dist.train import flow_eval
 
 SHIFT = (2.0, -1.0)  # (u right, v down) px: frame2(x + SHIFT) = frame1(x)
 H, W = 20, 24
@@ -69,7 +70,7 @@ def test_padding_reaches_the_multiple_of_32_and_motionnet_flow_is_cropped_back()
 
     from h2s_dist.models import build_motionnet
 
-    assert fq.pad_to_multiple(np.zeros((2, 33, 64, 3))).shape == (2, 64, 64, 3)
+    assert flow_eval.pad_to_multiple(np.zeros((2, 33, 64, 3))).shape == (2, 64, 64, 3)
     torch.manual_seed(0)
     method = fq.motionnet_method(build_motionnet("tiny", num_frames=3))
     frame1, frame2 = _pair(0)
@@ -80,9 +81,9 @@ def test_padding_reaches_the_multiple_of_32_and_motionnet_flow_is_cropped_back()
 def test_motionnet_sees_the_real_window_around_a_pair_and_pads_a_bare_pair():
     video = np.arange(11)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # frame k is all k
     pair = fq.FlowPair("v", video[5], video[6], np.zeros((2, 2, 2), np.float32), window=video, window_index=5)
-    frames, index = fq.motionnet_window(pair, 3)
+    frames, index = flow_eval.motionnet_window(pair, 3)
     assert frames[:, 0, 0, 0].tolist() == [4, 5, 6] and index == 1
-    frames, index = fq.motionnet_window(fq.FlowPair("v", video[0], video[1], pair.flow, window=video), 3)
+    frames, index = flow_eval.motionnet_window(fq.FlowPair("v", video[0], video[1], pair.flow, window=video), 3)
     assert frames[:, 0, 0, 0].tolist() == [0, 1, 2] and index == 0  # no frame before the first
-    frames, index = fq.motionnet_window(fq.FlowPair("p", video[5], video[6], pair.flow), 4)
+    frames, index = flow_eval.motionnet_window(fq.FlowPair("p", video[5], video[6], pair.flow), 4)
     assert frames[:, 0, 0, 0].tolist() == [5, 6, 6, 6] and index == 0
