@@ -155,18 +155,32 @@ class MotionNetSpec(Strict):
 
 
 class UnsupLossSpec(Strict):
+    """MotionNet's unsupervised loss (h2s_dist.losses has the formulas). Defaults are the
+    paper's terms with the Caffe release's balance between them."""
+
     smoothness_weight: float = Field(1.0, ge=0)
-    """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta)."""
+    """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta).
+    0 switches the term off."""
     ssim_weight_scale: float = Field(1.0, ge=0)
-    """Multiplier of the per-level SSIM weights (0.16 ... 0.01); 0.1 in fine-tuning."""
+    """Multiplier of the per-level SSIM weights (0.16 ... 0.01; x0.1 again in fine-tuning).
+    0 switches the term off."""
     pixel_weight: float = Field(1.0, ge=0)
-    """Weight of the photometric (Charbonnier) term at every level."""
+    """Weight of the photometric term at every level."""
     pixel_alpha: PositiveFloat = 0.4
     """Charbonnier exponent of the photometric term."""
     smoothness_alpha: PositiveFloat = 0.3
     """Charbonnier exponent of the smoothness term."""
     use_lrn: bool = False
     """Local response normalisation of the loss images, as in the Caffe release."""
+    normalisation: Literal["release", "mean"] = "release"
+    """`release`: each term normalised as the Caffe release's layers do (photometric and
+    smoothness means / N, SSIM a per-sample sum over 3(T-1) channels and every window), which
+    makes SSIM a large share of the loss. `mean`: plain means weighted by the equivalent
+    per-term weights (pixel 1, smoothness 4/3, SSIM ladder x 3(T-1) x windows x N): the same
+    balance, N times the value."""
+    reference_batch_size: PositiveInt | None = None
+    """N in the normalisation: the batch whose release loss ours equals, whatever our batch.
+    Null = the release's batch for the stage (16 in pretraining, 8 in fine-tuning)."""
 
 
 class SpecProblems(ValueError):

@@ -1,5 +1,10 @@
-"""Oracle tests of the unsupervised losses in h2s_dist.losses on tiny synthetic clips."""
+"""Oracle tests of the unsupervised losses in h2s_dist.losses on tiny synthetic clips.
 
+The release's normalisation is checked against its layers written out by hand
+(`release_loss_by_hand`): explicit masks, sums, window counts and the division by N.
+"""
+
+import dataclasses
 import math
 
 import pytest
@@ -10,13 +15,15 @@ from h2s_dist.losses import (
     UnsupervisedLossConfig,
     charbonnier,
     local_response_norm,
+    num_ssim_windows,
     reconstruction_images,
     smoothness_loss,
     ssim_loss,
     ssim_map,
+    term_weights,
     unsupervised_flow_loss,
 )
-from h2s_dist.warp import RAW_FLOW_SCALE
+from h2s_dist.warp import RAW_FLOW_SCALE, backward_warp
 
 LEVEL_STRIDES = (32, 16, 8, 4, 2)
 
@@ -159,9 +166,13 @@ def test_terms_have_the_expected_keys_and_sum_to_the_total():
     assert set(terms) == expected
     assert all(v.dim() == 0 and not v.requires_grad for v in terms.values())
     torch.testing.assert_close(terms["pixel"] + terms["smooth"] + terms["ssim"], total.detach())
-    ssim_weights = (0.16, 0.08, 0.04, 0.02, 0.01)
-    weighted = sum(w * terms[f"ssim/{n}"] for w, n in zip(ssim_weights, levels))
+    # Release form: SSIM level k weighs w_k x C x W_k times its mean, C = 3 x 2 pairs,
+    # W_k = windows of the 2, 4, 8, 16, 32 px levels of a 64 px clip: 1, 1, 1, 2x2, 4x4.
+    ssim_weights, windows = (0.16, 0.08, 0.04, 0.02, 0.01), (1, 1, 1, 4, 16)
+    weighted = sum(w * 6 * n * terms[f"ssim/{name}"] for w, n, name in zip(ssim_weights, windows, levels))
     torch.testing.assert_close(terms["ssim"], weighted)
+    torch.testing.assert_close(terms["pixel"], sum(terms[f"pixel/{n}"] for n in levels) / 16)
+    torch.testing.assert_close(terms["smooth"], sum(terms[f"smooth/{n}"] for n in levels) * 4 / 3 / 16)
 
 
 def test_gradient_reaches_the_flows_but_not_the_frames():
@@ -173,13 +184,14 @@ def test_gradient_reaches_the_flows_but_not_the_frames():
     assert all(f.grad is not None and f.grad.abs().sum() > 0 for f in flows)
 
 
-def test_finetuning_makes_the_ssim_weights_ten_times_smaller():
+def test_finetuning_makes_the_ssim_weights_ten_times_smaller_at_the_releases_batch_of_8():
     clip = translating_clip()
     flows = constant_raw_flows(2, 3, 64, 0.0, 0.0)
     _, pre = unsupervised_flow_loss(clip, flows, UnsupervisedLossConfig.pretraining())
     _, fine = unsupervised_flow_loss(clip, flows, UnsupervisedLossConfig.finetuning())
-    torch.testing.assert_close(fine["ssim"], 0.1 * pre["ssim"])
-    torch.testing.assert_close(fine["pixel"], pre["pixel"])
+    torch.testing.assert_close(fine["ssim"], 0.1 * pre["ssim"])  # a per-sample sum: no N in it
+    torch.testing.assert_close(fine["pixel"], 2 * pre["pixel"])  # mean / 8 instead of mean / 16
+    torch.testing.assert_close(fine["smooth"], 2 * pre["smooth"])
     assert UnsupervisedLossConfig.finetuning().ssim_weight_scale == 0.1
 
 
@@ -236,3 +248,186 @@ def test_a_32_pixel_clip_with_a_one_pixel_coarsest_level_gives_a_finite_loss():
     total.backward()
     assert torch.isfinite(total) and all(torch.isfinite(v) for v in terms.values())
     assert all(torch.isfinite(f.grad).all() for f in flows)
+
+
+# --- The release's normalisation, by hand ----------------------------------------
+
+TWO_LEVELS = dict(pixel_level_weights=(1.0, 1.0), smoothness_level_weights=(1.0, 1.0), ssim_level_weights=(0.02, 0.01))
+
+
+def release_loss_by_hand(frames01: torch.Tensor, raw_levels: list[torch.Tensor], n: int,
+                         ssim_weights: tuple[float, ...]) -> torch.Tensor:
+    """The release's loss layers on a batch of exactly n samples, written out.
+
+    Per level: frames shrunk by average pooling, flow i warps frame i+1 onto frame i; the
+    mask blob has all C = 3(T-1) channels and a 10% border;
+      photometric  sum(mask * rho) / (n * sum(mask)), rho = ((255 d)^2 + eps^2)^0.4;
+      smoothness   U and V as two layers: blob = [dx of each flow, dy of each flow]
+                   (2(T-1) channels, last column / row zeroed by the flow border mask),
+                   sum(flow_border * mask * rho) / (n * sum(mask)), rho = (d^2 + eps^2)^0.3;
+      SSIM         sum over batch, C channels and windows of (1 - SSIM), / n.
+    (The release also masks the smoothness blob with the 30-channel mask's first channels:
+    all one spatial mask, so only the count in the denominator differs from the blob's.)
+    """
+    b, t, _, size, _ = frames01.shape
+    assert b == n
+    c = 3 * (t - 1)
+    total = torch.zeros(())
+    for raw, w_ssim in zip(raw_levels, ssim_weights):
+        h = raw.shape[-1]
+        stride = size // h
+        level = F.avg_pool2d(frames01.flatten(0, 1), stride).view(b, t, 3, h, h)
+        flow = (raw * RAW_FLOW_SCALE / stride).view(b, t - 1, 2, h, h)
+        target = level[:, :-1]
+        warped = torch.stack([backward_warp(level[:, i + 1], flow[:, i]) for i in range(t - 1)], 1)
+        border = int(0.1 * h + 0.5)
+        mask = torch.zeros(b, c, h, h)
+        mask[..., border : h - border, border : h - border] = 1
+        rho = ((255 * (target - warped)).reshape(b, c, h, h) ** 2 + 1e-6) ** 0.4
+        pixel = (mask * rho).sum() / (n * mask.sum())
+        smooth = torch.zeros(())
+        for component in (0, 1):
+            f = flow[:, :, component]
+            dx, dy = torch.zeros_like(f), torch.zeros_like(f)
+            dx[..., :, :-1] = f[..., :, 1:] - f[..., :, :-1]
+            dy[..., :-1, :] = f[..., 1:, :] - f[..., :-1, :]
+            flow_border = torch.ones(b, 2 * (t - 1), h, h)
+            flow_border[:, : t - 1, :, -1] = 0
+            flow_border[:, t - 1 :, -1, :] = 0
+            rho_s = (torch.cat([dx, dy], 1) ** 2 + 1e-6) ** 0.3
+            smooth = smooth + (flow_border * mask[:, : 2 * (t - 1)] * rho_s).sum() / (n * mask.sum())
+        ssim = (1 - ssim_map(warped.reshape(b, c, h, h), target.reshape(b, c, h, h))).sum() / n
+        total = total + pixel + smooth + w_ssim * ssim
+    return total
+
+
+def random_raw_flows(batch: int, frames: int, sizes: tuple[int, ...], scale: float = 0.05, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    return [scale * torch.randn(batch, 2 * (frames - 1), s, s, generator=g) for s in sizes]
+
+
+def test_release_form_at_a_batch_of_n_is_the_release_layers_by_hand():
+    # Levels of 8 and 16 px (borders 1 and 2 px, 1 and 4 SSIM windows), 3 frames, N = B = 2.
+    clip = translating_clip(batch=2, frames=3, size=32, shift=(1, 1))
+    flows = random_raw_flows(2, 3, (8, 16))
+    config = UnsupervisedLossConfig(reference_batch_size=2, **TWO_LEVELS)
+    total, _ = unsupervised_flow_loss(clip, flows, config)
+    torch.testing.assert_close(total, release_loss_by_hand(clip, flows, 2, (0.02, 0.01)))
+
+
+def test_release_form_equals_the_release_on_16_samples_whatever_our_batch():
+    # N is the release's batch (16), not ours: 2 samples score what the release computes
+    # for these 2 repeated to 16, and so do the same samples repeated to 4.
+    clip = translating_clip(batch=2, frames=3, size=32, shift=(1, 1))
+    flows = random_raw_flows(2, 3, (8, 16))
+    config = UnsupervisedLossConfig(**TWO_LEVELS)
+    assert config.reference_batch_size == 16
+    total, _ = unsupervised_flow_loss(clip, flows, config)
+    by_hand = release_loss_by_hand(clip.repeat(8, 1, 1, 1, 1), [f.repeat(8, 1, 1, 1) for f in flows], 16, (0.02, 0.01))
+    torch.testing.assert_close(total, by_hand)
+    total4, _ = unsupervised_flow_loss(clip.repeat(2, 1, 1, 1, 1), [f.repeat(2, 1, 1, 1) for f in flows], config)
+    torch.testing.assert_close(total4, total)
+
+
+def test_ssim_windows_per_level_of_a_224_crop():
+    assert [num_ssim_windows(s, s) for s in (7, 14, 28, 56, 112)] == [1, 4, 16, 49, 196]
+    assert [num_ssim_windows(s, s) for s in (2, 4, 8, 16, 32)] == [1, 1, 1, 4, 16]
+    assert num_ssim_windows(20, 9) == 3 * 2  # cut windows count
+
+
+def test_mean_form_weights_are_the_papers_mean_equivalents_at_224():
+    config = UnsupervisedLossConfig(normalisation="mean")
+    weights = [term_weights(config, k, 30, num_ssim_windows(s, s)) for k, s in enumerate((7, 14, 28, 56, 112))]
+    for got, want in zip([w["ssim"] for w in weights], (76.8, 153.6, 307.2, 470.4, 940.8)):
+        assert got == pytest.approx(want)
+    assert all(w["pixel"] == 1.0 and w["smooth"] == pytest.approx(4 / 3) for w in weights)
+
+
+def test_mean_form_is_n_times_the_release_form_term_by_term():
+    clip = translating_clip(shift=(2, 1))
+    flows = constant_raw_flows(2, 3, 64, 0.7, 0.2)
+    release_total, release = unsupervised_flow_loss(clip, flows)
+    mean_total, mean = unsupervised_flow_loss(clip, flows, UnsupervisedLossConfig(normalisation="mean"))
+    torch.testing.assert_close(mean_total, 16 * release_total)
+    for key in ("pixel", "smooth", "ssim"):
+        torch.testing.assert_close(mean[key], 16 * release[key])
+        torch.testing.assert_close(mean[f"{key}/flow2"], release[f"{key}/flow2"])  # plain means either way
+
+
+def test_finetuning_balance_against_the_action_loss_is_the_releases():
+    # The release at batch 8, 224 crops, 11 frames, added to the mean cross-entropy:
+    # photometric 1/8, smoothness 1/6, SSIM 0.48 / 0.96 / 1.92 / 2.94 / 5.88.
+    config = UnsupervisedLossConfig.finetuning()
+    weights = [term_weights(config, k, 30, num_ssim_windows(s, s)) for k, s in enumerate((7, 14, 28, 56, 112))]
+    for got, want in zip([w["ssim"] for w in weights], (0.48, 0.96, 1.92, 2.94, 5.88)):
+        assert got == pytest.approx(want)
+    assert all(w["pixel"] == pytest.approx(1 / 8) and w["smooth"] == pytest.approx(1 / 6) for w in weights)
+
+
+def test_specs_build_the_releases_pretraining_and_finetuning_configs():
+    from h2s_dist.specs.common import UnsupLossSpec
+    from h2s_dist.specs.training import FinetuneSpec
+    from h2s_dist.train.builders import unsup_loss_config
+
+    assert unsup_loss_config(UnsupLossSpec(), finetuning=False) == UnsupervisedLossConfig.pretraining()
+    assert unsup_loss_config(UnsupLossSpec(), finetuning=True) == UnsupervisedLossConfig.finetuning()
+    assert FinetuneSpec().unsup_weight == 1.0  # the release adds the losses as they are
+    custom = unsup_loss_config(UnsupLossSpec(normalisation="mean", reference_batch_size=4, ssim_weight_scale=2.0),
+                               finetuning=True)
+    assert (custom.normalisation, custom.reference_batch_size) == ("mean", 4)
+    assert custom.ssim_weight_scale == pytest.approx(0.2)
+
+
+def test_smoothness_is_border_masked():
+    # An 8 px level with its 1 px border masked: differences belong to their left / upper
+    # pixel, so the kept ones are those of pixels 1..6, and they read pixels 1..7.
+    flow = torch.rand(1, 2, 8, 8, generator=torch.Generator().manual_seed(0))
+    mask = torch.zeros(8, 8)
+    mask[1:7, 1:7] = 1
+    kept_x = charbonnier(flow[..., :, 1:] - flow[..., :, :-1], 0.3, 1.0)[..., 1:7, 1:7]
+    kept_y = charbonnier(flow[..., 1:, :] - flow[..., :-1, :], 0.3, 1.0)[..., 1:7, 1:7]
+    expected = (kept_x.sum() + kept_y.sum()) / (kept_x.numel() + kept_y.numel())
+    torch.testing.assert_close(smoothness_loss(flow, 0.3, mask=mask), expected)
+    # No kept difference reads row 0 or column 0: wild values there change nothing.
+    wild = flow.clone()
+    wild[..., 0, :], wild[..., :, 0] = 5.0, -3.0
+    torch.testing.assert_close(smoothness_loss(wild, 0.3, mask=mask), smoothness_loss(flow, 0.3, mask=mask))
+    assert smoothness_loss(wild, 0.3) > smoothness_loss(flow, 0.3)
+    # In the loss: a flow that is wild only on the border of every level is at the floor.
+    clip = translating_clip()
+    flows = constant_raw_flows(2, 3, 64, 1.0, 0.0)
+    for raw in flows[2:]:  # 8, 16, 32 px levels: borders 1, 2, 3
+        raw[..., 0, :], raw[..., :, 0] = 0.7, -0.4
+    _, terms = unsupervised_flow_loss(clip, flows)
+    for name in ("flow4", "flow3", "flow2"):
+        torch.testing.assert_close(terms[f"smooth/{name}"], torch.tensor(1e-3**0.6))
+
+
+def test_ssim_is_the_larger_share_at_zero_flow_on_a_moving_224_texture():
+    # The release's balance: SSIM about 2.8x the photometric term (11 frames, 1 px/frame);
+    # a plain mean of every term with the nominal weights makes it ~1e-4 of the loss.
+    clip = translating_clip(batch=1, frames=11, size=224, shift=(1, 0))
+    flows = [torch.zeros(1, 20, 224 // s, 224 // s) for s in LEVEL_STRIDES]
+    total, terms = unsupervised_flow_loss(clip, flows)
+    ratio = float(terms["ssim"] / terms["pixel"])
+    assert 2.5 < ratio < 3.2, ratio
+    assert float(terms["ssim"] / total) > 0.7
+    levels = ("flow6", "flow5", "flow4", "flow3", "flow2")
+    nominal = {"pixel": sum(terms[f"pixel/{n}"] for n in levels),
+               "smooth": sum(terms[f"smooth/{n}"] for n in levels),
+               "ssim": sum(w * terms[f"ssim/{n}"] for w, n in zip((0.16, 0.08, 0.04, 0.02, 0.01), levels))}
+    assert float(nominal["ssim"] / sum(nominal.values())) < 5e-4
+
+
+def test_loss_under_bf16_autocast_matches_fp32():
+    clip = translating_clip(shift=(2, 1))
+    flows = [f.to(torch.bfloat16) for f in random_raw_flows(2, 3, (2, 4, 8, 16, 32), scale=0.1)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        total_bf16, terms_bf16 = unsupervised_flow_loss(clip, flows)
+        ssim_in_bf16 = ssim_loss(clip[:, 0], clip[:, 1])  # what the guard prevents
+    total, terms = unsupervised_flow_loss(clip, [f.float() for f in flows])
+    assert total_bf16.dtype == torch.float32 and terms_bf16["ssim"].dtype == torch.float32
+    torch.testing.assert_close(total_bf16, total, rtol=1e-5, atol=0)
+    torch.testing.assert_close(terms_bf16["ssim"], terms["ssim"], rtol=1e-5, atol=0)
+    assert abs(float(ssim_in_bf16) - float(ssim_loss(clip[:, 0], clip[:, 1]))) > 1e-3
+

@@ -37,7 +37,7 @@ class PretrainTask(StreamTask):
     def loss(self, model, batch, device):
         clips = batch[0].to(device, non_blocking=True)
         flows = model(clips)
-        total, terms = unsupervised_flow_loss(frame_conv.denormalize(clips), [f.float() for f in flows], self.loss_config)
+        total, terms = unsupervised_flow_loss(frame_conv.denormalize(clips), flows, self.loss_config)
         logged = {f"loss/{name}": float(value) for name, value in terms.items()}
         logged["loss/total"] = float(total.detach())
         return total, logged
