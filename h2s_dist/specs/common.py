@@ -156,7 +156,8 @@ class MotionNetSpec(Strict):
 
 class UnsupLossSpec(Strict):
     """MotionNet's unsupervised loss (h2s_dist.losses has the formulas). Defaults are the
-    paper's terms with the Caffe release's balance between them."""
+    paper's terms with the Caffe release's balance between them; `photometric`
+    switches on a term from later unsupervised-flow work."""
 
     smoothness_weight: float = Field(1.0, ge=0)
     """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta).
@@ -167,7 +168,7 @@ class UnsupLossSpec(Strict):
     pixel_weight: float = Field(1.0, ge=0)
     """Weight of the photometric term at every level."""
     pixel_alpha: PositiveFloat = 0.4
-    """Charbonnier exponent of the photometric term."""
+    """Charbonnier exponent of the photometric term (photometric `charbonnier`)."""
     smoothness_alpha: PositiveFloat = 0.3
     """Charbonnier exponent of the smoothness term."""
     use_lrn: bool = False
@@ -181,6 +182,9 @@ class UnsupLossSpec(Strict):
     reference_batch_size: PositiveInt | None = None
     """N in the normalisation: the batch whose release loss ours equals, whatever our batch.
     Null = the release's batch for the stage (16 in pretraining, 8 in fine-tuning)."""
+    photometric: Literal["charbonnier", "census"] = "charbonnier"
+    """`charbonnier` of RGB differences (the paper) or `census`: UFlow's soft 7x7 census
+    distance on grayscale with (|d| + 0.01)^0.4: blind to a brightness offset, nearly to a gain."""
 
 
 class SpecProblems(ValueError):

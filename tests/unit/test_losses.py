@@ -13,10 +13,13 @@ import torch.nn.functional as F
 
 from h2s_dist.losses import (
     UnsupervisedLossConfig,
+    census_distance,
+    census_transform,
     charbonnier,
     local_response_norm,
     num_ssim_windows,
     reconstruction_images,
+    robust_penalty,
     smoothness_loss,
     ssim_loss,
     ssim_map,
@@ -372,9 +375,10 @@ def test_specs_build_the_releases_pretraining_and_finetuning_configs():
     assert unsup_loss_config(UnsupLossSpec(), finetuning=False) == UnsupervisedLossConfig.pretraining()
     assert unsup_loss_config(UnsupLossSpec(), finetuning=True) == UnsupervisedLossConfig.finetuning()
     assert FinetuneSpec().unsup_weight == 1.0  # the release adds the losses as they are
-    custom = unsup_loss_config(UnsupLossSpec(normalisation="mean", reference_batch_size=4, ssim_weight_scale=2.0),
-                               finetuning=True)
-    assert (custom.normalisation, custom.reference_batch_size) == ("mean", 4)
+    custom = unsup_loss_config(
+        UnsupLossSpec(normalisation="mean", reference_batch_size=4, photometric="census", ssim_weight_scale=2.0),
+        finetuning=True)
+    assert (custom.normalisation, custom.reference_batch_size, custom.photometric) == ("mean", 4, "census")
     assert custom.ssim_weight_scale == pytest.approx(0.2)
 
 
@@ -430,4 +434,53 @@ def test_loss_under_bf16_autocast_matches_fp32():
     torch.testing.assert_close(total_bf16, total, rtol=1e-5, atol=0)
     torch.testing.assert_close(terms_bf16["ssim"], terms["ssim"], rtol=1e-5, atol=0)
     assert abs(float(ssim_in_bf16) - float(ssim_loss(clip[:, 0], clip[:, 1]))) > 1e-3
+
+
+# --- Census photometric term -----------------------------------------------------
+
+
+def test_census_transform_of_a_3x3_patch_by_hand():
+    gray = torch.tensor([[10.0, 20.0, 30.0], [40.0, 50.0, 60.0], [70.0, 80.0, 90.0]]) / 255.0
+    image = gray.expand(1, 3, 3, 3)  # equal RGB: luma = the value (weights sum to 0.9999)
+    out = census_transform(image, patch_size=3)[0, :, 1, 1]  # the centre's 9 neighbours
+    d = (gray.flatten() - gray[1, 1]) * 255.0 * 0.9999
+    torch.testing.assert_close(out, d / torch.sqrt(0.81 + d**2), rtol=1e-5, atol=1e-6)
+    assert out[4] == 0  # the centre against itself
+
+
+def test_census_distance_of_an_image_to_itself_is_zero():
+    image = smooth_texture(2, 12, 12)
+    assert census_distance(image, image.clone()).abs().max() == 0
+    torch.testing.assert_close(robust_penalty(census_distance(image, image)), torch.full((2, 1, 12, 12), 0.01**0.4))
+
+
+def test_census_ignores_a_brightness_offset_and_nearly_a_gain_where_charbonnier_does_not():
+    image = smooth_texture(2, 24, 24)
+    shifted = torch.roll(image, 1, dims=-1)  # a one-pixel misalignment, for scale
+
+    def both(other):
+        return census_distance(image, other).mean(), charbonnier(image - other, 0.4, 255.0).mean()
+
+    census_shift, charb_shift = both(shifted)
+    census_offset, charb_offset = both(image + 0.1)
+    census_gain, charb_gain = both(1.5 * image)
+    assert census_offset < 1e-6 and charb_offset > charb_shift
+    # The soft census d / sqrt(0.81 + d^2) is only nearly scale-free (exactly for |d| >> 1).
+    assert census_gain < 0.15 * census_shift and charb_gain > charb_shift
+
+
+def test_census_true_flow_of_a_translation_scores_lower_than_zero_flow():
+    clip = translating_clip(shift=(2, 1))
+    config = UnsupervisedLossConfig(photometric="census")
+    true_total, true_terms = unsupervised_flow_loss(clip, constant_raw_flows(2, 3, 64, 2.0, 1.0), config)
+    zero_total, zero_terms = unsupervised_flow_loss(clip, constant_raw_flows(2, 3, 64, 0.0, 0.0), config)
+    assert true_total < zero_total
+    for key in ("pixel", "pixel/flow2", "pixel/flow3", "pixel/flow4"):
+        assert true_terms[key] < zero_terms[key], key
+    # A 2 px shift is exactly 1 px at flow2: a match up to the census patches that reach
+    # the column the warp pulls in from outside.
+    clip = translating_clip(shift=(2, 0))
+    _, exact = unsupervised_flow_loss(clip, constant_raw_flows(2, 3, 64, 2.0, 0.0), config)
+    _, zero = unsupervised_flow_loss(clip, constant_raw_flows(2, 3, 64, 0.0, 0.0), config)
+    assert exact["pixel/flow2"] < 0.15 * zero["pixel/flow2"]
 
