@@ -51,7 +51,10 @@ Beyond the paper, each off by default (UnsupLossSpec names the same options); ea
 replaces a plain mean above and is normalised as that term is:
   photometric "census": UFlow's soft 7x7 census on grayscale, soft Hamming distance and
       (|d| + 0.01)^0.4, one value per pixel and pair, instead of the Charbonnier of RGB
-      differences.
+      differences;
+  smoothness "edge_aware_first" / "edge_aware_second": UFlow's first- or second-order
+      differences, each weighted by exp(-edge_weight * mean_c |image gradient|) of frame i
+      (the penalty stays the alpha-0.3 Charbonnier, where UFlow uses sqrt(x^2 + eps^2)).
 
 The loss runs in fp32 even under bf16 autocast (SSIM's E[x^2] - mu^2 loses most of its
 precision in bf16). Other differences from the release, on purpose: the SSIM Gaussian is
@@ -82,6 +85,7 @@ from h2s_dist.warp import (
 
 NORMALISATIONS = ("release", "mean")
 PHOTOMETRIC_TERMS = ("charbonnier", "census")
+SMOOTHNESS_TERMS = ("first_order", "edge_aware_first", "edge_aware_second")
 
 
 def charbonnier(x: torch.Tensor, alpha: float, beta: float, eps: float = 1e-3) -> torch.Tensor:
@@ -101,28 +105,62 @@ def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 # --- Smoothness -------------------------------------------------------------------
 
 
-def smoothness_loss(
-    flow_px: torch.Tensor, alpha: float, beta: float = 1.0, eps: float = 1e-3, *, mask: torch.Tensor | None = None
-) -> torch.Tensor:
-    """Mean Charbonnier of the forward differences of a flow field, a 0-dim tensor.
+def finite_difference(x: torch.Tensor, order: int, dim: int) -> torch.Tensor:
+    """Forward differences of `order` 1 or 2 along `dim` (-1 = x, -2 = y); that axis
+    shrinks by `order`. Order 1: x[i+1] - x[i] (belongs to pixel i); order 2:
+    x[i+2] - 2 x[i+1] + x[i] (belongs to the centre pixel i+1)."""
+    n = x.shape[dim]
+    if order == 1:
+        return x.narrow(dim, 1, n - 1) - x.narrow(dim, 0, n - 1)
+    if order == 2:
+        return x.narrow(dim, 2, n - 2) - 2 * x.narrow(dim, 1, n - 2) + x.narrow(dim, 0, n - 2)
+    raise ValueError(f"order must be 1 or 2, got {order}")
 
-    flow_px (..., H, W), usually (N, 2, H, W) in pixels. Differences f[x+1] - f[x] in x
-    and f[y+1] - f[y] in y, each belonging to pixel x (y); the last column (x) and last row
-    (y) have no forward neighbour and are left out of the mean, and so is a pixel outside
-    `mask` (H, W). beta = 1 for pixel-unit flow (the release's beta = level multiplier
-    acts on raw flow, which is the same thing). A 1x1 level gives 0.
+
+def edge_weights(image: torch.Tensor, order: int, dim: int, edge_weight: float) -> torch.Tensor:
+    """UFlow's edge-aware weights exp(-edge_weight * mean_c |image gradient|), (N, 1, ...).
+
+    image (N, C, H, W) in [0, 1]. The gradient lines up with `finite_difference(flow,
+    order, dim)`: I[i+1] - I[i] for order 1, I[i+2] - I[i] (stride 2) for order 2. Near 0
+    across a strong edge, 1 where the image is flat (or edge_weight is 0)."""
+    n = image.shape[dim]
+    grad = image.narrow(dim, order, n - order) - image.narrow(dim, 0, n - order)
+    return torch.exp(-edge_weight * grad.abs().mean(dim=-3, keepdim=True))
+
+
+def smoothness_loss(
+    flow_px: torch.Tensor,
+    alpha: float,
+    beta: float = 1.0,
+    eps: float = 1e-3,
+    *,
+    order: int = 1,
+    mask: torch.Tensor | None = None,
+    image: torch.Tensor | None = None,
+    edge_weight: float = 0.0,
+) -> torch.Tensor:
+    """Mean Charbonnier of the order-1 or order-2 differences of a flow field, 0-dim.
+
+    flow_px (N, 2, H, W) in pixels (any (..., H, W) without `image`). Differences in x and
+    y (`finite_difference`); a pixel without the neighbours it needs (last column/row for
+    order 1, first and last for order 2) is left out of the mean, and so is a pixel
+    outside `mask` (H, W), read at the pixel the difference belongs to. With `image` (N, C,
+    H, W) each difference is weighted by `edge_weights` (the mean still counts elements,
+    not weights). beta = 1 for pixel-unit flow (the release's beta = level multiplier acts
+    on raw flow, which is the same thing). A level too small to difference gives 0.
     """
     total = flow_px.sum() * 0.0
     count = flow_px.new_zeros(())
     for dim in (-1, -2):
-        n = flow_px.shape[dim]
-        if n < 2:
+        if flow_px.shape[dim] <= order:
             continue
-        rho = charbonnier(flow_px.narrow(dim, 1, n - 1) - flow_px.narrow(dim, 0, n - 1), alpha, beta, eps)
+        rho = charbonnier(finite_difference(flow_px, order, dim), alpha, beta, eps)
+        if image is not None:
+            rho = rho * edge_weights(image, order, dim, edge_weight)
         if mask is None:
             total, count = total + rho.sum(), count + rho.numel()
-        else:
-            keep = mask.narrow(dim, 0, n - 1)
+        else:  # the mask at the pixels the differences belong to (see finite_difference)
+            keep = mask.narrow(dim, order - 1, mask.shape[dim] - order)
             total, count = total + (rho * keep).sum(), count + keep.expand_as(rho).sum()
     return total / count.clamp_min(1.0)
 
@@ -297,6 +335,11 @@ class UnsupervisedLossConfig:
     brightness changes; see `census_distance`)."""
     census_patch_size: int = 7
     """Side of the census patch (odd)."""
+    smoothness: str = "first_order"
+    """"first_order" (the paper), "edge_aware_first" or "edge_aware_second" (UFlow: the
+    differences weighted by `edge_weights` of the frame the flow starts from)."""
+    edge_weight: float = 150.0
+    """UFlow's edge constant in exp(-edge_weight * mean |image gradient|), frames in [0, 1]."""
 
     def __post_init__(self) -> None:
         lengths = {len(self.pixel_level_weights), len(self.smoothness_level_weights),
@@ -307,7 +350,8 @@ class UnsupervisedLossConfig:
                 f"one value per flow level each; got lengths {sorted(lengths)}"
             )
         weights = (self.pixel_level_weights + self.smoothness_level_weights
-                   + self.ssim_level_weights + (self.smoothness_weight, self.ssim_weight_scale))
+                   + self.ssim_level_weights + (self.smoothness_weight, self.ssim_weight_scale,
+                                                self.edge_weight))
         if min(weights) < 0:
             raise ValueError(f"loss weights and constants must be >= 0, got {weights}")
         if self.pixel_alpha <= 0 or self.smoothness_alpha <= 0 or self.eps <= 0:
@@ -318,7 +362,8 @@ class UnsupervisedLossConfig:
             raise ValueError(f"reference_batch_size must be >= 1, got {self.reference_batch_size}")
         if self.census_patch_size < 1 or self.census_patch_size % 2 == 0:
             raise ValueError(f"census_patch_size must be odd and >= 1, got {self.census_patch_size}")
-        for name, allowed in (("normalisation", NORMALISATIONS), ("photometric", PHOTOMETRIC_TERMS)):
+        for name, allowed in (("normalisation", NORMALISATIONS), ("photometric", PHOTOMETRIC_TERMS),
+                              ("smoothness", SMOOTHNESS_TERMS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -397,6 +442,17 @@ def _photometric(target: torch.Tensor, warped: torch.Tensor, mask: torch.Tensor,
     return masked_mean(charbonnier(target - warped, config.pixel_alpha, config.pixel_beta, config.eps), mask)
 
 
+def _smoothness(flow: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
+                config: UnsupervisedLossConfig) -> torch.Tensor:
+    """Mean smoothness penalty of flow (n, 2, h, w); `image` is the frame the flow starts from."""
+    edge_aware = config.smoothness != "first_order"
+    return smoothness_loss(
+        flow, config.smoothness_alpha, 1.0, config.eps,
+        order=2 if config.smoothness == "edge_aware_second" else 1, mask=mask,
+        image=image if edge_aware else None, edge_weight=config.edge_weight,
+    )
+
+
 def _level_terms(
     frames: torch.Tensor, raw: torch.Tensor, full_size: tuple[int, int], config: UnsupervisedLossConfig
 ) -> dict[str, torch.Tensor]:
@@ -411,7 +467,7 @@ def _level_terms(
     border = border_mask(h, w, config.border_fraction, device=raw.device).to(raw.dtype)
     return {
         "pixel": _photometric(target, warped, border, config),
-        "smooth": smoothness_loss(flow, config.smoothness_alpha, 1.0, config.eps, mask=border),
+        "smooth": _smoothness(flow, target, border, config),
         "ssim": (1.0 - ssim_map(warped, target)).mean(),
     }
 

@@ -156,8 +156,8 @@ class MotionNetSpec(Strict):
 
 class UnsupLossSpec(Strict):
     """MotionNet's unsupervised loss (h2s_dist.losses has the formulas). Defaults are the
-    paper's terms with the Caffe release's balance between them; `photometric`
-    switches on a term from later unsupervised-flow work."""
+    paper's terms with the Caffe release's balance between them; `photometric` and
+    `smoothness` switch on terms from later unsupervised-flow work."""
 
     smoothness_weight: float = Field(1.0, ge=0)
     """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta).
@@ -185,6 +185,13 @@ class UnsupLossSpec(Strict):
     photometric: Literal["charbonnier", "census"] = "charbonnier"
     """`charbonnier` of RGB differences (the paper) or `census`: UFlow's soft 7x7 census
     distance on grayscale with (|d| + 0.01)^0.4: blind to a brightness offset, nearly to a gain."""
+    smoothness: Literal["first_order", "edge_aware_first", "edge_aware_second"] = "first_order"
+    """`first_order` differences of the flow (the paper); `edge_aware_first` or
+    `edge_aware_second` (UFlow): first or second differences, each weighted by
+    exp(-edge_weight x mean |image gradient|) so the flow may change at image edges.
+    Second order leaves any linear (affine) flow unpenalised."""
+    edge_weight: float = Field(150.0, ge=0)
+    """UFlow's edge constant of the edge-aware smoothness (frames in [0, 1]); 0 = plain."""
 
 
 class SpecProblems(ValueError):

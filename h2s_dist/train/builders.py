@@ -32,6 +32,8 @@ def unsup_loss_config(loss: UnsupLossSpec, *, finetuning: bool) -> UnsupervisedL
         normalisation=loss.normalisation,
         reference_batch_size=loss.reference_batch_size or base.reference_batch_size,
         photometric=loss.photometric,
+        smoothness=loss.smoothness,
+        edge_weight=loss.edge_weight,
     )
 
 

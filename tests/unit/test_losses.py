@@ -16,6 +16,7 @@ from h2s_dist.losses import (
     census_distance,
     census_transform,
     charbonnier,
+    edge_weights,
     local_response_norm,
     num_ssim_windows,
     reconstruction_images,
@@ -376,9 +377,10 @@ def test_specs_build_the_releases_pretraining_and_finetuning_configs():
     assert unsup_loss_config(UnsupLossSpec(), finetuning=True) == UnsupervisedLossConfig.finetuning()
     assert FinetuneSpec().unsup_weight == 1.0  # the release adds the losses as they are
     custom = unsup_loss_config(
-        UnsupLossSpec(normalisation="mean", reference_batch_size=4, photometric="census", ssim_weight_scale=2.0),
-        finetuning=True)
-    assert (custom.normalisation, custom.reference_batch_size, custom.photometric) == ("mean", 4, "census")
+        UnsupLossSpec(normalisation="mean", reference_batch_size=4, photometric="census",
+                      smoothness="edge_aware_second", edge_weight=10.0, ssim_weight_scale=2.0), finetuning=True)
+    assert (custom.normalisation, custom.reference_batch_size, custom.photometric,
+            custom.smoothness, custom.edge_weight) == ("mean", 4, "census", "edge_aware_second", 10.0)
     assert custom.ssim_weight_scale == pytest.approx(0.2)
 
 
@@ -483,4 +485,71 @@ def test_census_true_flow_of_a_translation_scores_lower_than_zero_flow():
     _, exact = unsupervised_flow_loss(clip, constant_raw_flows(2, 3, 64, 2.0, 0.0), config)
     _, zero = unsupervised_flow_loss(clip, constant_raw_flows(2, 3, 64, 0.0, 0.0), config)
     assert exact["pixel/flow2"] < 0.15 * zero["pixel/flow2"]
+
+
+# --- Edge-aware smoothness -------------------------------------------------------
+
+
+def linear_flow(h: int = 9, w: int = 10) -> torch.Tensor:
+    ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float32), torch.arange(w, dtype=torch.float32), indexing="ij")
+    return torch.stack([0.5 * xs + 0.25 * ys, -0.3 * xs + 0.1], 0).unsqueeze(0)  # (1, 2, h, w)
+
+
+def test_a_linear_flow_has_no_second_order_smoothness_but_first_order():
+    flow, floor = linear_flow(), torch.tensor(1e-3**0.6)
+    torch.testing.assert_close(smoothness_loss(flow, 0.3, order=2), floor)
+    assert smoothness_loss(flow, 0.3, order=1) > 10 * floor
+    flat = torch.full((1, 3, 9, 10), 0.5)  # edge-aware on a flat image: weights 1
+    torch.testing.assert_close(smoothness_loss(flow, 0.3, order=2, image=flat, edge_weight=150.0), floor)
+    torch.testing.assert_close(smoothness_loss(flow, 0.3, order=1, image=flat, edge_weight=150.0),
+                               smoothness_loss(flow, 0.3, order=1))
+
+
+def test_edge_weights_by_hand():
+    image = torch.full((1, 3, 2, 4), 0.2)
+    image[..., 2:] = 0.6  # a vertical edge between columns 1 and 2, in every channel
+    first = edge_weights(image, order=1, dim=-1, edge_weight=10.0)
+    torch.testing.assert_close(first[0, 0], torch.tensor([[1.0, math.exp(-4.0), 1.0]] * 2))
+    second = edge_weights(image, order=2, dim=-1, edge_weight=10.0)  # I[i+2] - I[i]
+    torch.testing.assert_close(second[0, 0], torch.tensor([[math.exp(-4.0), math.exp(-4.0)]] * 2))
+    torch.testing.assert_close(edge_weights(image, order=1, dim=-2, edge_weight=10.0), torch.ones(1, 1, 1, 4))
+
+
+def test_edge_aware_penalty_is_lower_where_the_flow_changes_at_an_image_edge():
+    image = torch.full((1, 3, 6, 8), 0.2)
+    image[..., 4:] = 0.8
+    flow = torch.zeros(1, 2, 6, 8)
+    flow[:, 0, :, 4:] = 3.0  # the flow jumps where the image does
+    for order in (1, 2):
+        plain = smoothness_loss(flow, 0.3, order=order)
+        aware = smoothness_loss(flow, 0.3, order=order, image=image, edge_weight=150.0)
+        assert aware < 0.5 * plain, order
+    moved = torch.zeros(1, 2, 6, 8)
+    moved[:, 0, :, 2:] = 3.0  # the same jump away from the edge: plain cannot tell them apart
+    torch.testing.assert_close(smoothness_loss(moved, 0.3), smoothness_loss(flow, 0.3))
+    # Aligned: only the Charbonnier floor of the flat differences is left.
+    assert smoothness_loss(flow, 0.3, image=image, edge_weight=150.0) < 0.25 * smoothness_loss(
+        moved, 0.3, image=image, edge_weight=150.0)
+
+
+def test_edge_aware_second_order_option_costs_a_linear_flow_no_more_than_a_constant_one():
+    # On a texture the edge weights scale even the Charbonnier floor, so compare with a
+    # constant flow: second order cannot tell them apart, first order can.
+    clip = translating_clip()
+
+    def flows(slope):
+        out = []
+        for s in LEVEL_STRIDES:
+            n = 64 // s
+            raw = torch.full((2, 4, n, n), 0.05)
+            raw[:, 0::2] += slope * torch.arange(n, dtype=torch.float32)  # u linear in x
+            out.append(raw)
+        return out
+
+    second, first = ([unsupervised_flow_loss(clip, flows(a), UnsupervisedLossConfig(smoothness=kind))[1]
+                      for a in (0.0, 0.01)] for kind in ("edge_aware_second", "edge_aware_first"))
+    for name in ("flow4", "flow3", "flow2"):
+        key = f"smooth/{name}"
+        torch.testing.assert_close(second[1][key], second[0][key])
+        assert first[1][key] > 2 * first[0][key]
 
