@@ -54,7 +54,11 @@ replaces a plain mean above and is normalised as that term is:
       differences;
   smoothness "edge_aware_first" / "edge_aware_second": UFlow's first- or second-order
       differences, each weighted by exp(-edge_weight * mean_c |image gradient|) of frame i
-      (the penalty stays the alpha-0.3 Charbonnier, where UFlow uses sqrt(x^2 + eps^2)).
+      (the penalty stays the alpha-0.3 Charbonnier, where UFlow uses sqrt(x^2 + eps^2));
+  occlusion "forward_backward": UnFlow's consistency check with the flows of the time-
+      reversed clip (`backward_flows`); occluded pixels leave the photometric mean (its
+      count too) and each SSIM window counts by its visible fraction. No gradient flows
+      through the mask, and there is no occlusion penalty (UnFlow's lambda_p).
 
 The loss runs in fp32 even under bf16 autocast (SSIM's E[x^2] - mu^2 loses most of its
 precision in bf16). Other differences from the release, on purpose: the SSIM Gaussian is
@@ -77,8 +81,10 @@ import torch.nn.functional as F
 from h2s_dist.frames import MEAN_RGB_255
 from h2s_dist.warp import (
     RAW_FLOW_SCALE,
+    backward_flows_from_reversed_clip,
     backward_warp,
     border_mask,
+    forward_backward_visible,
     raw_to_pixels,
     split_flows,
 )
@@ -86,6 +92,7 @@ from h2s_dist.warp import (
 NORMALISATIONS = ("release", "mean")
 PHOTOMETRIC_TERMS = ("charbonnier", "census")
 SMOOTHNESS_TERMS = ("first_order", "edge_aware_first", "edge_aware_second")
+OCCLUSION_MASKS = ("none", "forward_backward")
 
 
 def charbonnier(x: torch.Tensor, alpha: float, beta: float, eps: float = 1e-3) -> torch.Tensor:
@@ -340,6 +347,13 @@ class UnsupervisedLossConfig:
     differences weighted by `edge_weights` of the frame the flow starts from)."""
     edge_weight: float = 150.0
     """UFlow's edge constant in exp(-edge_weight * mean |image gradient|), frames in [0, 1]."""
+    occlusion: str = "none"
+    """"none" (the paper) or "forward_backward" (UnFlow's consistency check; needs the
+    flows of the time-reversed clip, see `unsupervised_flow_loss`)."""
+    occlusion_alpha1: float = 0.01
+    """UnFlow's alpha1: the relative part of the forward-backward tolerance."""
+    occlusion_alpha2: float = 0.5
+    """UnFlow's alpha2: the constant part of the tolerance, in squared pixels of the level."""
 
     def __post_init__(self) -> None:
         lengths = {len(self.pixel_level_weights), len(self.smoothness_level_weights),
@@ -351,7 +365,8 @@ class UnsupervisedLossConfig:
             )
         weights = (self.pixel_level_weights + self.smoothness_level_weights
                    + self.ssim_level_weights + (self.smoothness_weight, self.ssim_weight_scale,
-                                                self.edge_weight))
+                                                self.edge_weight, self.occlusion_alpha1,
+                                                self.occlusion_alpha2))
         if min(weights) < 0:
             raise ValueError(f"loss weights and constants must be >= 0, got {weights}")
         if self.pixel_alpha <= 0 or self.smoothness_alpha <= 0 or self.eps <= 0:
@@ -363,7 +378,7 @@ class UnsupervisedLossConfig:
         if self.census_patch_size < 1 or self.census_patch_size % 2 == 0:
             raise ValueError(f"census_patch_size must be odd and >= 1, got {self.census_patch_size}")
         for name, allowed in (("normalisation", NORMALISATIONS), ("photometric", PHOTOMETRIC_TERMS),
-                              ("smoothness", SMOOTHNESS_TERMS)):
+                              ("smoothness", SMOOTHNESS_TERMS), ("occlusion", OCCLUSION_MASKS)):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
 
@@ -417,19 +432,19 @@ def _resize(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return F.interpolate(images, size=size, mode=mode, **kwargs)
 
 
-def _check_inputs(frames01: torch.Tensor, flows: list[torch.Tensor], num_levels: int) -> None:
+def _check_inputs(frames01: torch.Tensor, flows: list[torch.Tensor], num_levels: int, what: str = "flow") -> None:
     if frames01.dim() != 5 or frames01.shape[2] != 3:
         raise ValueError(f"expected frames (B, T, 3, H, W) in [0, 1], got {tuple(frames01.shape)}")
     b, t = frames01.shape[:2]
     if len(flows) != num_levels:
         raise ValueError(
-            f"got {len(flows)} flow levels but the loss config has weights for {num_levels}; "
+            f"got {len(flows)} {what} levels but the loss config has weights for {num_levels}; "
             "pass all of MotionNet's outputs or set the *_level_weights to match"
         )
     for k, flow in enumerate(flows):
         if flow.dim() != 4 or flow.shape[0] != b or flow.shape[1] != 2 * (t - 1):
             raise ValueError(
-                f"flow level {k} has shape {tuple(flow.shape)}; expected ({b}, {2 * (t - 1)}, h, w) "
+                f"{what} level {k} has shape {tuple(flow.shape)}; expected ({b}, {2 * (t - 1)}, h, w) "
                 f"for {t} frames"
             )
 
@@ -454,9 +469,10 @@ def _smoothness(flow: torch.Tensor, image: torch.Tensor, mask: torch.Tensor,
 
 
 def _level_terms(
-    frames: torch.Tensor, raw: torch.Tensor, full_size: tuple[int, int], config: UnsupervisedLossConfig
+    frames: torch.Tensor, raw: torch.Tensor, raw_bw: torch.Tensor | None, full_size: tuple[int, int],
+    config: UnsupervisedLossConfig,
 ) -> dict[str, torch.Tensor]:
-    """Plain means {pixel, smooth, ssim} at one level; frames (B, T, 3, H, W) detached."""
+    """Plain means {pixel, smooth, ssim[, occluded]} at one level; frames (B, T, 3, H, W) detached."""
     b, t = frames.shape[:2]
     n, (h, w) = b * (t - 1), raw.shape[-2:]
     flow = split_flows(raw_to_pixels(raw, *full_size)).reshape(n, 2, h, w)
@@ -465,46 +481,72 @@ def _level_terms(
     target = level[:, :-1].reshape(n, 3, h, w)
     warped = backward_warp(level[:, 1:].reshape(n, 3, h, w), flow)
     border = border_mask(h, w, config.border_fraction, device=raw.device).to(raw.dtype)
-    return {
-        "pixel": _photometric(target, warped, border, config),
-        "smooth": _smoothness(flow, target, border, config),
-        "ssim": (1.0 - ssim_map(warped, target)).mean(),
-    }
+    one_minus_ssim = 1.0 - ssim_map(warped, target)
+    means = {"smooth": _smoothness(flow, target, border, config)}
+    if raw_bw is None:
+        means["pixel"] = _photometric(target, warped, border, config)
+        means["ssim"] = one_minus_ssim.mean()
+        return means
+    with torch.no_grad():  # the mask steers the loss; no gradient flows through it
+        flow_bw = split_flows(raw_to_pixels(raw_bw, *full_size)).reshape(n, 2, h, w)
+        visible = forward_backward_visible(flow.detach(), flow_bw, config.occlusion_alpha1, config.occlusion_alpha2)
+    means["pixel"] = _photometric(target, warped, border * visible, config)
+    # Each SSIM window counts by its (Gaussian-weighted) visible fraction.
+    means["ssim"] = (one_minus_ssim * window_means(visible)).mean()
+    means["occluded"] = 1.0 - visible.mean()
+    return means
 
 
 def unsupervised_flow_loss(
     frames01: torch.Tensor,
     flows: list[torch.Tensor],
     config: UnsupervisedLossConfig | None = None,
+    backward_flows: list[torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The multi-scale unsupervised loss of MotionNet's raw outputs -> (total, terms).
 
     frames01 (B, T, 3, H, W) in [0, 1] (`h2s_dist.frames.denormalize` of the network
     input); no gradient flows into them. flows: MotionNet's raw outputs, coarsest first,
     each (B, 2*(T-1), h_k, w_k) in raw units (flow / 20 in full-resolution pixels).
+    backward_flows: with occlusion "forward_backward" only, MotionNet's raw outputs for the
+    time-reversed clip, `model(clip.flip(1))`, as they come (the index mapping is in
+    `h2s_dist.warp.backward_flows_from_reversed_clip`); no gradient flows into them.
     Computed in fp32 with autocast off, whatever the inputs' dtype.
     total: 0-dim fp32 tensor with gradient to the flows. terms: detached 0-dim tensors,
     "pixel", "smooth", "ssim" = the weighted contributions (they sum to total), and
-    "pixel/flow6", "smooth/flow6", "ssim/flow6", ... = the plain per-level means.
+    "pixel/flow6", "smooth/flow6", "ssim/flow6", ... = the plain per-level means
+    (and "occluded/flow6", ... = the occluded fraction, with the occlusion mask).
     """
     config = config or UnsupervisedLossConfig()
     _check_inputs(frames01, flows, config.num_levels)
+    if (config.occlusion == "forward_backward") != (backward_flows is not None):
+        raise ValueError(
+            "occlusion 'forward_backward' needs backward_flows = MotionNet's outputs for the "
+            "time-reversed clip, and no other setting uses them; got occlusion "
+            f"{config.occlusion!r} with backward_flows {'given' if backward_flows is not None else 'missing'}"
+        )
+    if backward_flows is not None:
+        _check_inputs(frames01, backward_flows, config.num_levels, what="backward flow")
     with torch.autocast(frames01.device.type, enabled=False):
         frames = frames01.detach().float()
         if config.use_lrn:
             frames = local_response_norm(frames)
-        return _total(frames, [f.float() for f in flows], config)
+        flows = [f.float() for f in flows]
+        backward = ([backward_flows_from_reversed_clip(f.detach().float()) for f in backward_flows]
+                    if backward_flows is not None else [None] * len(flows))
+        return _total(frames, flows, backward, config)
 
 
 def _total(
-    frames: torch.Tensor, flows: list[torch.Tensor], config: UnsupervisedLossConfig
+    frames: torch.Tensor, flows: list[torch.Tensor], backward: list[torch.Tensor | None],
+    config: UnsupervisedLossConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     full_size = (frames.shape[-2], frames.shape[-1])
     num_channels = 3 * (frames.shape[1] - 1)
     parts: dict[str, list[torch.Tensor]] = {"pixel": [], "smooth": [], "ssim": []}
     terms: dict[str, torch.Tensor] = {}
-    for k, (name, raw) in enumerate(zip(_level_names(len(flows)), flows)):
-        means = _level_terms(frames, raw, full_size, config)
+    for k, (name, raw, raw_bw) in enumerate(zip(_level_names(len(flows)), flows, backward)):
+        means = _level_terms(frames, raw, raw_bw, full_size, config)
         weights = term_weights(config, k, num_channels, num_ssim_windows(*raw.shape[-2:]))
         for key, weight in weights.items():
             parts[key].append(weight * means[key])

@@ -156,8 +156,8 @@ class MotionNetSpec(Strict):
 
 class UnsupLossSpec(Strict):
     """MotionNet's unsupervised loss (h2s_dist.losses has the formulas). Defaults are the
-    paper's terms with the Caffe release's balance between them; `photometric` and
-    `smoothness` switch on terms from later unsupervised-flow work."""
+    paper's terms with the Caffe release's balance between them; `photometric`,
+    `smoothness` and `occlusion` switch on terms from later unsupervised-flow work."""
 
     smoothness_weight: float = Field(1.0, ge=0)
     """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta).
@@ -192,7 +192,10 @@ class UnsupLossSpec(Strict):
     Second order leaves any linear (affine) flow unpenalised."""
     edge_weight: float = Field(150.0, ge=0)
     """UFlow's edge constant of the edge-aware smoothness (frames in [0, 1]); 0 = plain."""
-
+    occlusion: Literal["none", "forward_backward"] = "none"
+    """`none` (the paper) or `forward_backward` (UnFlow): MotionNet also runs on the
+    time-reversed clip, and pixels whose forward and backward flows disagree leave the
+    photometric term and down-weight their SSIM windows. About one more forward pass per step."""
 
 class SpecProblems(ValueError):
     """What a network or loss refuses in a spec, as (field path relative to the spec, message).

@@ -34,6 +34,7 @@ def unsup_loss_config(loss: UnsupLossSpec, *, finetuning: bool) -> UnsupervisedL
         photometric=loss.photometric,
         smoothness=loss.smoothness,
         edge_weight=loss.edge_weight,
+        occlusion=loss.occlusion,
     )
 
 

@@ -27,7 +27,7 @@ from h2s_dist.losses import (
     term_weights,
     unsupervised_flow_loss,
 )
-from h2s_dist.warp import RAW_FLOW_SCALE, backward_warp
+from h2s_dist.warp import RAW_FLOW_SCALE, backward_warp, forward_backward_visible
 
 LEVEL_STRIDES = (32, 16, 8, 4, 2)
 
@@ -377,10 +377,10 @@ def test_specs_build_the_releases_pretraining_and_finetuning_configs():
     assert unsup_loss_config(UnsupLossSpec(), finetuning=True) == UnsupervisedLossConfig.finetuning()
     assert FinetuneSpec().unsup_weight == 1.0  # the release adds the losses as they are
     custom = unsup_loss_config(
-        UnsupLossSpec(normalisation="mean", reference_batch_size=4, photometric="census",
+        UnsupLossSpec(normalisation="mean", reference_batch_size=4, photometric="census", occlusion="forward_backward",
                       smoothness="edge_aware_second", edge_weight=10.0, ssim_weight_scale=2.0), finetuning=True)
-    assert (custom.normalisation, custom.reference_batch_size, custom.photometric,
-            custom.smoothness, custom.edge_weight) == ("mean", 4, "census", "edge_aware_second", 10.0)
+    assert (custom.normalisation, custom.reference_batch_size, custom.photometric, custom.occlusion,
+            custom.smoothness, custom.edge_weight) == ("mean", 4, "census", "forward_backward", "edge_aware_second", 10.0)
     assert custom.ssim_weight_scale == pytest.approx(0.2)
 
 
@@ -553,3 +553,62 @@ def test_edge_aware_second_order_option_costs_a_linear_flow_no_more_than_a_const
         torch.testing.assert_close(second[1][key], second[0][key])
         assert first[1][key] > 2 * first[0][key]
 
+
+# --- Forward-backward occlusion --------------------------------------------------
+
+
+def single_level(**fields) -> UnsupervisedLossConfig:
+    return UnsupervisedLossConfig(pixel_level_weights=(1.0,), smoothness_level_weights=(1.0,),
+                                  ssim_level_weights=(0.01,), **fields)
+
+
+def test_occlusion_needs_backward_flows_and_nothing_else_takes_them():
+    clip = translating_clip()
+    flows = constant_raw_flows(2, 3, 64, 0.0, 0.0)
+    with pytest.raises(ValueError, match="time-reversed clip"):
+        unsupervised_flow_loss(clip, flows, UnsupervisedLossConfig(occlusion="forward_backward"))
+    with pytest.raises(ValueError, match="time-reversed clip"):
+        unsupervised_flow_loss(clip, flows, UnsupervisedLossConfig(), backward_flows=flows)
+
+
+def test_consistent_backward_flows_mask_nothing():
+    # 1 px/frame right: the reversed clip moves 1 px left. At most 0.5 px per level: all
+    # visible (see test_warp), so the loss is the loss without the mask.
+    clip = translating_clip(shift=(1, 0))
+    forward = constant_raw_flows(2, 3, 64, 1.0, 0.0)
+    backward = constant_raw_flows(2, 3, 64, -1.0, 0.0)
+    total, terms = unsupervised_flow_loss(clip, forward, UnsupervisedLossConfig(occlusion="forward_backward"), backward)
+    plain_total, plain = unsupervised_flow_loss(clip, forward)
+    torch.testing.assert_close(total, plain_total)
+    assert all(float(terms[f"occluded/{n}"]) == 0 for n in ("flow6", "flow5", "flow4", "flow3", "flow2"))
+
+
+def test_occluded_pixels_leave_the_photometric_mean_by_hand():
+    # One 8 px level of a 16 px clip of 3 frames moving 2 px right (1 px at the level).
+    clip = translating_clip(batch=1, frames=3, size=16, shift=(2, 0))
+    forward = [torch.zeros(1, 4, 8, 8)]
+    forward[0][:, 0::2] = 2.0 / RAW_FLOW_SCALE
+    reversed_raw = torch.zeros(1, 4, 8, 8)
+    reversed_raw[:, 0::2] = -2.0 / RAW_FLOW_SCALE
+    reversed_raw[:, 0, 2:5, 3:6] = 2.0 / RAW_FLOW_SCALE  # reversed flow 0 = backward flow of pair 1
+    config = single_level(occlusion="forward_backward")
+    _, terms = unsupervised_flow_loss(clip, forward, config, [reversed_raw])
+
+    level = F.avg_pool2d(clip.flatten(0, 1), 2).view(1, 3, 3, 8, 8)
+    fw = torch.zeros(1, 2, 8, 8)
+    fw[:, 0] = 1.0
+    bw_consistent, bw_pair1 = torch.zeros(1, 2, 8, 8), torch.zeros(1, 2, 8, 8)
+    bw_consistent[:, 0], bw_pair1[:, 0] = -1.0, -1.0
+    bw_pair1[:, 0, 2:5, 3:6] = 1.0
+    border = torch.zeros(8, 8)
+    border[1:7, 1:7] = 1
+    num, den = 0.0, 0.0
+    for i, bw in enumerate((bw_consistent, bw_pair1)):
+        visible = forward_backward_visible(fw, bw)
+        if i == 1:
+            assert visible[0, 0, 2:5, 2:5].max() == 0  # x + 1 lands in columns 3-5
+        mask = border * visible
+        rho = charbonnier(level[:, i] - backward_warp(level[:, i + 1], fw), 0.4, 255.0)
+        num, den = num + (rho * mask).sum(), den + 3 * mask.sum()
+    torch.testing.assert_close(terms["pixel/flow2"], num / den)
+    torch.testing.assert_close(terms["occluded/flow2"], torch.tensor((2 * 8 + 9) / (2 * 64)))
