@@ -127,12 +127,22 @@ def _confidence_note(d: dict) -> list[str]:
 def section_flow(d: dict) -> str:
     datasets = list(d["pairs"])
     rows = [[m, *(d["epe"][m].get(ds) for ds in datasets)] for m in d["epe"]]
-    return "\n\n".join([
+    parts = [
         f"Average end-point error in pixels (lower is better); MotionNet: {d['motionnet']}. Pairs: "
         + ", ".join(f"{k} {v}" for k, v in d["pairs"].items()) + ".",
         md_table(["method", *datasets], rows, digits=3),
-        provenance(d),
-    ])
+    ]
+    resized = {k: v for k, v in (d.get("sizes") or {}).items()
+               if any(size.split(" -> ")[0] != size.split(" -> ")[1] for size in v)}
+    if resized and "epe_original_px" in d:
+        parts += ["Resized before scoring (" + "; ".join(f"{k}: {', '.join(v)}" for k, v in resized.items())
+                  + "), so the table above is in resized pixels; the same errors in original pixels:",
+                  md_table(["method", *datasets],
+                           [[m, *(d["epe_original_px"][m].get(ds) for ds in datasets)] for m in d["epe_original_px"]],
+                           digits=3)]
+    if d.get("motionnet_input"):
+        parts.append("What MotionNet saw: " + "; ".join(f"{k}: {v}" for k, v in d["motionnet_input"].items()) + ".")
+    return "\n\n".join(parts + [provenance(d)])
 
 
 def section_storage(d: dict) -> str:

@@ -4,6 +4,7 @@
     h2s validate jobs/ucf101_split1.yaml
     h2s submit jobs/ucf101_split1.yaml --address http://HEAD:8265
     h2s runs;  h2s ui
+    h2s weights convert VGG_ILSVRC_16_layers.caffemodel vgg16_imagenet.pt --from caffe
 
 Every command has `--help` with examples. User errors exit with status 2 and a message
 saying what to fix; nothing runs when a spec does not validate.
@@ -210,6 +211,21 @@ def cmd_s3_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- weights
+
+
+def cmd_weights_convert(args: argparse.Namespace) -> int:
+    from h2s_dist.weights_convert import convert_file
+
+    state = convert_file(args.src, args.dst, args.source, flavour=args.flavour, keep_fc8=not args.drop_fc8)
+    fc8 = state.get("classifier.fc8.weight")
+    classes = f"fc8 {fc8.shape[0]} classes" if fc8 is not None else "no fc8"
+    print(f"wrote {args.dst}: h2s_dist VGG16 ({args.flavour}, {classes}) from {args.source} weights, "
+          "conv1_1 folded to our input (RGB, (pixel - mean) / 255)", file=sys.stderr)
+    print(f"use it as init_weights (spatial stream) or vgg_rgb_weights (temporal streams): {args.dst}", file=sys.stderr)
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 _RUN_EXAMPLES = """examples:
@@ -262,6 +278,16 @@ _SERVER_EXAMPLES = """examples:
   h2s tracking-server --backend-store-uri sqlite:///.h2s/server.db --artifacts-destination s3://bucket/mlflow
   h2s tracking-server --backend-store-uri sqlite:////data/mlflow.db --artifacts-destination /data/mlartifacts --port 5001
 Then set tracking_uri: http://127.0.0.1:5000 in a job (or MLFLOW_TRACKING_URI).
+"""
+_WEIGHTS_EXAMPLES = """examples:
+  h2s weights convert vgg16-397923af.pth vgg16_imagenet.pt --from torchvision
+  h2s weights convert VGG_ILSVRC_16_layers.caffemodel s3://h2s-models/vgg16_imagenet.pt --from caffe
+  h2s weights convert tiny_vgg.caffemodel /tmp/tiny_vgg.pt --from caffe --flavour tiny --drop-fc8
+
+Writes a state dict of our VGG16 whose conv1_1 expects our input (RGB, (pixel - mean) / 255,
+mean 123, 117, 104): Caffe's BGR 0..255 and torchvision's [0, 1] / std are folded into it.
+fc8 keeps the source's classes (1000); a network with another class count leaves it out
+when loading. Use the file as init_weights (spatial) or vgg_rgb_weights (temporal).
 """
 _S3_EXAMPLES = """examples:
   h2s s3-serve /data/s3 --port 9000
@@ -341,6 +367,21 @@ def build_parser() -> argparse.ArgumentParser:
     from h2s_dist.data.ingest_cli import add_ingest_parser
 
     add_ingest_parser(commands)
+
+    weights = commands.add_parser("weights", help="convert pretrained weights into ours (h2s weights convert)",
+                                  **_fmt({"epilog": _WEIGHTS_EXAMPLES}))
+    weights_commands = weights.add_subparsers(dest="weights_command", required=True, metavar="{convert}")
+    convert = weights_commands.add_parser(
+        "convert", help="ImageNet VGG16 weights (torchvision or Caffe) -> our VGG16 state dict",
+        **_fmt({"epilog": _WEIGHTS_EXAMPLES}))
+    convert.add_argument("src", help="torchvision state dict (.pth) or Caffe .caffemodel: path or URI")
+    convert.add_argument("dst", help="where to write our state dict (.pt): path or URI (s3://...)")
+    convert.add_argument("--from", dest="source", required=True, choices=("torchvision", "caffe"),
+                         help="format and input convention of SRC")
+    convert.add_argument("--flavour", default="paper", choices=("paper", "tiny"),
+                         help="our VGG16 flavour the weights are for (default %(default)s; ImageNet VGG16 is paper)")
+    convert.add_argument("--drop-fc8", action="store_true", help="leave fc8 (the source's classifier) out of DST")
+    convert.set_defaults(func=cmd_weights_convert)
 
     s3 = commands.add_parser("s3-serve", help="a local S3-compatible server over a folder", **_fmt({"epilog": _S3_EXAMPLES}))
     s3.add_argument("directory", help="folder whose sub-folders are the buckets")

@@ -1,4 +1,5 @@
-"""Flow geometry for the unsupervised losses: backward warping, raw-to-pixel units, masks.
+"""Flow geometry for the unsupervised losses: backward warping, raw-to-pixel units, masks,
+forward-backward occlusion.
 
 Conventions (shared with `h2s_dist.models.motionnet` and `h2s_dist.losses`):
   - A flow is (B, 2, H, W) in pixels; channel 0 = u (right, +x, columns), channel 1 =
@@ -8,6 +9,9 @@ Conventions (shared with `h2s_dist.models.motionnet` and `h2s_dist.losses`):
     between the frames therefore has u = +1.
   - MotionNet's raw outputs are flow / RAW_FLOW_SCALE in full-resolution pixels at every
     level, (B, 2N, h, w) with channels u0, v0, u1, v1, ...
+  - A backward flow maps frame i+1 to frame i (sampling frame i at x + flow rebuilds
+    frame i+1); MotionNet gives them for the time-reversed clip (see
+    `backward_flows_from_reversed_clip`).
 
 Imports torch only. Tests: `python -m pytest tests/unit/test_warp.py -q`.
 """
@@ -107,3 +111,33 @@ def border_mask(
     mask = torch.zeros(height, width, device=device)
     mask[b : height - b, b : width - b] = 1.0
     return mask
+
+
+def backward_flows_from_reversed_clip(raw_reversed: torch.Tensor) -> torch.Tensor:
+    """MotionNet's raw flows for the time-reversed clip -> the backward flows of the
+    original pairs, (B, 2N, h, w) -> (B, 2N, h, w), channels u0, v0, u1, v1, ...
+
+    Reversed frame j is original frame T-1-j (N = T-1 pairs), so reversed flow j maps
+    reversed frame j to j+1 = original frame T-1-j to T-2-j. Backward flow i must map
+    original frame i+1 to frame i (sampling frame i at x + flow rebuilds frame i+1):
+    that is reversed flow j = T-2-i = N-1-i, i.e. the pairs in reverse order."""
+    b, c, h, w = raw_reversed.shape
+    return split_flows(raw_reversed).flip(1).reshape(b, c, h, w)
+
+
+def forward_backward_visible(
+    flow_fw: torch.Tensor, flow_bw: torch.Tensor, alpha1: float = 0.01, alpha2: float = 0.5
+) -> torch.Tensor:
+    """UnFlow's occlusion test: (B, 1, H, W) float, 1 = visible, 0 = occluded.
+
+    flow_fw (B, 2, H, W) maps frame t to t+1, flow_bw maps frame t+1 to t, both in pixels
+    of this resolution (the conventions above). Following the forward flow and then the
+    backward flow from where it lands should come back: with b = backward_warp(flow_bw,
+    flow_fw), a pixel is occluded where
+        |flow_fw + b|^2 > alpha1 (|flow_fw|^2 + |b|^2) + alpha2
+    (alpha2 in squared pixels). A forward flow leaving the image reads b = 0 there, so it
+    counts as occluded once |flow_fw|^2 (1 - alpha1) > alpha2."""
+    bw_at_target = backward_warp(flow_bw, flow_fw)
+    mismatch = (flow_fw + bw_at_target).pow(2).sum(1, keepdim=True)
+    bound = alpha1 * (flow_fw.pow(2).sum(1, keepdim=True) + bw_at_target.pow(2).sum(1, keepdim=True)) + alpha2
+    return (mismatch <= bound).to(flow_fw.dtype)

@@ -3,6 +3,12 @@
     save_state_dict(model.state_dict(), "s3://bucket/run/weights/motionnet.pt")
     load_weights(model, "s3://bucket/run/weights/motionnet.pt")          # every name and shape must match
     skipped = load_weights(model, uri, strict=False)                     # load what fits, list the rest
+
+Every weights file read here is in our convention: a state dict of our network (our
+parameter names) whose first layer expects our input, RGB frames as (pixel - mean) / 255
+with mean (R, G, B) = (123, 117, 104) (`h2s_dist.frames.normalize`), or flow stacks from
+`FlowNormalize`. Nothing is converted on load; ImageNet VGG16 weights in torchvision or
+Caffe form are converted once by `h2s weights convert` (`h2s_dist.weights_convert`).
 """
 
 from __future__ import annotations

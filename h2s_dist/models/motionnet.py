@@ -44,7 +44,7 @@ _DECODER_LEVELS = (5, 4, 3, 2)
 
 @dataclass(frozen=True)
 class MotionNetConfig:
-    """Shape of a MotionNet. `paper()` is Table 1; `tiny()` keeps the topology, narrow."""
+    """Shape of a MotionNet. `paper()` is Table 1; `small()` and `tiny()` keep the topology, narrower."""
 
     encoder_channels: tuple[int, ...] = (64, 128, 256, 512, 512, 1024)
     """Output channels of conv1 ... conv6; each convK_1 keeps convK's width."""
@@ -87,6 +87,19 @@ class MotionNetConfig:
     def paper(cls, **overrides) -> MotionNetConfig:
         """Table 1: widths 64 ... 1024, 11 frames (42.3M parameters)."""
         return dataclasses.replace(cls(), **overrides)
+
+    @classmethod
+    def small(cls, **overrides) -> MotionNetConfig:
+        """Same topology with widths 32 ... 192, between tiny and paper, sized for pretraining on
+        real video within about 30 CPU minutes; flow heads start near zero flow, as tiny's.
+
+        2.57M parameters (tiny 0.52M, paper 42.3M). Forward + backward of one 11-frame 128x128
+        clip, 1 thread of the 2-core dev machine's AMD EPYC: ~0.18 s of CPU time (tiny ~0.04 s,
+        paper ~1.1 s): about 2,000 Adam steps of 4 such clips in 30 minutes (a budget; what EPE
+        it reaches there is for bench/flow_quality.py to say)."""
+        base = cls(encoder_channels=(32, 64, 96, 128, 128, 192), decoder_channels=(128, 64, 48, 32),
+                   flow_head_init_std=1e-3)
+        return dataclasses.replace(base, **overrides)
 
     @classmethod
     def tiny(cls, **overrides) -> MotionNetConfig:
@@ -222,9 +235,9 @@ class MotionNet(nn.Module):
 
 
 def build_motionnet(flavour: str = "paper", **overrides) -> MotionNet:
-    """A MotionNet of flavour "paper" or "tiny", with config fields overridden by name,
+    """A MotionNet of flavour "paper", "small" or "tiny", with config fields overridden by name,
     e.g. build_motionnet("tiny", num_frames=2, conv_between_deconv=False)."""
-    factories = {"paper": MotionNetConfig.paper, "tiny": MotionNetConfig.tiny}
+    factories = {"paper": MotionNetConfig.paper, "small": MotionNetConfig.small, "tiny": MotionNetConfig.tiny}
     if flavour not in factories:
         raise ValueError(f"unknown MotionNet flavour {flavour!r}; choose one of {sorted(factories)}")
     try:

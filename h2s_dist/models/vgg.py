@@ -149,14 +149,22 @@ def build_vgg16(flavour: str = "paper", in_channels: int = 3, num_classes: int =
     return VGG16(config)
 
 
-def cross_modality_conv1(rgb_weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+# Our RGB networks see (pixel - mean) / 255, about +-0.5, while a flow stack reaches the
+# temporal VGG16 in image units, q - 128 in [-128, 127] (FlowNormalize). The release feeds both
+# in 0..255 units and copies the averaged filters as they are; here they are divided by 255 so
+# that conv1 answers a flow stack on the scale its RGB filters were trained for.
+FLOW_INPUT_SCALE = 1.0 / 255.0
+
+
+def cross_modality_conv1(rgb_weight: torch.Tensor, in_channels: int, scale: float = FLOW_INPUT_SCALE) -> torch.Tensor:
     """Cross-modality init: conv1 weight (O, 3, k, k) -> (O, in_channels, k, k).
 
     The RGB filters are averaged over their input channels and the mean is replicated
-    on every new input channel (the paper's temporal-stream initialisation)."""
+    on every new input channel (the paper's temporal-stream initialisation), times `scale`
+    (1/255: RGB input (pixel - mean)/255 vs flow input in 0..255 units; see FLOW_INPUT_SCALE)."""
     if rgb_weight.dim() != 4:
         raise ValueError(f"expected a conv weight (O, C, k, k), got {tuple(rgb_weight.shape)}")
-    mean = rgb_weight.mean(dim=1, keepdim=True)
+    mean = rgb_weight.mean(dim=1, keepdim=True) * scale
     return mean.expand(-1, in_channels, -1, -1).clone()
 
 

@@ -20,7 +20,9 @@ PositiveFloat = Annotated[float, Field(gt=0)]
 # Cross-entropy label smoothing of a classifier stage (torch's `label_smoothing`): the target
 # puts 1 - x on the true class and x spread evenly over all classes.
 LabelSmoothing = Annotated[float, Field(ge=0, lt=1)]
-Flavour = Literal["paper", "tiny"]
+Flavour = Literal["paper", "tiny"]  # VGG16 widths
+# MotionNet has a third width between the two (h2s_dist.models.motionnet.MotionNetConfig.small).
+MotionNetFlavour = Literal["paper", "small", "tiny"]
 
 
 class Strict(BaseModel):
@@ -142,32 +144,61 @@ class LoopSpec(Strict):
 
 
 class MotionNetSpec(Strict):
-    flavour: Flavour = "paper"
-    """`paper` = Table 1 widths; `tiny` = same topology, narrow (tests, CPU quickstart)."""
+    flavour: MotionNetFlavour = "paper"
+    """`paper` = Table 1 widths (42.3M parameters); `small` = same topology, widths 32 ... 192
+    (2.6M; sized for ~30 CPU minutes of pretraining); `tiny` = narrow (0.5M; tests, CPU quickstart)."""
     small_displacement: bool = True
     """Table 3 ablation switch: 3x3 stride-1 first layers for small motions."""
     conv_between_deconv: bool = True
     """Table 3 ablation switch: a 3x3 conv after each concat in the decoder."""
     flow_head_init_std: Annotated[float, Field(ge=0)] | Literal["msra"] | None = None
     """Std of the predict_flow heads' normal init, or `msra` (as every other layer, the
-    release); null = the flavour's own (paper: msra; tiny: 0.001, which starts at about zero
-    flow). Only a fresh network uses it."""
+    release); null = the flavour's own (paper: msra; small and tiny: 0.001, which starts at
+    about zero flow). Only a fresh network uses it."""
 
 
 class UnsupLossSpec(Strict):
+    """MotionNet's unsupervised loss (h2s_dist.losses has the formulas). Defaults are the
+    paper's terms with the Caffe release's balance between them; `photometric`,
+    `smoothness` and `occlusion` switch on terms from later unsupervised-flow work."""
+
     smoothness_weight: float = Field(1.0, ge=0)
-    """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta)."""
+    """Weight of the flow smoothness term (the paper's lambda2; the level's flow scale is in beta).
+    0 switches the term off."""
     ssim_weight_scale: float = Field(1.0, ge=0)
-    """Multiplier of the per-level SSIM weights (0.16 ... 0.01); 0.1 in fine-tuning."""
+    """Multiplier of the per-level SSIM weights (0.16 ... 0.01; x0.1 again in fine-tuning).
+    0 switches the term off."""
     pixel_weight: float = Field(1.0, ge=0)
-    """Weight of the photometric (Charbonnier) term at every level."""
+    """Weight of the photometric term at every level."""
     pixel_alpha: PositiveFloat = 0.4
-    """Charbonnier exponent of the photometric term."""
+    """Charbonnier exponent of the photometric term (photometric `charbonnier`)."""
     smoothness_alpha: PositiveFloat = 0.3
     """Charbonnier exponent of the smoothness term."""
     use_lrn: bool = False
     """Local response normalisation of the loss images, as in the Caffe release."""
-
+    normalisation: Literal["release", "mean"] = "release"
+    """`release`: each term normalised as the Caffe release's layers do (photometric and
+    smoothness means / N, SSIM a per-sample sum over 3(T-1) channels and every window), which
+    makes SSIM a large share of the loss. `mean`: plain means weighted by the equivalent
+    per-term weights (pixel 1, smoothness 4/3, SSIM ladder x 3(T-1) x windows x N): the same
+    balance, N times the value."""
+    reference_batch_size: PositiveInt | None = None
+    """N in the normalisation: the batch whose release loss ours equals, whatever our batch.
+    Null = the release's batch for the stage (16 in pretraining, 8 in fine-tuning)."""
+    photometric: Literal["charbonnier", "census"] = "charbonnier"
+    """`charbonnier` of RGB differences (the paper) or `census`: UFlow's soft 7x7 census
+    distance on grayscale with (|d| + 0.01)^0.4: blind to a brightness offset, nearly to a gain."""
+    smoothness: Literal["first_order", "edge_aware_first", "edge_aware_second"] = "first_order"
+    """`first_order` differences of the flow (the paper); `edge_aware_first` or
+    `edge_aware_second` (UFlow): first or second differences, each weighted by
+    exp(-edge_weight x mean |image gradient|) so the flow may change at image edges.
+    Second order leaves any linear (affine) flow unpenalised."""
+    edge_weight: float = Field(150.0, ge=0)
+    """UFlow's edge constant of the edge-aware smoothness (frames in [0, 1]); 0 = plain."""
+    occlusion: Literal["none", "forward_backward"] = "none"
+    """`none` (the paper) or `forward_backward` (UnFlow): MotionNet also runs on the
+    time-reversed clip, and pixels whose forward and backward flows disagree leave the
+    photometric term and down-weight their SSIM windows. About one more forward pass per step."""
 
 class SpecProblems(ValueError):
     """What a network or loss refuses in a spec, as (field path relative to the spec, message).

@@ -7,6 +7,8 @@ unsupervised loss the same way, and no stage imports another.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from h2s_dist.losses import UnsupervisedLossConfig
@@ -16,16 +18,23 @@ from h2s_dist.specs.common import MotionNetSpec, UnsupLossSpec
 
 
 def unsup_loss_config(loss: UnsupLossSpec, *, finetuning: bool) -> UnsupervisedLossConfig:
-    """The pure-torch loss config from the spec (SSIM ladder ten times smaller when fine-tuning)."""
+    """The pure-torch loss config from the spec: the release's fine-tuning constants (SSIM
+    ladder ten times smaller, batch 8) when `finetuning`, its pretraining ones otherwise."""
     base = UnsupervisedLossConfig.finetuning() if finetuning else UnsupervisedLossConfig.pretraining()
-    return UnsupervisedLossConfig(
+    return dataclasses.replace(
+        base,
         pixel_alpha=loss.pixel_alpha,
         pixel_level_weights=tuple(loss.pixel_weight for _ in base.pixel_level_weights),
         smoothness_alpha=loss.smoothness_alpha,
         smoothness_weight=loss.smoothness_weight,
-        ssim_level_weights=base.ssim_level_weights,
         ssim_weight_scale=base.ssim_weight_scale * loss.ssim_weight_scale,
         use_lrn=loss.use_lrn,
+        normalisation=loss.normalisation,
+        reference_batch_size=loss.reference_batch_size or base.reference_batch_size,
+        photometric=loss.photometric,
+        smoothness=loss.smoothness,
+        edge_weight=loss.edge_weight,
+        occlusion=loss.occlusion,
     )
 
 

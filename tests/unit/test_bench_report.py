@@ -37,3 +37,16 @@ def test_readme_summary_replaces_only_the_text_between_its_markers(tmp_path):
     assert "| flow EPE px (synthetic): motionnet / zero | 0.500 / 0.800 | - |" in text
     assert "run `bench/speed.py --quick`" in text  # what is missing names its script
     assert report.readme_with_summary(text, tmp_path) == text
+
+
+def test_flow_quality_section_adds_original_pixels_and_motionnet_input_when_resized(tmp_path):
+    data = {"epe": {"zero": {"synthetic": 0.8, "kitti": 4.0}},
+            "epe_original_px": {"zero": {"synthetic": 0.8, "kitti": 9.7}},
+            "pairs": {"synthetic": 4, "kitti": 1}, "sizes": {"synthetic": ["96x64 -> 96x64"],
+                                                             "kitti": ["1242x375 -> 512x155"]},
+            "motionnet_input": {"kitti": "the pair itself (2-frame network)"},
+            "motionnet": "tiny", "machine": {}, "command": "x"}
+    (tmp_path / "flow_quality.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "| zero | 0.800 | 4.000 |" in text and "| zero | 0.800 | 9.700 |" in text
+    assert "kitti: 1242x375 -> 512x155" in text and "kitti: the pair itself (2-frame network)" in text

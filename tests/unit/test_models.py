@@ -100,6 +100,19 @@ def test_tiny_motionnet_shapes_hold_for_every_switch(overrides):
     ]
 
 
+def test_small_motionnet_outputs_every_level_and_sits_between_tiny_and_paper_in_size():
+    torch.manual_seed(0)
+    net = build_motionnet("small")
+    with torch.no_grad():
+        flows = net(torch.randn(1, 11, 3, 64, 96) * 0.2)
+    assert [tuple(f.shape) for f in flows] == [(1, 20, 64 // s, 96 // s) for s in (32, 16, 8, 4, 2)]
+    with torch.device("meta"):
+        sizes = {f: _num_params(build_motionnet(f)) for f in ("tiny", "small", "paper")}
+    assert sizes["tiny"] < sizes["small"] < sizes["paper"] / 10, sizes
+    assert flows[-1].abs().max().item() * RAW_FLOW_SCALE < 0.5  # starts near zero flow, as tiny
+    assert build_motionnet("small", num_frames=2).config.flow_channels == 2
+
+
 def test_motionnet_init_is_msra_with_zero_bias():
     torch.manual_seed(0)
     net = build_motionnet("paper")
@@ -198,11 +211,22 @@ def test_fc6_fc7_init_keeps_the_signal_at_any_width():
 
 def test_cross_modality_conv1_is_channel_mean_replicated():
     w = torch.arange(2 * 3 * 1 * 2, dtype=torch.float32).view(2, 3, 1, 2)
-    out = cross_modality_conv1(w, 20)
+    out = cross_modality_conv1(w, 20, scale=1.0)
     assert out.shape == (2, 20, 1, 2)
     # filter 0: channels [0,1], [2,3], [4,5] -> mean [2, 3]; filter 1: [6..11] -> [8, 9]
     torch.testing.assert_close(out[:, 7], torch.tensor([[[2.0, 3.0]], [[8.0, 9.0]]]))
     assert bool((out == out[:, :1]).all())
+
+
+def test_cross_modality_filters_answer_a_flow_stack_on_the_rgb_scale():
+    # An RGB filter sees (pixel - mean)/255; the same value arriving on every channel of a
+    # flow stack in 0..255 units (x255) gives the same response per input channel.
+    torch.manual_seed(0)
+    w = torch.randn(4, 3, 3, 3)
+    value = torch.rand(1, 1, 8, 8) - 0.5
+    rgb_response = torch.nn.functional.conv2d(value.expand(-1, 3, -1, -1), w)
+    flow_response = torch.nn.functional.conv2d((value * 255).expand(-1, 20, -1, -1), cross_modality_conv1(w, 20))
+    torch.testing.assert_close(flow_response / 20, rgb_response / 3, rtol=1e-4, atol=1e-5)
 
 
 def test_temporal_from_rgb_loads_into_a_20_channel_vgg_except_mismatched_fc8():
@@ -213,7 +237,7 @@ def test_temporal_from_rgb_loads_into_a_20_channel_vgg_except_mismatched_fc8():
     assert sorted(result.missing_keys) == ["classifier.fc8.bias", "classifier.fc8.weight"]
     torch.testing.assert_close(
         temporal.features.conv1_1.weight,
-        rgb.features.conv1_1.weight.mean(1, keepdim=True).expand(-1, 20, -1, -1),
+        rgb.features.conv1_1.weight.mean(1, keepdim=True).expand(-1, 20, -1, -1) / 255,
     )
     torch.testing.assert_close(temporal.classifier.fc7.weight, rgb.classifier.fc7.weight)
 

@@ -43,3 +43,11 @@ def test_flow_head_init_from_the_spec_defaults_to_the_flavour_and_accepts_msra_o
     assert head_std(flow_head_init_std=0.05) == pytest.approx(0.05, rel=0.2)
     with pytest.raises(ValidationError, match="flow_head_init_std"):
         MotionNetSpec(flow_head_init_std="xavier")
+
+
+def test_motionnet_spec_takes_the_small_flavour_and_vgg_fields_still_refuse_it():
+    net = build_motionnet_from(MotionNetSpec(flavour="small"), num_frames=2)
+    assert net.config.encoder_channels == (32, 64, 96, 128, 128, 192)
+    assert SpatialSpec.model_validate({"data": {"dataset": "x"}, "vgg_flavour": "tiny"}).vgg_flavour == "tiny"
+    with pytest.raises(ValidationError, match="vgg_flavour"):
+        SpatialSpec.model_validate({"data": {"dataset": "x"}, "vgg_flavour": "small"})

@@ -85,13 +85,28 @@ def test_space_of_another_kind_is_refused():
         tune_spaces.check_against_trial(space, PretrainSpec, TRIAL)
 
 
-@pytest.mark.parametrize("name", ["pretrain_motionnet", "finetune_stacked", "quickstart"])
+@pytest.mark.parametrize("name", ["pretrain_motionnet", "pretrain_losses", "finetune_stacked", "quickstart"])
 def test_shipped_search_spaces_validate_against_their_trial_kind(name):
     from h2s_dist.specs.driver import TRIAL_SPECS
 
     space = tune_spaces.read_search_space(str(REPO / "tune" / f"{name}.yaml"))
     tune_spaces.check_against_trial(space, TRIAL_SPECS[space.kind], {"kind": space.kind, "data": {"dataset": "x"}})
     assert tune_spaces.to_param_space(space).keys() == space.space.keys()
+
+
+def test_loss_options_space_searches_every_option_and_validates_against_pretrain_spec():
+    space = tune_spaces.read_search_space(str(REPO / "tune" / "pretrain_losses.yaml"))
+    assert space.kind == "pretrain_motionnet"
+    options = {"loss.photometric", "loss.smoothness", "loss.edge_weight", "loss.occlusion", "loss.normalisation"}
+    assert options <= set(space.space)
+    # Both ends of every range and every choice must be values PretrainSpec accepts.
+    tune_spaces.check_against_trial(space, PretrainSpec, TRIAL, "tune/pretrain_losses.yaml")
+    sampled = {"loss.photometric": "census", "loss.occlusion": "forward_backward", "loss.smoothness": "edge_aware_second"}
+    loss = PretrainSpec.model_validate(tune_spaces.apply_config(TRIAL, sampled)).loss
+    assert (loss.photometric, loss.occlusion, loss.smoothness) == ("census", "forward_backward", "edge_aware_second")
+    bad = tune_spaces.parse_search_space({"kind": "pretrain_motionnet", "space": {"loss.photometric": {"choice": ["ssd"]}}})
+    with pytest.raises(tune_spaces.SearchSpaceError, match="space.loss.photometric: value 'ssd' is refused"):
+        tune_spaces.check_against_trial(bad, PretrainSpec, TRIAL)
 
 
 def test_tune_stage_spec_checks_inline_space_and_asha_budget():

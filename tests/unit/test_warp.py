@@ -8,9 +8,11 @@ import torch
 
 from h2s_dist.warp import (
     RAW_FLOW_SCALE,
+    backward_flows_from_reversed_clip,
     backward_warp,
     border_mask,
     border_width,
+    forward_backward_visible,
     raw_to_pixels,
     split_flows,
 )
@@ -127,6 +129,81 @@ def test_border_mask_counts_the_valid_pixels():
 def test_border_mask_that_leaves_nothing_is_an_error():
     with pytest.raises(ValueError, match="no valid pixel"):
         border_mask(2, 2, fraction=0.49)
+
+
+# --- Forward-backward occlusion ------------------------------------------------
+
+
+def test_consistent_constant_flows_are_visible_everywhere():
+    # Half a pixel right and down, back by the same: every pixel, the last row and column
+    # included (their backward flow is read half outside, b = -0.25 or -0.125: still
+    # within alpha2 = 0.5 px^2).
+    fw, bw = _constant_flow(2, 6, 7, 0.5, 0.5), _constant_flow(2, 6, 7, -0.5, -0.5)
+    visible = forward_backward_visible(fw, bw)
+    assert visible.shape == (2, 1, 6, 7)
+    assert visible.min() == 1
+
+
+def test_flow_leaving_the_image_counts_as_occluded():
+    # 2 px right: the last two columns land outside, where the backward flow reads 0:
+    # |fw + 0|^2 = 4 > 0.01 * 4 + 0.5. Everything else is consistent.
+    visible = forward_backward_visible(_constant_flow(1, 5, 8, 2.0, 0.0), _constant_flow(1, 5, 8, -2.0, 0.0))
+    assert visible[..., :-2].min() == 1
+    assert visible[..., -2:].max() == 0
+
+
+def test_an_inconsistent_region_is_masked_where_the_forward_flow_lands_in_it():
+    fw, bw = _constant_flow(1, 6, 9, 2.0, 0.0), _constant_flow(1, 6, 9, -2.0, 0.0)
+    bw[..., 1:3, 4:6] = 2.0  # in frame t+1, rows 1-2, columns 4-5 point the wrong way
+    visible = forward_backward_visible(fw, bw)
+    expected = torch.ones(1, 1, 6, 9)
+    expected[..., 1:3, 2:4] = 0  # x + 2 lands in columns 4-5
+    expected[..., -2:] = 0  # lands outside the image
+    torch.testing.assert_close(visible, expected)
+
+
+def test_the_occlusion_bound_by_hand():
+    # Zero forward flow reads the backward flow at the pixel itself, b:
+    # b = 0.70: |0 + b|^2 = 0.49 <= 0.01 * 0.49 + 0.5 = 0.5049 -> visible;
+    # b = 0.72: 0.5184 > 0.01 * 0.5184 + 0.5 = 0.505184 -> occluded.
+    fw = _constant_flow(1, 1, 1, 0.0, 0.0)
+    assert forward_backward_visible(fw, _constant_flow(1, 1, 1, 0.70, 0.0)).item() == 1
+    assert forward_backward_visible(fw, _constant_flow(1, 1, 1, 0.72, 0.0)).item() == 0
+    # fw = (1, 0): pixel 0 lands on pixel 1, whose backward flow is (b, 0):
+    # b = -0.5: 0.25 <= 0.01 * (1 + 0.25) + 0.5 = 0.5125 -> visible;
+    # b = -0.2: 0.64 > 0.01 * (1 + 0.04) + 0.5 = 0.5104 -> occluded, unless alpha2 = 0.65.
+    fw, bw = _constant_flow(1, 1, 3, 1.0, 0.0), torch.zeros(1, 2, 1, 3)
+    for b_u, alpha2, expected in ((-0.5, 0.5, 1.0), (-0.2, 0.5, 0.0), (-0.2, 0.65, 1.0)):
+        bw[:, 0, :, 1] = b_u
+        assert forward_backward_visible(fw, bw, alpha2=alpha2)[0, 0, 0, 0].item() == expected
+
+
+def test_reversed_clip_flow_j_is_the_backward_flow_of_pair_t_minus_2_minus_j():
+    # T = 4 frames, 3 pairs. Reversed flow j carries the value 10 j (u) and 10 j + 1 (v).
+    raw = torch.tensor([0.0, 1.0, 10.0, 11.0, 20.0, 21.0]).view(1, 6, 1, 1)
+    backward = backward_flows_from_reversed_clip(raw)
+    # backward i maps frame i+1 to frame i = reversed flow T-2-i: i = 0 -> j = 2, ...
+    assert backward.flatten().tolist() == [20.0, 21.0, 10.0, 11.0, 0.0, 1.0]
+
+
+def test_backward_flows_of_a_reversed_translation_undo_the_forward_flow():
+    # Content moves 2 px right per frame. Run backwards it moves 2 px left: the reversed
+    # clip's flows are u = -2, and the forward-backward check passes away from the edge.
+    t, b, h, w = 3, 1, 5, 12
+    frames = torch.rand(b, 1, h, w + 2 * t, generator=torch.Generator().manual_seed(0))
+    clip = torch.stack([frames[..., 2 * t - 2 * i : 2 * t - 2 * i + w] for i in range(t)], 1)  # (b, t, 1, h, w)
+    reversed_clip = clip.flip(1)
+    for j in range(t - 1):  # reversed frame j+1 sampled at x - 2 rebuilds reversed frame j
+        rebuilt = backward_warp(reversed_clip[:, j + 1], _constant_flow(b, h, w, -2.0, 0.0))
+        torch.testing.assert_close(rebuilt[..., 2:], reversed_clip[:, j, ..., 2:])
+    raw_reversed = torch.zeros(b, 2 * (t - 1), h, w)
+    raw_reversed[:, 0::2] = -2.0
+    backward = split_flows(backward_flows_from_reversed_clip(raw_reversed))
+    for i in range(t - 1):  # and frame i sampled along backward flow i rebuilds frame i+1
+        rebuilt = backward_warp(clip[:, i], backward[:, i])
+        torch.testing.assert_close(rebuilt[..., 2:], clip[:, i + 1, ..., 2:])
+        visible = forward_backward_visible(_constant_flow(b, h, w, 2.0, 0.0), backward[:, i])
+        assert visible[..., :-2].min() == 1
 
 
 def test_warp_and_losses_import_neither_ray_nor_mlflow():

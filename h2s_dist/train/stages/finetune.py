@@ -52,9 +52,11 @@ class FinetuneTask(StreamTask):
         out = model(clips)
         total, terms = action_loss(out.scores, labels, self.spec.label_smoothing)
         if dist.unwrap(model).uses_unsupervised_loss and self.spec.unsup_weight > 0:
-            unsup, parts = unsupervised_flow_loss(
-                frame_conv.denormalize(clips), [f.float() for f in out.flows], self.loss_config
-            )
+            backward = None
+            if self.loss_config.occlusion == "forward_backward":
+                with torch.no_grad():  # the flows of the time-reversed clip only shape the occlusion mask
+                    backward = dist.unwrap(model).motionnet(clips.flip(1))
+            unsup, parts = unsupervised_flow_loss(frame_conv.denormalize(clips), out.flows, self.loss_config, backward)
             total = total + self.spec.unsup_weight * unsup
             terms.update({f"loss/{k}": float(v) for k, v in parts.items() if "/" not in k})
         terms["loss/total"] = float(total.detach())

@@ -14,6 +14,7 @@ import torch
 
 from h2s_dist import frames as frame_conv
 from h2s_dist.losses import unsupervised_flow_loss
+from h2s_dist.train import dist
 from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.specs.common import OptimSpec
 from h2s_dist.specs.training import PretrainSpec
@@ -37,7 +38,11 @@ class PretrainTask(StreamTask):
     def loss(self, model, batch, device):
         clips = batch[0].to(device, non_blocking=True)
         flows = model(clips)
-        total, terms = unsupervised_flow_loss(frame_conv.denormalize(clips), [f.float() for f in flows], self.loss_config)
+        backward = None
+        if self.loss_config.occlusion == "forward_backward":
+            with torch.no_grad():  # the flows of the time-reversed clip only shape the occlusion mask
+                backward = dist.unwrap(model)(clips.flip(1))
+        total, terms = unsupervised_flow_loss(frame_conv.denormalize(clips), flows, self.loss_config, backward)
         logged = {f"loss/{name}": float(value) for name, value in terms.items()}
         logged["loss/total"] = float(total.detach())
         return total, logged
