@@ -160,7 +160,9 @@ class TuneSpec(Strict):
     search_space: str | dict[str, tune_spaces.Distribution]
     """Path or URI of a tune/*.yaml, or inline `{dotted.path: {loguniform: [lo, hi]}}`."""
     metric: str = "loss/total"
-    """Metric the search optimises: any metric the trial logs (`loss/total`, `train/top1`)."""
+    """Metric the search optimises: any metric the trial logs. `val/epe` (flow error on
+    ground truth, pretraining with `validation`) compares trials with different loss weights
+    or terms; `loss/total` only trials that share the loss (learning rates, say)."""
     mode: Literal["min", "max"] = "min"
     """Minimise or maximise `metric`."""
     asha: AshaSpec | None = AshaSpec()
@@ -180,6 +182,9 @@ class TuneSpec(Strict):
 
     @model_validator(mode="after")
     def _consistent(self):
+        if self.metric.startswith("val/") and getattr(self.trial, "validation", None) is None:
+            raise ValueError(f"metric {self.metric!r} needs the trial to validate: give trial.validation "
+                             "(pretrain_motionnet logs val/epe) or rank by a logged loss")
         if isinstance(self.search_space, dict):
             space = tune_spaces.parse_search_space(self.search_space, source="search_space")
             tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), "search_space")

@@ -21,6 +21,7 @@ from h2s_dist.specs.common import (
     MotionNetSpec,
     OptimSpec,
     PositiveFloat,
+    PositiveInt,
     ScalingSpec,
     Strict,
     UnsupLossSpec,
@@ -30,6 +31,32 @@ from h2s_dist.specs.common import (
 
 def _at(path: str, messages: list[str]) -> list[tuple[str, str]]:
     return [(path, message) for message in messages]
+
+
+class FlowValidationSpec(Strict):
+    """MotionNet's end-point error on pairs with ground-truth flow, logged as `val/epe` (the mean
+    over sets) and `val/epe/<set>` while pretraining: the loss cannot be compared across loss
+    weights, flow error can (a Tune stage may rank trials by `val/epe`)."""
+
+    every_steps: PositiveInt = 1000
+    """Steps between validations; also at the first log step and at the last step."""
+    synthetic_pairs: int = Field(16, ge=0)
+    """Pairs of the synthetic motion set with exact flow, each inside its real clip (0 = none)."""
+    synthetic_size: tuple[PositiveInt, PositiveInt] = (64, 64)
+    """(width, height) of the synthetic pairs."""
+    flow_dev: str | None = None
+    """Local folder of a flow dev set with ground truth (flyingchairs/, kitti/, yosemite/, as in
+    ../shared/data/flow_dev); its bare pairs are scored with frame2 repeated to the clip length.
+    Null = none."""
+    max_side: PositiveInt | None = 256
+    """Dev-set pairs are resized so their longer side is at most this (their flow scaled with
+    them, EPE in the resized pixels); null = full size."""
+
+    @model_validator(mode="after")
+    def _some_pairs(self) -> FlowValidationSpec:
+        if not self.synthetic_pairs and not self.flow_dev:
+            raise ValueError("validation needs synthetic_pairs > 0 or a flow_dev folder (or set validation: null)")
+        return self
 
 
 class PretrainSpec(Strict):
@@ -53,6 +80,8 @@ class PretrainSpec(Strict):
     """Workers and resources."""
     init_weights: str | None = Field(None)
     """URI of MotionNet weights to start from (random MSRA init when null)."""
+    validation: FlowValidationSpec | None = FlowValidationSpec()
+    """Flow error on ground-truth pairs during training (`val/epe`); null = none."""
 
     @model_validator(mode="after")
     def _motionnet_accepts_the_clips(self) -> PretrainSpec:

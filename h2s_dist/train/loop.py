@@ -63,6 +63,10 @@ class Task(Protocol):
     def pictures(self, model: torch.nn.Module, batch: Any, device: torch.device) -> dict[str, np.ndarray]:
         """{artifact name: (H, W, 3) uint8} pictures of this batch; called on rank 0 only."""
 
+    def validate(self, model: torch.nn.Module, device: torch.device) -> dict[str, float]:
+        """Optional: {metric name: value} on held-out data (e.g. `val/epe`); called on rank 0
+        every `validate_every_steps` (an optional attribute too), at the first log step and at the end."""
+
     def final_weights(self, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
         """{name: state dict} of the weights this stage hands on (e.g. `motionnet`)."""
 
@@ -131,6 +135,8 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
         resumed_from = step
         tracker.set_tags({"h2s.resumed_from_step": str(step)})
 
+    validation: dict[str, float] = {}
+    validated_at: int | None = None
     trained = dist.wrap_ddp(model, device)
     stream = task.batches(dist.rank(), dist.world_size(), position, loop.seed)
     window_start, window_samples = time.perf_counter(), 0
@@ -164,6 +170,9 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
             for group in optimizer.param_groups:
                 metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
             metrics.update(_data_counts(samples_seen, len(earlier_skips) + len(stream.skipped), device))
+            if dist.is_main() and _validation_due(task, step, is_last, validated_at):
+                validation, validated_at = task.validate(dist.unwrap(trained), device), step
+            metrics.update(validation)  # the latest with every log step: a Tune search may rank by it
             tracker.log_metrics(metrics, step=step)
             # Sessions that want every logged step (a Tune trial's, for early stopping) say so.
             report_metrics = getattr(session, "report_metrics", None)
@@ -186,6 +195,15 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
 
     weights = task.final_weights(model) if dist.is_main() else {}
     return FitResult(step, samples_seen, metrics, weights, resumed_from, checksums)
+
+
+def _validation_due(task: Task, step: int, is_last: bool, validated_at: int | None) -> bool:
+    """A task that validates does so at the first log step, every `validate_every_steps` after
+    it (checked at log steps) and at the last step."""
+    if getattr(task, "validate", None) is None:
+        return False
+    every = getattr(task, "validate_every_steps", None)
+    return validated_at is None or is_last or (every is not None and step - validated_at >= every)
 
 
 def _checksum(batch: Any) -> float:

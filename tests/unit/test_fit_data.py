@@ -129,3 +129,30 @@ def test_a_finished_run_resumed_again_still_lists_its_skips(tmp_path):
     assert _fit(task, tracker, tmp_path).step == 6
     assert tracker.dicts == [(SKIPPED_ARTIFACT, {"num_skipped": 3, "skipped": [
         {"key": f"video{k}", "source": "shard-000000.tar", "reason": "ClipDecodeError: toy"} for k in (0, 2, 4)]})]
+
+
+class ValidatingTask(ToyTask):
+    """A ToyTask that validates every 4 steps (val/score = the step it was computed at)."""
+
+    validate_every_steps = 4
+
+    def __init__(self):
+        super().__init__(skip_every=1000)
+        self.steps_seen = 0
+        self.validated_at: list[int] = []
+
+    def loss(self, model, batch, device):
+        self.steps_seen += 1
+        return super().loss(model, batch, device)
+
+    def validate(self, model, device):
+        self.validated_at.append(self.steps_seen)
+        return {"val/score": float(self.steps_seen)}
+
+
+def test_validation_runs_at_the_first_log_step_every_k_steps_and_at_the_end_and_rides_every_log(tmp_path):
+    task, tracker = ValidatingTask(), RecordingTracker()
+    _fit(task, tracker, tmp_path, max_steps=9)
+    # Log steps 2, 4, 6, 8, 9: validated at 2 (first), 6 (2 + 4) and 9 (last).
+    assert task.validated_at == [2, 6, 9]
+    assert [(step, m["val/score"]) for step, m in tracker.metrics] == [(2, 2.0), (4, 2.0), (6, 6.0), (8, 6.0), (9, 9.0)]

@@ -28,6 +28,33 @@ class PretrainTask(StreamTask):
     def __init__(self, spec: PretrainSpec):
         self.spec = spec
         self.loss_config = unsup_loss_config(spec.loss, finetuning=False)
+        self.validate_every_steps = spec.validation.every_steps if spec.validation else None
+        self._validation_sets: dict[str, list] | None = None
+
+    def validation_sets(self) -> dict[str, list]:
+        """{set name: FlowPairs} of the spec's validation, read once (synthetic pairs inside a
+        real clip of the network's length; dev-set pairs resized to max_side)."""
+        if self._validation_sets is None:
+            from h2s_dist.data import flow_sets
+
+            config, sets = self.spec.validation, {}
+            if config.synthetic_pairs:
+                width, height = config.synthetic_size
+                sets["synthetic"] = flow_sets.synthetic_pairs(
+                    config.synthetic_pairs, height, width, window_frames=max(self.spec.data.clip_len_frames, 2))
+            if config.flow_dev:
+                for name, pairs in flow_sets.read_flow_dev(config.flow_dev).items():
+                    sets[name] = [flow_sets.resize_pair(pair, config.max_side) for pair in pairs]
+            self._validation_sets = sets
+        return self._validation_sets
+
+    def validate(self, model, device) -> dict[str, float]:
+        """`val/epe` (mean over sets) and `val/epe/<set>`: the flow error on ground truth."""
+        if self.spec.validation is None:
+            return {}
+        from h2s_dist.train.flow_eval import flow_epe
+
+        return flow_epe(model, self.validation_sets())
 
     def build_model(self) -> torch.nn.Module:
         return build_motionnet_from(self.spec.motionnet, self.spec.data.clip_len_frames, self.spec.init_weights)
