@@ -8,28 +8,15 @@ import pytest
 
 from bench import flow_quality as fq
 from h2s_dist.train import flow_eval
-
-SHIFT = (2.0, -1.0)  # (u right, v down) px: frame2(x + SHIFT) = frame1(x)
-H, W = 20, 24
-
-
-def _pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """frame1, frame2 uint8 (H, W, 3) where frame2 is frame1 moved by SHIFT (integer, wrap-around)."""
-    frame1 = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    frame2 = np.roll(frame1, (int(SHIFT[1]), int(SHIFT[0])), axis=(0, 1))
-    return frame1, frame2
-
-
-def _shift_flow() -> np.ndarray:
-    return np.broadcast_to(np.array(SHIFT, np.float32), (H, W, 2)).copy()
+from tests.unit.flow_cases import H, SHIFT, W, shift_flow, shifted_pair
 
 
 def _oracle(frame1: np.ndarray, frame2: np.ndarray) -> np.ndarray:
-    return _shift_flow()
+    return shift_flow()
 
 
 def _shift_pairs(count: int) -> list[fq.FlowPair]:
-    return [fq.FlowPair(f"p{i}", *_pair(i), _shift_flow()) for i in range(count)]
+    return [fq.FlowPair(f"p{i}", *shifted_pair(i), shift_flow()) for i in range(count)]
 
 
 def test_perfect_method_scores_zero_and_zero_flow_scores_the_shift_length():
@@ -73,12 +60,12 @@ def test_padding_reaches_the_multiple_of_32_and_motionnet_flow_is_cropped_back()
     assert flow_eval.pad_to_multiple(np.zeros((2, 33, 64, 3))).shape == (2, 64, 64, 3)
     torch.manual_seed(0)
     method = fq.motionnet_method(build_motionnet("tiny", num_frames=3))
-    frame1, frame2 = _pair(0)
-    flow = method(fq.FlowPair("p", frame1, frame2, _shift_flow()))
+    frame1, frame2 = shifted_pair(0)
+    flow = method(fq.FlowPair("p", frame1, frame2, shift_flow()))
     assert flow.shape == (H, W, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
 
 
-def test_motionnet_sees_the_real_window_around_a_pair_and_pads_a_bare_pair():
+def test_motionnet_sees_the_real_window_around_a_pair_and_pads_a_bareshifted_pair():
     video = np.arange(11)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # frame k is all k
     pair = fq.FlowPair("v", video[5], video[6], np.zeros((2, 2, 2), np.float32), window=video, window_index=5)
     frames, index = flow_eval.motionnet_window(pair, 3)

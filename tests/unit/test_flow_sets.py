@@ -13,21 +13,9 @@ from PIL import Image
 
 from h2s_dist.data import flow_sets as fs
 from h2s_dist.data.flow_io import write_flo, write_kitti_flow
+from tests.unit.flow_cases import H, SHIFT, W, shift_flow, shifted_pair
 
-SHIFT = (2.0, -1.0)  # (u right, v down) px: frame2(x + SHIFT) = frame1(x)
-H, W = 20, 24
 FLOW_DEV = pathlib.Path(__file__).resolve().parents[2].parent / "shared" / "data" / "flow_dev"
-
-
-def _pair(seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """frame1, frame2 uint8 (H, W, 3) where frame2 is frame1 moved by SHIFT (integer, wrap-around)."""
-    frame1 = np.random.default_rng(seed).integers(0, 256, (H, W, 3), dtype=np.uint8)
-    frame2 = np.roll(frame1, (int(SHIFT[1]), int(SHIFT[0])), axis=(0, 1))
-    return frame1, frame2
-
-
-def _shift_flow() -> np.ndarray:
-    return np.broadcast_to(np.array(SHIFT, np.float32), (H, W, 2)).copy()
 
 
 # ----------------------------------------------------------------------------- Middlebury, Sintel
@@ -36,14 +24,14 @@ def _shift_flow() -> np.ndarray:
 @pytest.fixture
 def middlebury_root(tmp_path):
     for i, (name, data) in enumerate((("Alpha", "other-data"), ("Beta", "other-data-gray"))):
-        frame1, frame2 = _pair(i)
+        frame1, frame2 = shifted_pair(i)
         folder = tmp_path / data / name
         folder.mkdir(parents=True)
         mode = "RGB" if data == "other-data" else "L"
         Image.fromarray(frame1).convert(mode).save(folder / "frame10.png")
         Image.fromarray(frame2).convert(mode).save(folder / "frame11.png")
         (tmp_path / "other-gt-flow" / name).mkdir(parents=True)
-        flow = _shift_flow()
+        flow = shift_flow()
         flow[0, 0] = np.nan  # one unknown pixel, stored as 1e10
         write_flo(tmp_path / "other-gt-flow" / name / "flow10.flo", flow)
     return tmp_path
@@ -61,7 +49,7 @@ def sintel_root(tmp_path):
                 Image.fromarray(frame).save(tmp_path / render_pass / scene / f"frame_{k:04d}.png")
         (tmp_path / "flow" / scene).mkdir(parents=True)
         for k in (1, 2):
-            write_flo(tmp_path / "flow" / scene / f"frame_{k:04d}.flo", _shift_flow())
+            write_flo(tmp_path / "flow" / scene / f"frame_{k:04d}.flo", shift_flow())
     return tmp_path
 
 
@@ -71,7 +59,7 @@ def test_middlebury_layout_gives_every_sequence_with_its_frames_and_flow(middleb
     for p in pairs:
         assert p.frame1.shape == p.frame2.shape == (H, W, 3) and p.frame1.dtype == np.uint8
         assert np.isnan(p.flow[0, 0]).all() and np.allclose(p.flow[1:], SHIFT)
-    np.testing.assert_array_equal(pairs[0].frame1, _pair(0)[0])
+    np.testing.assert_array_equal(pairs[0].frame1, shifted_pair(0)[0])
 
 
 def test_sintel_layout_pairs_each_flo_with_its_two_frames(sintel_root):
@@ -96,22 +84,22 @@ def test_missing_layout_folders_are_reported_with_what_to_pass(tmp_path):
 @pytest.fixture
 def tiny_flow_dev(tmp_path):
     """The flow_dev layout with one 20x24 pair per set (frame2 = frame1 moved by SHIFT)."""
-    frame1, frame2 = _pair(0)
+    frame1, frame2 = shifted_pair(0)
     chairs, kitti, yos = (tmp_path / s for s in fs.FLOW_DEV_SETS)
     for folder in (chairs, kitti, yos):
         folder.mkdir()
     for stem in ("0000000", "0000001"):
         Image.fromarray(frame1).save(chairs / f"{stem}-img0.ppm")
         Image.fromarray(frame2).save(chairs / f"{stem}-img1.ppm")
-        write_flo(chairs / f"{stem}-gt.flo", _shift_flow())
+        write_flo(chairs / f"{stem}-gt.flo", shift_flow())
     Image.fromarray(frame1).save(kitti / "frame1.png")
     Image.fromarray(frame2).save(kitti / "frame2.png")
     valid = np.zeros((H, W), bool)
     valid[::3, ::2] = True  # sparse, like LiDAR points
-    write_kitti_flow(kitti / "flow_gt.png", _shift_flow(), valid)
+    write_kitti_flow(kitti / "flow_gt.png", shift_flow(), valid)
     Image.fromarray(frame1[..., 0]).save(yos / "yos9.png")  # grey, as the real frames
     Image.fromarray(frame2[..., 0]).save(yos / "yos10.png")
-    flow = _shift_flow()
+    flow = shift_flow()
     flow[:3] = fs.YOSEMITE_SKY_FLOW  # three rows of "sky"
     flow[5, 5] = np.nan  # unknown, stored as 1e10
     write_flo(yos / "correct_yos.flo", flow)
@@ -164,10 +152,10 @@ def test_missing_flow_dev_folders_and_mismatched_files_are_reported(tiny_flow_de
 
 
 def test_resizing_scales_the_flow_and_keeps_sparse_points_unblended():
-    frame1, frame2 = _pair(0)
+    frame1, frame2 = shifted_pair(0)
     valid = np.zeros((H, W), bool)
     valid[1::2, 1::2] = True
-    flow = np.where(valid[..., None], _shift_flow(), 0).astype(np.float32)
+    flow = np.where(valid[..., None], shift_flow(), 0).astype(np.float32)
     pair = fs.FlowPair("p", frame1, frame2, flow, valid)
     small = fs.resize_pair(pair, 12)  # 24 x 20 -> 12 x 10: factor 1/2 on both axes
     assert small.frame1.shape == (10, 12, 3) and small.frame1.dtype == np.uint8
@@ -214,9 +202,9 @@ def _photometric_error(pair: fs.FlowPair, flow: np.ndarray, stride: int = 2) -> 
 
 
 def test_numpy_warp_oracle_recovers_an_integer_shift():
-    frame1, frame2 = _pair(0)
-    pair = fs.FlowPair("p", frame1, frame2, _shift_flow())
-    assert _photometric_error(pair, _shift_flow(), stride=1) == 0.0
+    frame1, frame2 = shifted_pair(0)
+    pair = fs.FlowPair("p", frame1, frame2, shift_flow())
+    assert _photometric_error(pair, shift_flow(), stride=1) == 0.0
     assert _photometric_error(pair, np.zeros((H, W, 2)), stride=1) > 50
 
 
