@@ -65,7 +65,7 @@ def test_padding_reaches_the_multiple_of_32_and_motionnet_flow_is_cropped_back()
     assert flow.shape == (H, W, 2) and flow.dtype == np.float32 and np.isfinite(flow).all()
 
 
-def test_motionnet_sees_the_real_window_around_a_pair_and_pads_a_bareshifted_pair():
+def test_motionnet_sees_the_real_window_around_a_pair_and_pads_a_bare_pair():
     video = np.arange(11)[:, None, None, None] * np.ones((1, 2, 2, 3), np.uint8)  # frame k is all k
     pair = fq.FlowPair("v", video[5], video[6], np.zeros((2, 2, 2), np.float32), window=video, window_index=5)
     frames, index = flow_eval.motionnet_window(pair, 3)
