@@ -6,7 +6,7 @@ at), --warmup times untimed, then --repeats times timed. Start-up is what is mea
 imports dominate, so a heavy import pulled in by accident shows up here first.
 
     h2s --help                                  target 1 s
-    h2s validate jobs/ucf101_split1.yaml        (no target yet: reported only)
+    h2s validate jobs/ucf101_split1.yaml        target 2 s
     h2s runs --tracking-uri <temp sqlite store> target 3 s; the store is created here with
                                                 --num-jobs job runs of 3 stage runs each
     h2s runs --tracking-uri URI                 the same target, for each --tracking-uri given
@@ -34,6 +34,7 @@ sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench._common import ROOT, format_table, write_results  # noqa: E402
 
 HELP_TARGET_S = 1.0
+VALIDATE_TARGET_S = 2.0
 RUNS_TARGET_S = 3.0
 STAGES = (("data", "ingest"), ("pretrain", "pretrain_motionnet"), ("evaluate", "evaluate"))
 
@@ -63,7 +64,7 @@ def cases(store_uri: str | None, extra_uris: Sequence[str]) -> list[dict[str, An
     found = [
         {"label": "h2s --help", "argv": ["--help"], "target_s": HELP_TARGET_S},
         {"label": "h2s validate jobs/ucf101_split1.yaml", "argv": ["validate", "jobs/ucf101_split1.yaml"],
-         "target_s": None},
+         "target_s": VALIDATE_TARGET_S},
     ]
     if store_uri:
         found.append({"label": "h2s runs (temp store)", "argv": ["runs", "--tracking-uri", store_uri],
@@ -74,20 +75,20 @@ def cases(store_uri: str | None, extra_uris: Sequence[str]) -> list[dict[str, An
     return found
 
 
-def child_env() -> dict[str, str]:
-    """This checkout first on PYTHONPATH: the venv's editable install may point at another clone."""
-    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+def child_env(root: pathlib.Path = ROOT) -> dict[str, str]:
+    """`root` first on PYTHONPATH: the venv's editable install may point at another clone."""
+    path = os.pathsep.join(p for p in (str(root), os.environ.get("PYTHONPATH", "")) if p)
     return {**os.environ, "PYTHONPATH": path}
 
 
-def time_command(argv: Sequence[str], warmup: int, repeats: int) -> list[float]:
+def time_command(argv: Sequence[str], warmup: int, repeats: int, root: pathlib.Path = ROOT) -> list[float]:
     """Wall seconds of `repeats` runs of `python -m h2s_dist ARGV` (after `warmup` untimed ones),
-    run from the repository root; a failing run raises with its stderr."""
+    run from checkout `root` with its code; a failing run raises with its stderr."""
     command = [sys.executable, "-m", "h2s_dist", *argv]
     times = []
     for index in range(warmup + repeats):
         start = time.perf_counter()
-        done = subprocess.run(command, cwd=ROOT, env=child_env(), capture_output=True, text=True)
+        done = subprocess.run(command, cwd=root, env=child_env(root), capture_output=True, text=True)
         seconds = time.perf_counter() - start
         if done.returncode != 0:
             raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}")
@@ -115,6 +116,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tracking-uri", action="append", default=[], metavar="URI",
                    help="also time `h2s runs --tracking-uri URI` (repeatable), e.g. your sqlite:///.h2s/mlflow.db")
     p.add_argument("--no-store", action="store_true", help="skip the temp store (and the ~25 s it takes to create)")
+    p.add_argument("--baseline", type=pathlib.Path, metavar="CHECKOUT",
+                   help="also time another checkout of h2s-dist (e.g. a git worktree of an older commit), "
+                        "case by case in the same run, and report the speed-up")
     args = p.parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 7)
     return args
@@ -130,14 +134,23 @@ def main(argv: list[str] | None = None) -> dict:
             store_uri = build_store(pathlib.Path(tmp), args.num_jobs)
             print(f"temp store with {args.num_jobs} job runs: {time.perf_counter() - started:.1f} s", flush=True)
         for case in cases(store_uri, args.tracking_uri):
-            times = time_command(case["argv"], args.warmup, args.repeats)
-            results[case["label"]] = {"argv": case["argv"], **summarise(times, case["target_s"])}
-            print(f"{case['label']}: median {results[case['label']]['median_s']:.2f} s", flush=True)
+            result = {"argv": case["argv"]}
+            if args.baseline:  # the older tree first, then this one, under the same load
+                result["baseline"] = summarise(time_command(case["argv"], args.warmup, args.repeats, args.baseline), None)
+            result.update(summarise(time_command(case["argv"], args.warmup, args.repeats), case["target_s"]))
+            results[case["label"]] = result
+            print(f"{case['label']}: median {result['median_s']:.2f} s", flush=True)
     print()
-    print(format_table(["command", "median s", "min s", "max s", "target s", "ok?"],
-                       [[label, r["median_s"], r["min_s"], r["max_s"], r["target_s"], _ok_cell(r["ok"])]
-                        for label, r in results.items()]))
+    header, rows = ["command", "median s", "min s", "max s", "target s", "ok?"], []
+    for label, r in results.items():
+        rows.append([label, r["median_s"], r["min_s"], r["max_s"], r["target_s"], _ok_cell(r["ok"])])
+        if args.baseline:
+            rows[-1] += [r["baseline"]["median_s"], r["baseline"]["median_s"] / r["median_s"]]
+    if args.baseline:
+        header += [f"baseline median s ({args.baseline.name})", "speed-up x"]
+    print(format_table(header, rows))
     payload = {"commands": results, "repeats": args.repeats, "warmup": args.warmup,
+               "baseline": str(args.baseline) if args.baseline else None,
                "temp_store": {"job_runs": args.num_jobs, "stages_per_job": len(STAGES)} if store_uri else None}
     path = write_results("cli", payload)
     print(f"wrote {path}")

@@ -13,7 +13,7 @@ def test_cases_time_help_validate_and_runs_on_each_store():
     assert [c["argv"] for c in cases] == [
         ["--help"], ["validate", "jobs/ucf101_split1.yaml"], ["runs", "--tracking-uri", "sqlite:////tmp/s.db"],
         ["runs", "--tracking-uri", "http://127.0.0.1:5000"]]
-    assert [c["target_s"] for c in cases] == [1.0, None, 3.0, 3.0]
+    assert [c["target_s"] for c in cases] == [1.0, 2.0, 3.0, 3.0]
     assert len(bench_cli.cases(None, [])) == 2  # --no-store
 
 
