@@ -101,12 +101,8 @@ class EvalStream(IterableDataset):
         """One sample -> (clips (num_windows * num_crops, T, 3, crop, crop), flipped (N,) bool)."""
         starts = transforms.eval_window_starts(num_frames, self.clip_len, self.num_windows)
         frames = read_frame_window(sample, 0, starts[-1] + self.clip_len, num_frames)
-        per_window = [
-            transforms.select_crops(*transforms.ten_crops(frames[s:s + self.clip_len], self.crop_size), self.num_crops)
-            for s in starts
-        ]
-        crops = np.concatenate([c for c, _ in per_window])
-        flipped = torch.from_numpy(np.concatenate([f for _, f in per_window]))
+        crops, flipped = transforms.window_crops(frames, starts, self.clip_len, self.crop_size, self.num_crops)
+        flipped = torch.from_numpy(flipped)
         clips = transforms.to_network_input(crops) if self.normalized else torch.from_numpy(crops).movedim(-1, -3)
         return clips, flipped
 

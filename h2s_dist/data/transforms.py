@@ -156,6 +156,18 @@ def select_crops(crops: np.ndarray, flipped: np.ndarray, num_crops: int) -> tupl
     return crops[index], flipped[index]
 
 
+def window_crops(
+    frames: np.ndarray, starts: list[int], clip_len: int, crop_size: int, num_crops: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """The test inputs of one video: for each window start, `select_crops` of its `ten_crops`.
+
+    frames (T, H, W, 3) uint8 with T >= starts[-1] + clip_len -> crops
+    (len(starts) * num_crops, clip_len, crop_size, crop_size, 3) uint8, window-major, and
+    flipped (len(starts) * num_crops,) bool."""
+    per_window = [select_crops(*ten_crops(frames[s : s + clip_len], crop_size), num_crops) for s in starts]
+    return np.concatenate([c for c, _ in per_window]), np.concatenate([f for _, f in per_window])
+
+
 def to_network_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) numpy -> float32 torch (..., 3, H, W), (x - mean) / 255."""
     x = torch.from_numpy(np.ascontiguousarray(frames))

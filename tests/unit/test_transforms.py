@@ -131,3 +131,14 @@ def test_select_crops_centre_only():
     assert f1.tolist() == [False]
     with pytest.raises(ValueError):
         T.select_crops(crops, flipped, 3)
+
+
+def test_window_crops_are_window_major_with_each_windows_own_frames():
+    frames = np.zeros((8, 6, 7, 3), np.uint8)
+    frames[:] = np.arange(8, dtype=np.uint8)[:, None, None, None]  # pixel value = frame index
+    crops, flipped = T.window_crops(frames, [0, 3, 6], clip_len=2, crop_size=4, num_crops=5)
+    assert crops.shape == (15, 2, 4, 4, 3) and not flipped.any()
+    assert [int(c[0, 0, 0, 0]) for c in crops[::5]] == [0, 3, 6]  # first frame of each window
+    assert [int(c[1, 0, 0, 0]) for c in crops[::5]] == [1, 4, 7]
+    one, _ = T.window_crops(frames, [3], clip_len=2, crop_size=4, num_crops=1)
+    assert np.array_equal(one[0], T.ten_crops(frames[3:5], 4)[0][4])  # the centre crop
