@@ -16,7 +16,8 @@ reused, not rerun: it still gets a child run in this execution, FINISHED and tag
 outputs' final metrics copied, so every parent run shows the whole job. `fresh=True`
 deletes a stage's folder first. A stage that crashed left its checkpoints in its folder;
 the same command later reuses the finished stages and the launcher resumes the
-interrupted one from `<output>/checkpoints`.
+interrupted one from `<output>/checkpoints`. Every stage folder also holds `spec.json`, the
+resolved spec it ran (or was reused) under.
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ from h2s_dist import config as cfg
 
 SUCCESS_FILE = "_SUCCESS"
 OUTPUTS_FILE = "outputs.json"
+# The stage's resolved spec, so that a folder says what it holds without MLflow (h2s predict
+# reads the networks' architecture from it); written at every start, reused stages included.
+SPEC_FILE = "spec.json"
 # Written when a stage starts, removed when it ends: still there at the next start means the
 # execution that wrote it died without closing its MLflow runs (SIGKILL, a lost machine).
 RUNNING_FILE = "_RUNNING"
@@ -261,6 +265,7 @@ def _one_stage(run: _Run, index: int, entry: BaseModel, parent_run_id: str) -> S
             f"stage {entry.name!r} is needed by --only {', '.join(sorted(run.selected))} but has not finished "
             f"with this spec (nothing complete at {output_uri}); run it first (without --only, or --only {entry.name})"
         )
+    storage.write_bytes(storage.join(output_uri, SPEC_FILE), json.dumps(spec.model_dump(mode="json"), indent=2).encode())
     tags = run.child_tags(entry, spec_hash, output_uri, inputs)
     label = f"stage {entry.name} ({entry.kind})"
     if finished:
