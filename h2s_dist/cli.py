@@ -5,6 +5,7 @@
     h2s submit jobs/ucf101_split1.yaml --address http://HEAD:8265
     h2s runs;  h2s ui
     h2s weights convert VGG_ILSVRC_16_layers.caffemodel vgg16_imagenet.pt --from caffe
+    h2s predict my_video.mp4 --model quickstart
 
 Every command has `--help` with examples. User errors exit with status 2 and a message
 saying what to fix; nothing runs when a spec does not validate.
@@ -226,6 +227,47 @@ def cmd_weights_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+# ----------------------------------------------------------------------------- predict
+
+
+def flow_video_path(out: str, video: str, num_videos: int) -> str:
+    """--flow-video's path for one of the videos: as given for one video, `<stem>_<video stem><suffix>` for several."""
+    if num_videos == 1:
+        return out
+    path = pathlib.Path(out)
+    return str(path.with_name(f"{path.stem}_{pathlib.Path(video).stem}{path.suffix}"))
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import json
+
+    from h2s_dist.predict import PredictError, format_prediction, load_model, predict_video, write_flow_video
+
+    model = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device,
+                       num_windows=args.windows, num_crops=args.crops)
+    height, width = model.frame_size
+    print(f"model: {model.kind} stage {model.stage_uri}; {len(model.classes)} classes, streams "
+          f"{' + '.join(model.networks)}, frames resized to {width}x{height}, crops {model.crop_size}, "
+          f"device {model.device}", file=sys.stderr)
+    failed = 0
+    for video in args.videos:
+        try:
+            result = predict_video(model, video, fast=args.fast, top_k=args.top)
+            if args.json:
+                print(json.dumps({"video": result.path, "top": result.top, "fps": result.fps_scored,
+                                  "frames": result.num_frames, "method": result.method, "seconds": result.seconds}))
+            else:
+                print(format_prediction(result))
+            if args.flow_video:
+                out = flow_video_path(args.flow_video, video, len(args.videos))
+                count = write_flow_video(model, video, out)
+                print(f"  flow video: {out} ({count} frames: each frame beside MotionNet's flow to the next)")
+        except PredictError as err:
+            print(f"error: {err}", file=sys.stderr)
+            failed += 1
+    return 2 if failed else 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 _RUN_EXAMPLES = """examples:
@@ -288,6 +330,21 @@ Writes a state dict of our VGG16 whose conv1_1 expects our input (RGB, (pixel - 
 mean 123, 117, 104): Caffe's BGR 0..255 and torchvision's [0, 1] / std are folded into it.
 fc8 keeps the source's classes (1000); a network with another class count leaves it out
 when loading. Use the file as init_weights (spatial) or vgg_rgb_weights (temporal).
+"""
+_PREDICT_EXAMPLES = """examples:
+  h2s predict ../shared/data/videos/UCF-101_Rowing_g16_c03.avi --model quickstart
+  h2s predict a.mp4 b.avi --model .h2s/jobs/ucf101_split1 --fast
+  h2s predict clip.mp4 --model .h2s/jobs/quickstart/evaluate-0123abcd --flow-video clip_flow.mp4
+  h2s predict clip.mp4 --model 3f2a... --tracking-uri sqlite:////data/mlflow.db   (an MLflow run id)
+
+--model names a finished evaluate, finetune_stacked or train_spatial stage: its folder (with
+outputs.json and spec.json), a job's workspace or a job name (.h2s/jobs/NAME: its newest
+evaluate stage, else finetune, else spatial), or an MLflow run id (a stage run's h2s.output,
+a job run's h2s.workspace). The stage's spec gives the networks, clip length, crop size and
+the dataset (its classes and frame size); an evaluate stage also its windows x crops and
+fusion. Both streams: the hidden two-stream fusion's probabilities; speed in frames per
+second, decode to scores (10 frames per 11-frame window, as the evaluate stage counts).
+A video that cannot be read is named on stderr and the exit status is 2.
 """
 _S3_EXAMPLES = """examples:
   h2s s3-serve /data/s3 --port 9000
@@ -382,6 +439,22 @@ def build_parser() -> argparse.ArgumentParser:
                          help="our VGG16 flavour the weights are for (default %(default)s; ImageNet VGG16 is paper)")
     convert.add_argument("--drop-fc8", action="store_true", help="leave fc8 (the source's classifier) out of DST")
     convert.set_defaults(func=cmd_weights_convert)
+
+    predict = commands.add_parser("predict", help="top-5 actions of your own videos with a finished job's networks",
+                                  **_fmt({"epilog": _PREDICT_EXAMPLES}))
+    predict.add_argument("videos", nargs="+", metavar="VIDEO", help="video files (anything PyAV decodes)")
+    predict.add_argument("--model", required=True, metavar="JOB|RUN|URI",
+                         help="job name, workspace, stage folder or MLflow run id (see below)")
+    predict.add_argument("--fast", action="store_true", help="one centre window, centre crop (instead of the protocol)")
+    predict.add_argument("--windows", type=int, metavar="N", help="windows per video (default: the evaluate stage's, else 25)")
+    predict.add_argument("--crops", type=int, choices=(1, 5, 10), help="crops per window (default: the evaluate stage's, else 10)")
+    predict.add_argument("--top", type=int, default=5, metavar="K", help="classes to print (default %(default)s)")
+    predict.add_argument("--flow-video", metavar="OUT.mp4",
+                         help="write each frame beside MotionNet's flow in Middlebury colours (several videos: OUT_<video>.mp4)")
+    predict.add_argument("--json", action="store_true", help="one JSON line per video instead of text")
+    predict.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
+    predict.add_argument("--tracking-uri", help="MLflow store for a run id (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
+    predict.set_defaults(func=cmd_predict)
 
     s3 = commands.add_parser("s3-serve", help="a local S3-compatible server over a folder", **_fmt({"epilog": _S3_EXAMPLES}))
     s3.add_argument("directory", help="folder whose sub-folders are the buckets")

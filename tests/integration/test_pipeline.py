@@ -9,6 +9,7 @@ the checkpoint of step N, as a crash at that point would.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import time
 
@@ -103,6 +104,28 @@ def test_job_runs_end_to_end_with_one_parent_and_a_finished_child_per_stage(setu
     inputs = children["finetune"].data.tags["h2s.inputs"]
     assert result.stages["pretrain"].outputs["motionnet"] in inputs and result.stages["data"].outputs["dataset"] in inputs
     assert "loss/total" in children["pretrain"].data.metrics
+
+
+def test_every_stage_folder_holds_the_resolved_spec_it_ran_under(first_run):
+    result, _ = first_run
+    for stage in result.stages.values():
+        spec = json.loads((pathlib.Path(stage.output_uri) / runner.SPEC_FILE).read_text())
+        assert spec["kind"] == stage.kind
+    evaluate = json.loads((pathlib.Path(result.stages["evaluate"].output_uri) / runner.SPEC_FILE).read_text())
+    assert evaluate["stacked_weights"] == result.stages["finetune"].outputs["stacked_temporal"]
+
+
+def test_predict_reads_the_finished_job_by_workspace_and_by_run_id(setup, first_run, shared_data, capsys):
+    from h2s_dist import cli
+
+    result, _ = first_run
+    clip = str(shared_data / "videos" / "UCF-101_Rowing_g16_c03.avi")
+    evaluate_run = result.stages["evaluate"].run_id
+    for model in (setup["workspace"], evaluate_run, result.run_id):
+        assert cli.main(["predict", clip, "--model", model, "--fast", "--tracking-uri", setup["tracking_uri"]]) == 0
+        out, err = capsys.readouterr()
+        assert result.stages["evaluate"].output_uri in err  # the stage it read
+        assert "  5. " in out and "fps" in out
 
 
 def test_second_run_reuses_every_stage(setup, first_run):

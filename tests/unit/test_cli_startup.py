@@ -23,7 +23,8 @@ def imported_modules(*argv: str) -> set[str]:
     return {line.split("|")[-1].strip() for line in done.stderr.splitlines() if line.startswith("import time:")}
 
 
-@pytest.mark.parametrize("argv", [["--help"], ["ingest", "synthetic", "--help"], ["weights", "convert", "--help"]])
+@pytest.mark.parametrize("argv", [["--help"], ["ingest", "synthetic", "--help"], ["weights", "convert", "--help"],
+                                  ["predict", "--help"]])
 def test_help_imports_no_heavy_package(argv):
     heavy = {name for name in imported_modules(*argv) if name.split(".")[0] in HEAVY}
     assert not heavy, f"h2s {' '.join(argv)} imports {sorted(heavy)[:8]}: move them into the command functions"
