@@ -1,5 +1,5 @@
 """Terminal progress (h2s_dist.progress): the plain-line format and cadence on a fake clock,
-the do-nothing variant, a tqdm bar only on a terminal.
+the do-nothing variant, a tqdm bar only on a terminal, and `fit` driving it.
 
     PYTHONPATH=. python -m pytest tests/unit/test_progress.py
 """
@@ -11,6 +11,7 @@ import io
 import pytest
 
 from h2s_dist import progress
+from tests.unit.test_fit_data import Crash, RecordingTracker, ToyTask, _fit
 
 
 class FakeClock:
@@ -115,3 +116,54 @@ def test_the_headline_loss_is_total_then_action_then_any_loss_term():
 
 def test_durations_read_as_seconds_minutes_and_hours():
     assert [progress.format_duration(s) for s in (0, 45.4, 72, 3599, 7380)] == ["0s", "45s", "1m12s", "59m59s", "2h03m"]
+
+
+class RecordingProgress:
+    def __init__(self, default_label, total, **options):
+        self.default_label, self.total, self.options = default_label, total, options
+        self.updates: list[tuple[int, int | None, dict]] = []
+        self.closed = 0
+
+    def update(self, done, *, samples=None, **values):
+        self.updates.append((done, samples, values))
+
+    def close(self):
+        self.closed += 1
+
+
+@pytest.fixture
+def recorded(monkeypatch) -> list[RecordingProgress]:
+    bars: list[RecordingProgress] = []
+
+    def build(*args, **kwargs):
+        bars.append(RecordingProgress(*args, **kwargs))
+        return bars[-1]
+
+    monkeypatch.setattr(progress, "build", build)
+    return bars
+
+
+def test_fit_reports_every_step_with_samples_and_loss_and_closes(tmp_path, recorded):
+    _fit(ToyTask(), RecordingTracker(), tmp_path)
+    (bar,) = recorded
+    assert (bar.total, bar.options["initial"], bar.options["enabled"]) == (6, 0, True)
+    assert [(done, samples) for done, samples, _ in bar.updates] == [(k, 2 * k) for k in range(1, 7)]
+    assert all(set(values) == {"loss"} and values["loss"] > 0 for _, _, values in bar.updates)
+    assert bar.closed == 1
+
+
+def test_a_resumed_fit_starts_its_progress_at_the_resumed_step(tmp_path, recorded):
+    with pytest.raises(Crash):
+        _fit(ToyTask(crash_at_batch=4), RecordingTracker(), tmp_path)
+    _fit(ToyTask(), RecordingTracker(), tmp_path)
+    resumed = recorded[-1]
+    assert resumed.options["initial"] == 3 and [done for done, _, _ in resumed.updates] == [4, 5, 6]
+    assert resumed.updates[0][1] == 8  # samples seen, with the 6 before the checkpoint
+
+
+def test_fit_writes_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv(progress.STAGE_ENV, "pretrain")
+    _fit(ToyTask(), RecordingTracker(), tmp_path)
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("[pretrain] step 1/6 loss ") and lines[0].endswith(" eta ?")
+    assert lines[-1].startswith("[pretrain] step 6/6 loss ") and " samples/s done in " in lines[-1]
