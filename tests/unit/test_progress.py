@@ -1,5 +1,5 @@
 """Terminal progress (h2s_dist.progress): the plain-line format and cadence on a fake clock,
-the do-nothing variant, a tqdm bar only on a terminal, and `fit` driving it.
+the do-nothing variant, a tqdm bar only on a terminal, and `fit` and `score_videos` driving it.
 
     PYTHONPATH=. python -m pytest tests/unit/test_progress.py
 """
@@ -9,8 +9,10 @@ from __future__ import annotations
 import io
 
 import pytest
+import torch
 
 from h2s_dist import progress
+from h2s_dist.train.scoring import score_videos
 from tests.unit.test_fit_data import Crash, RecordingTracker, ToyTask, _fit
 
 
@@ -167,3 +169,23 @@ def test_fit_writes_plain_lines_when_stderr_is_not_a_terminal(tmp_path, capsys, 
     lines = capsys.readouterr().err.splitlines()
     assert lines[0].startswith("[pretrain] step 1/6 loss ") and lines[0].endswith(" eta ?")
     assert lines[-1].startswith("[pretrain] step 6/6 loss ") and " samples/s done in " in lines[-1]
+
+
+class FakeEvalLoader:
+    """What score_videos reads from an EvalLoader: items, their count and the skip list."""
+
+    def __init__(self, num_videos: int):
+        self.items = [type("Item", (), {"key": f"v{k}", "label": k % 2, "clips": None})() for k in range(num_videos)]
+        self.skipped: list = []
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self):
+        return iter(self.items)
+
+
+def test_score_videos_reports_the_videos_scored_and_closes():
+    bar = RecordingProgress("evaluate", 3)
+    score_videos(FakeEvalLoader(3), {"spatial": lambda item: torch.zeros(2)}, decode_part="decode", progress=bar)
+    assert [done for done, _, _ in bar.updates] == [1, 2, 3] and bar.closed == 1
