@@ -120,6 +120,16 @@ def test_durations_read_as_seconds_minutes_and_hours():
     assert [progress.format_duration(s) for s in (0, 45.4, 72, 3599, 7380)] == ["0s", "45s", "1m12s", "59m59s", "2h03m"]
 
 
+def test_the_launcher_names_the_stage_the_runner_hands_it(monkeypatch):
+    from h2s_dist.train.launch import Tracking, _name_stage
+
+    monkeypatch.setenv(progress.STAGE_ENV, "before")  # so the test's end restores the environment
+    _name_stage(Tracking("sqlite:///x.db", "run-id"))
+    assert progress.stage_label("train") == "before"  # no name: left alone
+    _name_stage(Tracking("sqlite:///x.db", "run-id", stage="pretrain"))
+    assert progress.stage_label("train") == "pretrain"
+
+
 class RecordingProgress:
     def __init__(self, default_label, total, **options):
         self.default_label, self.total, self.options = default_label, total, options
