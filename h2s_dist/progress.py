@@ -119,7 +119,8 @@ class _Meter:
 
 
 class LineProgress:
-    """Plain lines: at the first update, then at most every `every_s` seconds, and at close."""
+    """Plain lines: at the first update, then at most every `every_s` seconds, and at close
+    (which says the last position, so reaching `total` waits for it)."""
 
     def __init__(self, label: str, total: int, *, unit: str, initial: int, rate_unit: str, stream: IO[str],
                  clock: Callable[[], float], every_s: float):
@@ -129,7 +130,7 @@ class LineProgress:
 
     def update(self, done: int, *, samples: int | None = None, **values: float | None) -> None:
         now = self.meter.update(done, samples, values)
-        if self.printed_at is None or now - self.printed_at >= self.every_s:
+        if done < self.meter.total and (self.printed_at is None or now - self.printed_at >= self.every_s):
             self._print(now, closing=False)
 
     def close(self) -> None:
