@@ -78,6 +78,11 @@ def format_duration(seconds: float) -> str:
     return f"{seconds // 3600}h{seconds % 3600 // 60:02d}m"
 
 
+def format_rate(per_s: float, unit: str) -> str:
+    """23.1 samples/s; below 0.1 per second, per minute (0.9 chunks/min), so slow work is not 0.0."""
+    return f"{per_s:.1f} {unit}/s" if per_s >= 0.1 else f"{per_s * 60:.2g} {unit}/min"
+
+
 def _format_value(value: float) -> str:
     return str(value) if isinstance(value, int) else f"{value:.4g}"
 
@@ -114,7 +119,7 @@ class _Meter:
         parts = [f"{k} {_format_value(v)}" for k, v in self.values.items()]
         per_s, _ = self.rates(now)
         if per_s is not None and with_rate:
-            parts.append(f"{per_s:.1f} {self.rate_unit}/s")
+            parts.append(format_rate(per_s, self.rate_unit))
         return parts
 
 

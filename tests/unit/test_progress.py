@@ -129,6 +129,11 @@ def test_the_launcher_names_the_stage_the_runner_hands_it(monkeypatch):
     assert progress.stage_label("train") == "pretrain"
 
 
+def test_slow_rates_read_per_minute():
+    assert [progress.format_rate(r, "chunks") for r in (23.14, 0.1, 1 / 70, 0.001)] == [
+        "23.1 chunks/s", "0.1 chunks/s", "0.86 chunks/min", "0.06 chunks/min"]
+
+
 class RecordingProgress:
     def __init__(self, default_label, total, **options):
         self.default_label, self.total, self.options = default_label, total, options
