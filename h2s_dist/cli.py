@@ -24,7 +24,7 @@ from collections.abc import Sequence
 # Environment forwarded to Ray jobs when set here (never credentials: see `--env`).
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "H2S_S3_ENDPOINT_URL", "AWS_PROFILE", "RAY_AUTH_MODE",
+    "H2S_S3_ENDPOINT_URL", "AWS_PROFILE", "RAY_AUTH_MODE", "H2S_PROGRESS", "H2S_PROGRESS_EVERY_S",
 )
 WORKING_DIR_EXCLUDES = [".git", ".venv", ".h2s", "mlruns", "mlartifacts", "**/__pycache__", "*.tar", "*.pt"]
 

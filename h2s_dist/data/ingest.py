@@ -364,7 +364,8 @@ def ingest(
     entries: a SourceListing (sources.ucf101_entries, ...) or VideoEntry records.
     size: (width, height) or None (keep source size). num_workers: decode processes
     (0 = in this process). resume: skip shards an earlier run finished (False: start
-    over). on_shard_done(index): called after each shard this run writes (progress hooks,
+    over). progress: videos done on stderr (h2s_dist.progress: a bar on a terminal, plain
+    lines elsewhere). on_shard_done(index): called after each shard this run writes (progress hooks,
     tests). Raises ValueError when no video could be ingested.
     """
     t0 = time.perf_counter()
@@ -395,20 +396,21 @@ def _encode_shards(
     shards: list[list[VideoEntry]], indices: list[int], out: ResumableDataset, options: IngestOptions,
     num_workers: int, progress: bool, on_shard_done: Callable[[int], None] | None,
 ) -> dict[int, UnitRecord]:
-    from tqdm import tqdm
+    from h2s_dist import progress as progress_lines
 
     flat = [e for shard in shards for e in shard]
     results = _encoded_in_order(flat, options, num_workers)
     records: dict[int, UnitRecord] = {}
-    num_skipped = 0
-    with contextlib.closing(results), tqdm(total=len(flat), disable=not progress, unit="video", desc="ingest") as bar:
+    num_skipped, num_done = 0, 0
+    bar = progress_lines.build("ingest", len(flat), unit="video", enabled=progress)
+    with contextlib.closing(results), contextlib.closing(bar):
         for shard, index in zip(shards, indices):
             done = []
             for _ in shard:
                 done.append(next(results))
                 num_skipped += done[-1].reason is not None
-                bar.update(1)
-                bar.set_postfix(shard=index, skipped=num_skipped, refresh=False)
+                num_done += 1
+                bar.update(num_done, shard=index, skipped=num_skipped)
             _write_shard(done, out.unit_uri(index))
             records[index] = out.mark_done(index, _done_record(done, shard, out.unit_uri(index)))
             if on_shard_done is not None:

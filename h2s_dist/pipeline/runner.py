@@ -289,7 +289,8 @@ def _one_stage(run: _Run, index: int, entry: BaseModel, parent_run_id: str) -> S
     run.echo(f"[h2s] {label}: started -> {output_uri}" + (f" (resuming killed run {interrupted})" if interrupted else ""))
     started = time.perf_counter()
     try:
-        outputs = launch_stage(entry.kind, spec, output_uri, Tracking(run.tracking_uri, child.run_id), run.ray_address)
+        tracking = Tracking(run.tracking_uri, child.run_id, stage=entry.name)
+        outputs = launch_stage(entry.kind, spec, output_uri, tracking, run.ray_address)
     except KeyboardInterrupt:
         child.close("KILLED")
         storage.delete(marker, missing_ok=True)

@@ -36,6 +36,17 @@ class Tracking:
 
     uri: str | None = None
     run_id: str | None = None
+    stage: str | None = None
+    """The stage's name in the job: progress lines show it ($H2S_STAGE, h2s_dist.progress)."""
+
+
+def _name_stage(tracking: Tracking) -> None:
+    """Set $H2S_STAGE in this process (the driver, or a Ray Train worker) for progress lines;
+    an env var because it reaches every bar (fit, evaluate, ingest) without a new argument."""
+    from h2s_dist.progress import STAGE_ENV
+
+    if tracking.stage:
+        os.environ[STAGE_ENV] = tracking.stage
 
 
 def hash_of(spec: BaseModel) -> str:
@@ -70,6 +81,7 @@ def train_worker(config: dict) -> None:
     from h2s_dist.train.session import RayTrainSession
 
     tracking = Tracking(**config["tracking"])
+    _name_stage(tracking)
     session = RayTrainSession(config["spec_hash"], config.get("checkpoint_root"))
     _run_on_this_rank(config["kind"], config["spec"], config["output_uri"], tracking, session)
 
@@ -106,6 +118,7 @@ def launch(
     trial passes its report callback). run_name: the Ray Train run (default: kind-spec hash).
     """
     stage = stage_kind(kind)
+    _name_stage(tracking)
     if stage.shape == "driver":
         _write_outputs(output_uri, stage.entry()(spec, _make_tracker(tracking), output_uri))
     elif spec.scaling.num_workers == 0:

@@ -3,7 +3,8 @@
 A stage supplies a `Task`: its model, its parameter groups, its data stream, the loss of
 one batch and the pictures worth logging. `fit` does the rest, top to bottom: restore,
 accumulate, step, log, picture, checkpoint. Ranks differ only in what they are handed:
-rank 0 a real tracker, the others a `NullTracker`; the rank-0 checkpoint state.
+rank 0 a real tracker and a progress bar (h2s_dist.progress), the others a `NullTracker`
+and a `NullProgress`; the rank-0 checkpoint state.
 
 The data position is the stream's own (`DataStream.checkpoint()`): `fit` saves every
 rank's in the checkpoint and hands it back to `Task.batches` on resume, without looking
@@ -22,6 +23,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from h2s_dist import progress
 from h2s_dist.data.skips import Skip
 from h2s_dist.specs.common import LoopSpec, OptimSpec
 from h2s_dist.train import checkpoint as ckpt
@@ -140,6 +142,7 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
     trained = dist.wrap_ddp(model, device)
     stream = task.batches(dist.rank(), dist.world_size(), position, loop.seed)
     window_start, window_samples = time.perf_counter(), 0
+    bar = progress.build("train", loop.max_steps, initial=step, rate_unit="samples", enabled=dist.is_main())
     checksums: list[float] = []
     while step < loop.max_steps:
         trained.train()
@@ -161,6 +164,7 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
         optimizer.zero_grad(set_to_none=True)
         scheduler.step()
         step += 1
+        bar.update(step, samples=samples_seen * dist.world_size(), loss=progress.headline_loss(terms_sum))
 
         is_last = step == loop.max_steps
         if step % loop.log_every_steps == 0 or is_last:
@@ -190,6 +194,7 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
             state = _resume_state(model, optimizer, scheduler, step, samples_seen, stream.checkpoint(), skipped,
                                   spec_hash, metrics)
             session.report(metrics, state, step)
+    bar.close()
     if step == resumed_from:  # nothing left to train: the list is the checkpoint's
         tracker.log_dict(_skipped_report(earlier_skips), SKIPPED_ARTIFACT)
 

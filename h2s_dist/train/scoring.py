@@ -28,6 +28,7 @@ from h2s_dist.data.eval_stream import EvalItem, EvalLoader
 from h2s_dist.data.flow_shards import ZERO_FLOW_Q, eval_flow_crops, flow_eval_loader, to_network_input
 from h2s_dist.data.skips import Skip
 from h2s_dist.models.stacked import StackedOutput
+from h2s_dist.progress import NullProgress, Progress
 
 
 def mean_scores(
@@ -94,12 +95,14 @@ class RankScores:
 
 
 def score_videos(
-    loader: EvalLoader, scorers: dict[str, Callable[[EvalItem], torch.Tensor]], *, decode_part: str | None
+    loader: EvalLoader, scorers: dict[str, Callable[[EvalItem], torch.Tensor]], *, decode_part: str | None,
+    progress: Progress = NullProgress(),
 ) -> RankScores:
     """Every video of `loader` scored by every scorer (stream name -> item -> scores (C,)).
 
     Seconds: each stream's scoring under its name; waiting for the loader's items under
-    `decode_part`, or, when None, added to every stream's own seconds."""
+    `decode_part`, or, when None, added to every stream's own seconds. progress: told the
+    videos scored so far (h2s_dist.progress), closed at the end."""
     result = RankScores(seconds=dict.fromkeys([decode_part] if decode_part else [], 0.0))
     result.seconds.update(dict.fromkeys(scorers, 0.0))
     items = iter(loader)
@@ -115,6 +118,8 @@ def score_videos(
             start = time.perf_counter()
             result.add(item.key, item.label, name, scorer(item).numpy())
             result.seconds[name] += time.perf_counter() - start
+        progress.update(len(result.videos), skipped=len(loader.skipped) or None)
+    progress.close()
     result.skipped.extend(loader.skipped)
     return result
 

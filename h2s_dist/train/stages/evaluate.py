@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from h2s_dist import metrics as M
+from h2s_dist import progress
 from h2s_dist.data import storage
 from h2s_dist.data.eval_stream import EvalItem
 from h2s_dist.data.manifest import read_classes
@@ -56,7 +57,8 @@ def score_rank(spec: EvaluateSpec, num_classes: int, device: torch.device) -> Ra
             continue
         scorers = {s.name: _scorer(s, _load(s, spec, num_classes, device), spec, device) for s in streams}
         loader = source.open(spec, dist.rank(), dist.world_size())
-        parts.append(score_videos(loader, scorers, decode_part=source.decode_part))
+        bar = progress.build("evaluate", len(loader), unit="video", enabled=dist.is_main())  # rank 0's share
+        parts.append(score_videos(loader, scorers, decode_part=source.decode_part, progress=bar))
     return RankScores.merge(parts)
 
 

@@ -12,7 +12,6 @@ jobs), else into the stage's own output folder. A rerun resumes: finished shards
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from h2s_dist.specs.driver import IngestSpec
@@ -35,7 +34,7 @@ def run(spec: IngestSpec, tracker, output_uri: str) -> dict[str, Any]:
     report = ingest(
         listing_of(spec), dataset_uri, encoding=spec.encoding, size=spec.size, min_frames=spec.min_frames,
         quality=spec.quality, shard_target_bytes=int(spec.shard_size_mb * 2**20), num_workers=spec.decode_workers,
-        resume=True, progress=sys.stderr.isatty(),
+        resume=True, progress=True,
     )
     metrics = {
         "ingest/videos": float(report.num_ok),

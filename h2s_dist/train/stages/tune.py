@@ -148,7 +148,8 @@ def tune_trial(config: dict, setup: dict) -> None:
     tracker = _trial_tracker(setup, trial_id, folder, config)
     session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
     try:
-        outputs = launch(setup["kind"], spec, folder, Tracking(setup["tracking"]["uri"], tracker.run_id),
+        tracking = Tracking(setup["tracking"]["uri"], tracker.run_id, stage=f"trial-{trial_id}")
+        outputs = launch(setup["kind"], spec, folder, tracking,
                          run_name=f"trial-{trial_id}", local_session=session, callbacks=[TuneReportCallback()])
         if session.ran_here and session.last_reported_step != outputs["steps"]:
             # Restored from its final checkpoint (killed before writing its outputs): the

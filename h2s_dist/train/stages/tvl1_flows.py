@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from h2s_dist import progress
 from h2s_dist.data import manifest, resumable, storage
 from h2s_dist.data.flow_shards import FLOW_ENCODING, write_flow_info
 from h2s_dist.data.resumable import UnitRecord
@@ -171,6 +172,7 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
         for i, chunk in enumerate(chunks) if i not in records
     ]
     reused, computed_pairs = len(records), 0
+    bar = progress.build("tvl1_flows", len(chunks), unit="chunk", initial=reused)
 
     def on_done(index: int, record: UnitRecord) -> None:
         nonlocal computed_pairs
@@ -178,8 +180,10 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
         computed_pairs += record.extra["pairs"]
         tracker.log_metrics({"flows/chunks_done": len(records), "flows/pairs_computed": computed_pairs},
                             step=len(records))
+        bar.update(len(records), pairs=computed_pairs)
 
     _run_chunks(jobs, spec.num_tasks, on_done)
+    bar.close()
     seconds = time.perf_counter() - started
     outputs = _finish(spec, out, records, rows)
     outputs.update(seconds=round(seconds, 3), pairs_per_s=round(computed_pairs / seconds, 3) if computed_pairs else 0.0,
