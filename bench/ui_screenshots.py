@@ -1,6 +1,6 @@
 """Screenshots of `h2s ui` in headless chromium: what a user sees when opening the MLflow UI.
 
-    python bench/ui_screenshots.py                      # runs a tiny job first (~2 min on 2 CPUs)
+    python bench/ui_screenshots.py                      # runs a tiny job first (5-7 min on 2 busy CPUs)
     python bench/ui_screenshots.py --tracking-uri sqlite:////data/h2s/mlflow.db --out /tmp/shots
 
 It starts `h2s ui` over the store (an `mlflow server` on 127.0.0.1), takes the pages `h2s ui`
@@ -8,6 +8,7 @@ prints, and writes to --out (default docs/):
     ui_runs.png        the newest job's experiment in the model-training view: job runs, stage runs nested
     ui_run_charts.png  a training stage's metric charts (run page, "Model metrics")
     ui_flow_picture.png  its last flow picture (artifact page)
+The assistant panel MLflow opens by itself on a first visit is closed first (as a user would, once).
 Needs Debian's `chromium` (apt-get install -y chromium).
 """
 
