@@ -176,13 +176,36 @@ def mlflow_server_command(backend_store_uri: str, port: int, artifacts_destinati
     return command
 
 
-def _serve(command: list[str]) -> int:
+def _serve(command: list[str], open_url: str | None = None) -> int:
+    """Run the MLflow server until it stops or Ctrl-C; open `open_url` in a browser once it answers."""
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     print("running: " + shlex.join(command), file=sys.stderr)
+    server = subprocess.Popen(command, env=env)
     try:
-        return subprocess.call(command, env=env)
+        if open_url is not None and _wait_until_up(open_url.split("/#")[0], server):
+            import webbrowser
+
+            webbrowser.open(open_url)
+        return server.wait()
     except KeyboardInterrupt:
+        server.terminate()
+        server.wait()
         return 0
+
+
+def _wait_until_up(base_url: str, server: subprocess.Popen, timeout_s: float = 120.0) -> bool:
+    """True once `base_url`/health answers; False if the server exits first or `timeout_s` passes."""
+    import time
+    import urllib.request
+
+    deadline = time.monotonic() + timeout_s
+    while server.poll() is None and time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"{base_url}/health", timeout=2):
+                return True
+        except OSError:  # not listening yet
+            time.sleep(0.5)
+    return False
 
 
 def cmd_ui(args: argparse.Namespace) -> int:
@@ -192,8 +215,34 @@ def cmd_ui(args: argparse.Namespace) -> int:
     if uri.startswith(("http://", "https://")):
         print(f"{uri} is a tracking server already: open it in a browser", file=sys.stderr)
         return 0
-    print(f"MLflow UI for {uri} at http://127.0.0.1:{args.port}", file=sys.stderr)
-    return _serve(mlflow_server_command(uri, args.port))
+    base = f"http://127.0.0.1:{args.port}"
+    print(f"MLflow UI for {uri} at {base}", file=sys.stderr)
+    links = ui_links(uri, base)
+    for label, url in links:
+        print(f"  {label}: {url}", file=sys.stderr)
+    return _serve(mlflow_server_command(uri, args.port), open_url=links[0][1] if args.open else None)
+
+
+def ui_links(tracking_uri: str, base_url: str) -> list[tuple[str, str]]:
+    """[(label, URL)] of the MLflow UI pages worth opening first, in the model-training view:
+    the newest job's experiment (jobs with their stages nested), that job's stage runs with
+    their metrics, and their metric charts. Just the experiments list when the store has no job."""
+    from h2s_dist.pipeline.report import open_reader
+    from h2s_dist.pipeline.run_rows import stage_runs_filter
+    from h2s_dist.tracking import ui_runs_url
+
+    reader = open_reader(tracking_uri)
+    experiment_ids = reader.experiment_ids(None)
+    newest = reader.job_runs(experiment_ids, 1) if experiment_ids else []
+    if not newest:
+        return [("experiments (no h2s job in this store yet)", f"{base_url}/#/experiments")]
+    job = newest[0]
+    stages = stage_runs_filter(job.run_id)
+    return [
+        (f"runs of the newest job {job.run_name!r} and the jobs before it", ui_runs_url(base_url, job.experiment_id)),
+        ("its stage runs with their metrics", ui_runs_url(base_url, job.experiment_id, stages)),
+        ("its stage runs' metric charts", ui_runs_url(base_url, job.experiment_id, stages, charts=True)),
+    ]
 
 
 def cmd_tracking_server(args: argparse.Namespace) -> int:
@@ -314,6 +363,10 @@ _RUNS_EXAMPLES = """examples:
 _UI_EXAMPLES = """examples:
   h2s ui                                   (the local store .h2s/mlflow.db, on http://127.0.0.1:5000)
   h2s ui --tracking-uri sqlite:////data/h2s/mlflow.db --port 5001
+  h2s ui --open                            (and open the newest job's runs page in a browser)
+It prints the links of the newest job: its experiment's runs, its stage runs and their
+metric charts, all in MLflow's model-training view (?workflowType=machine_learning; MLflow 3
+otherwise opens the GenAI view of traces).
 Reach it from another machine through an SSH tunnel: ssh -L 5000:127.0.0.1:5000 HOST
 """
 _SERVER_EXAMPLES = """examples:
@@ -411,6 +464,7 @@ def build_parser() -> argparse.ArgumentParser:
     ui = commands.add_parser("ui", help="MLflow UI for a tracking store, on 127.0.0.1", **_fmt({"epilog": _UI_EXAMPLES}))
     ui.add_argument("--tracking-uri", help="store to browse (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
     ui.add_argument("--port", type=int, default=5000)
+    ui.add_argument("--open", action="store_true", help="open the newest job's runs page in a browser once the server is up")
     ui.set_defaults(func=cmd_ui)
 
     server = commands.add_parser("tracking-server", help="an MLflow tracking server on 127.0.0.1 for many jobs and workers",

@@ -29,6 +29,14 @@ DEFAULT_EXPERIMENT = "h2s"
 # Parameter names that may carry credentials are never logged.
 _SECRET_WORDS = ("secret", "password", "token", "access_key", "credential", "session_key")
 _MAX_PARAM_CHARS = 6000
+# MLflow 3's UI shows an experiment either as GenAI (traces overview, assistant) or as model
+# training (runs table, metric charts). MLflow 3.17 picks the view from the `workflowType` URL
+# parameter, else the browser's last choice (localStorage "mlflow.workflowType", default
+# "genai"): `ui_runs_url` puts it in every link `h2s ui` prints. Versions before the global
+# toggle read the experiment tag instead, so every experiment also carries it.
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+UI_WORKFLOW_TYPE = "machine_learning"
 
 
 def flatten_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
@@ -69,20 +77,51 @@ def default_artifact_root(tracking_uri: str) -> str | None:
 
 
 def ensure_experiment(tracking_uri: str, name: str = DEFAULT_EXPERIMENT) -> str:
-    """Create the experiment if needed and return its id."""
+    """Create the experiment if needed, tagged as model training (see EXPERIMENT_KIND_TAG),
+    and return its id. An experiment made before the tag existed gets it here."""
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient(tracking_uri)
     found = client.get_experiment_by_name(name)
     if found is not None:
+        if EXPERIMENT_KIND_TAG not in found.tags:
+            client.set_experiment_tag(found.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND)
         return found.experiment_id
     try:
-        return client.create_experiment(name, artifact_location=default_artifact_root(tracking_uri))
+        return client.create_experiment(name, artifact_location=default_artifact_root(tracking_uri),
+                                        tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND})
     except Exception:  # another process created it between the two calls
         found = client.get_experiment_by_name(name)
         if found is None:
             raise
         return found.experiment_id
+
+
+def ui_runs_url(base_url: str, experiment_id: str, search_filter: str | None = None, charts: bool = False) -> str:
+    """The MLflow UI's runs page of one experiment in the model-training view: the runs table
+    (parent runs with their children nested), or only the runs matching `search_filter`
+    (shown flat), or their metric charts (`charts`)."""
+    from urllib.parse import urlencode
+
+    query = {"workflowType": UI_WORKFLOW_TYPE}
+    if search_filter:
+        query["searchFilter"] = search_filter
+    if charts:
+        query["compareRunsMode"] = "CHART"
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs?{urlencode(query, quote_via=_quote)}"
+
+
+def ui_run_url(base_url: str, experiment_id: str, run_id: str, tab: str = "") -> str:
+    """The MLflow UI's page of one run (tab "" = overview, "model-metrics" = charts,
+    "artifacts/<path>" = one artifact), in the model-training view."""
+    path = f"/{tab}" if tab else ""
+    return f"{base_url.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}{path}?workflowType={UI_WORKFLOW_TYPE}"
+
+
+def _quote(text: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
+    from urllib.parse import quote
+
+    return quote(text, safe="'", encoding=encoding, errors=errors)
 
 
 class NullTracker:

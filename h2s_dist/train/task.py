@@ -70,9 +70,40 @@ def _to_uint8(image01: torch.Tensor) -> np.ndarray:
     return (image01.clamp(0, 1) * 255).round().byte().permute(1, 2, 0).cpu().numpy()
 
 
+MIN_TILE_PX = 256
+"""Each picture tile is scaled up to at least this many pixels on its short side."""
+LABEL_FONT_PX = 16
+LABEL_STRIP_PX = LABEL_FONT_PX + 10
+
+
+def labelled_row(tiles: list[np.ndarray], labels: list[str], min_tile_px: int = MIN_TILE_PX) -> np.ndarray:
+    """Tiles (h, w, 3) uint8 of one size, side by side, each under a header strip naming it.
+
+    A tile is scaled up by a whole factor k (nearest neighbour: the network's pixels stay
+    sharp) so that its short side is at least `min_tile_px`: (LABEL_STRIP_PX + k h, n k w, 3) uint8.
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
+    assert len(tiles) == len(labels) and len({tile.shape for tile in tiles}) == 1, "one label per tile, one size"
+    h, w = tiles[0].shape[:2]
+    k = max(1, -(-min_tile_px // min(h, w)))
+    row = np.concatenate([tile.repeat(k, axis=0).repeat(k, axis=1) for tile in tiles], axis=1)
+    canvas = Image.new("RGB", (row.shape[1], LABEL_STRIP_PX + row.shape[0]), (32, 32, 32))
+    canvas.paste(Image.fromarray(row), (0, LABEL_STRIP_PX))
+    draw = ImageDraw.Draw(canvas)
+    font = ImageFont.load_default(size=LABEL_FONT_PX)
+    for index, label in enumerate(labels):
+        draw.text((index * k * w + 6, 4), label, fill=(255, 255, 255), font=font)
+    return np.asarray(canvas)
+
+
+FLOW_PICTURE_LABELS = ["frame t", "next frame t+1", "flow t->t+1", "t+1 warped to t", "error |t - warped| x4"]
+
+
 def flow_picture(clip: torch.Tensor, flow2_raw: torch.Tensor, pair: int = 0) -> np.ndarray:
-    """One row to look at: frame i | frame i+1 | flow i (Middlebury colours) |
-    frame i+1 warped back onto frame i | |frame i - warped| (bright = the loss sees it).
+    """One labelled row to look at (labelled_row, FLOW_PICTURE_LABELS): frame i | frame i+1 |
+    flow i (Middlebury colours) | frame i+1 warped back onto frame i | |frame i - warped|
+    (bright = the loss sees it).
 
     clip (T, 3, H, W) network input (normalised); flow2_raw (2(T-1), h, w) raw.
     """
@@ -89,7 +120,7 @@ def flow_picture(clip: torch.Tensor, flow2_raw: torch.Tensor, pair: int = 0) -> 
         _to_uint8(warped),
         _to_uint8(error),
     ]
-    return np.concatenate(tiles, axis=1)
+    return labelled_row(tiles, FLOW_PICTURE_LABELS)
 
 
 def save_weights(

@@ -24,7 +24,7 @@ from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.specs.common import OptimSpec
 from h2s_dist.specs.training import TemporalFlowsSpec
 from h2s_dist.train.builders import build_temporal_vgg, flow_stack_channels
-from h2s_dist.train.task import StreamTask, run_training
+from h2s_dist.train.task import StreamTask, labelled_row, run_training
 
 
 class TemporalFlowsTask(StreamTask):
@@ -61,10 +61,10 @@ class TemporalFlowsTask(StreamTask):
 
 def flow_input_picture(stacked: torch.Tensor, bound: float) -> np.ndarray:
     """Network input (2L, h, w) at q - 128 -> the Middlebury colours of its first flow field
-    (dequantised to pixels), saturation at `bound` px: (h, w, 3) uint8."""
+    (dequantised to pixels), saturation at `bound` px, as a labelled tile (task.labelled_row)."""
     q = (stacked[:2].float() + flow_shards.FLOW_MEAN).permute(1, 2, 0).cpu().numpy()
     flow = q * (2.0 * bound / 255.0) - bound
-    return flow_to_color(flow, max_flow=bound)
+    return labelled_row([flow_to_color(flow, max_flow=bound)], [f"input flow u0, v0 (saturates at {bound:g} px)"])
 
 
 def run(spec: TemporalFlowsSpec, session, tracker, output_uri: str) -> dict[str, Any]:
