@@ -24,13 +24,14 @@ if TYPE_CHECKING:
 
 # The first line of h2s_dist.data.ingest's docstring (a test keeps them equal).
 _DESCRIPTION = "Ingest: video corpora -> WebDataset shards + Parquet manifest at a URI (path or s3://)."
-_SYNTHETIC_FIELDS = ("num_videos", "num_frames", "height", "width", "seed", "shared_scenes")
+_SYNTHETIC_FIELDS = ("num_videos", "num_frames", "height", "width", "seed", "shared_scenes", "classes")
 _EXAMPLES = """examples:
   h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
   h2s ingest hmdb51 /data/hmdb51 --splits /data/testTrainMulti_7030_splits --output /data/h2s/hmdb51
   h2s ingest videos '/data/clips/**/*.mp4' --output /data/h2s/unlabeled --encoding mp4
   h2s ingest videos list.txt --output /data/h2s/unlabeled        (one path per line)
   h2s ingest synthetic --output /tmp/h2s/synth --num-videos 64 --num-frames 32
+  h2s ingest synthetic --output /tmp/h2s/scenes --classes scene_x_motion --shared-scenes
 
 A rerun with the same arguments resumes: finished shards are kept, the rest is written.
 """
@@ -89,8 +90,11 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     sub.add_argument("--width", type=int, default=160, help="frame width, even (default 160)")
     sub.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     sub.add_argument("--shared-scenes", action="store_true",
-                     help="the 9 videos of a round (one per class) film one scene, so appearance tells "
-                          "nothing even about training videos (default: a scene per video)")
+                     help="the videos of a round (one per class) that may look alike film one scene, so "
+                          "appearance tells no motion even about training videos (default: a scene per video)")
+    sub.add_argument("--classes", choices=("motion", "scene_x_motion"), default="motion",
+                     help="motion: 9 camera motions on look-alike scenes (default); scene_x_motion: 3 scene "
+                          "types x 3 motions, <scene>_<motion>: a frame tells the scene, the flow the motion")
     parser.set_defaults(func=run_ingest_command)
 
 

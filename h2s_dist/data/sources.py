@@ -274,15 +274,17 @@ def _synthetic_frames(config: SyntheticMotionConfig, index: int) -> tuple[np.nda
 def synthetic_entries(config: SyntheticMotionConfig) -> SourceListing:
     """The synthetic motion dataset, rendered in memory by the ingest workers (no files).
 
-    Video i: label i % len(CLASSES), key `synthetic.video_key(i)`, split 1 from
-    `synthetic.synthetic_split(i)` (the synthetic set has one split only)."""
+    Video i: label i % 9, class `config.class_names[label]`, key `synthetic.video_key(i,
+    config.classes)`, split 1 from `synthetic.synthetic_split(i)` (the synthetic set has one
+    split only)."""
     from h2s_dist.data import synthetic
 
+    names = config.class_names
     entries = []
     for index in range(config.num_videos):
-        label = index % len(synthetic.CLASSES)
+        label = index % len(names)
         generate = functools.partial(_synthetic_frames, config, index)
         splits: dict[int, Subset] = {1: synthetic.synthetic_split(index)}  # type: ignore[dict-item]
-        entries.append(VideoEntry(f"synthetic:{index}", synthetic.video_key(index), label,
-                                  synthetic.CLASSES[label], splits, generate))
-    return SourceListing("synthetic", entries, list(synthetic.CLASSES))
+        entries.append(VideoEntry(f"synthetic:{index}", synthetic.video_key(index, config.classes), label,
+                                  names[label], splits, generate))
+    return SourceListing("synthetic", entries, list(names))

@@ -1,4 +1,5 @@
-"""The synthetic motion dataset: classes told apart only by motion, with exact optical flow.
+"""The synthetic motion dataset, with exact optical flow: classes told apart by motion only
+(`classes="motion"`), or by a scene type and a motion together (`classes="scene_x_motion"`).
 
 Each video looks at a large random canvas (smooth coloured noise plus blurred random shapes)
 through a camera whose pose follows the class: a translation, a rotation or a zoom about a
@@ -11,12 +12,24 @@ Conventions (as in `warp.backward_warp`): flows (T-1, H, W, 2) float32 in pixels
 (right), 1 = v (down); flow t maps frame t to frame t+1, so frame t+1 sampled at (x+u, y+v)
 equals frame t wherever `valid` is True (the destination is inside the frame and not occluded).
 
-Appearance (canvas colours, shapes, scale, orientation, sprites) is drawn from the same
-distributions for every class, so a single frame says nothing about the label. With
-`shared_scenes` the videos of one round (one per class) also film the very same scene, so
-not even a network that memorises its training videos can tie a look to a class. Everything
-is deterministic in (config.seed, index). Video `index` has label `index % len(CLASSES)`, so the
-classes are balanced; `synthetic_split` assigns whole rounds of classes to train or test.
+Two class sets, 9 classes each:
+
+- "motion" (`MOTION_CLASSES`): appearance (canvas colours, shapes, scale, orientation, sprites)
+  is drawn from the same distributions for every class, so a single frame says nothing about
+  the label; only motion does. It checks that a temporal stream learns motion.
+- "scene_x_motion" (`SCENE_X_MOTION_CLASSES`, named `<scene>_<motion>`): 3 scene types
+  (`SCENE_TYPES`: desert, forest, ocean; each its own palette and shapes, which one frame
+  shows) crossed with 3 camera motions (`SCENE_MOTIONS`: translate_left, rotate_ccw,
+  zoom_in; mirroring maps none onto another, and the flow tells them apart: uniform, curl,
+  divergence). A frame tells the scene type and not the motion, the flow tells the motion and
+  not the scene type: only the two streams fused tell the class, the paper's story. Within a
+  type every video still has a random canvas of that type.
+
+With `shared_scenes` the videos of one round that share what their frames may show (the whole
+round for "motion"; the 3 videos of one scene type for "scene_x_motion") film the very same
+scene, so not even a network that memorises its training videos can tie a look to a motion.
+Everything is deterministic in (config.seed, index). Video `index` has label `index % 9`, so
+the classes are balanced; `synthetic_split` assigns whole rounds of classes to train or test.
 
     python -m h2s_dist.data.synthetic OUT_DIR   # writes the default 64-video dataset as .avi
 """
@@ -33,7 +46,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from h2s_dist.data.video import write_video
 
-CLASSES: tuple[str, ...] = (
+MOTION_CLASSES: tuple[str, ...] = (
     "translate_left",
     "translate_right",
     "translate_up",
@@ -44,6 +57,25 @@ CLASSES: tuple[str, ...] = (
     "zoom_out",
     "still",
 )
+CLASSES = MOTION_CLASSES
+"""The motion-only class set (the default); every class set has len(CLASSES) == 9 classes."""
+SCENE_TYPES: tuple[str, ...] = ("desert", "forest", "ocean")
+SCENE_MOTIONS: tuple[str, ...] = ("translate_left", "rotate_ccw", "zoom_in")
+SCENE_X_MOTION_CLASSES: tuple[str, ...] = tuple(f"{scene}_{motion}" for scene in SCENE_TYPES for motion in SCENE_MOTIONS)
+CLASS_SETS: dict[str, tuple[str, ...]] = {"motion": MOTION_CLASSES, "scene_x_motion": SCENE_X_MOTION_CLASSES}
+
+
+def class_names(classes: str = "motion") -> tuple[str, ...]:
+    """The 9 class names of class set `classes` ("motion" or "scene_x_motion"), label order."""
+    if classes not in CLASS_SETS:
+        raise ValueError(f"classes must be one of {sorted(CLASS_SETS)}, got {classes!r}")
+    return CLASS_SETS[classes]
+
+
+def scene_and_motion(class_name: str) -> tuple[str | None, str]:
+    """("forest", "zoom_in") for "forest_zoom_in"; (None, "zoom_in") for a motion-only class."""
+    scene, _, motion = class_name.partition("_")
+    return (scene, motion) if scene in SCENE_TYPES else (None, class_name)
 
 
 @dataclass(frozen=True)
@@ -73,13 +105,24 @@ class SyntheticMotionConfig:
     sprite_px_per_frame: float = 1.5
     """Largest sprite speed, pixels per frame, any direction."""
     shared_scenes: bool = False
-    """True: the len(CLASSES) videos of a round (group gXX, one per class) film one scene
-    (canvas, start pose, sprites), each with its own camera motion. Appearance then tells a
-    classifier nothing even about its training videos, so a spatial stream learns to answer
-    uniformly instead of memorising each training scene's label and being confidently wrong
-    on test scenes. False: every video has a scene of its own."""
+    """True: the videos of a round (group gXX, one per class) that may look alike film one
+    scene (canvas, start pose, sprites), each with its own camera motion: the whole round for
+    "motion", the 3 videos of each scene type for "scene_x_motion". Appearance then tells a
+    classifier nothing about the motion even in its training videos, so a spatial stream
+    learns to spread over the motions instead of memorising each training scene's label and
+    being confidently wrong on test scenes. False: every video has a scene of its own."""
+    classes: str = "motion"
+    """The class set: "motion" (9 camera motions, appearance carries no label) or
+    "scene_x_motion" (3 scene types x 3 motions, `<scene>_<motion>`: frames tell the scene
+    type, flow tells the motion)."""
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """The 9 class names, label order."""
+        return class_names(self.classes)
 
     def __post_init__(self) -> None:
+        class_names(self.classes)  # refuses an unknown class set
         if self.num_videos < 1 or self.num_frames < 2:
             raise ValueError(f"need num_videos >= 1 and num_frames >= 2, got {self.num_videos}, {self.num_frames}")
         if self.height % 2 or self.width % 2 or min(self.height, self.width) < 16:
@@ -116,10 +159,10 @@ def class_dir_name(class_name: str) -> str:
     return "".join(part.capitalize() for part in class_name.split("_"))
 
 
-def video_key(index: int) -> str:
+def video_key(index: int, classes: str = "motion") -> str:
     """The UCF101-style stem of video `index`: v_<Class>_g<round+1>_c01 (round = index // classes)."""
-    name = class_dir_name(CLASSES[index % len(CLASSES)])
-    return f"v_{name}_g{index // len(CLASSES) + 1:02d}_c01"
+    names = class_names(classes)
+    return f"v_{class_dir_name(names[index % len(names)])}_g{index // len(names) + 1:02d}_c01"
 
 
 # ----------------------------------------------------------------------------- camera motion
@@ -127,7 +170,9 @@ def video_key(index: int) -> str:
 
 def _camera_step(class_name: str, rng: np.random.Generator, config: SyntheticMotionConfig) -> np.ndarray:
     """The 3x3 per-frame motion M of scene content in pixel coordinates: a point at x in frame t
-    is at M x in frame t+1 (y down, so a positive angle turns clockwise on screen)."""
+    is at M x in frame t+1 (y down, so a positive angle turns clockwise on screen). A
+    `<scene>_<motion>` class moves as its motion."""
+    class_name = scene_and_motion(class_name)[1]
     cx = config.width / 2 + rng.uniform(-0.1, 0.1) * config.width
     cy = config.height / 2 + rng.uniform(-0.1, 0.1) * config.height
     speed = rng.uniform(*config.translate_px_per_frame)
@@ -145,7 +190,7 @@ def _camera_step(class_name: str, rng: np.random.Generator, config: SyntheticMot
     elif class_name == "still":
         linear = np.eye(2)
     else:
-        raise ValueError(f"unknown class {class_name!r}; one of {CLASSES}")
+        raise ValueError(f"unknown class {class_name!r}; one of {CLASSES} or {SCENE_X_MOTION_CLASSES}")
     centre = np.array([cx, cy])
     return _affine(linear, centre - linear @ centre)  # about the centre
 
@@ -170,10 +215,28 @@ def _camera_maps(step: np.ndarray, num_frames: int, start: np.ndarray) -> list[n
 # ----------------------------------------------------------------------------- appearance
 
 
-def _canvas(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+@dataclass(frozen=True)
+class SceneLook:
+    """What a scene type looks like: a palette and a kind of shape, visible in any one frame."""
+
+    base_rgb: tuple[float, float, float]
+    """Mean colour of the canvas; each video jitters it by up to +-15 per channel."""
+    shape_kinds: tuple[int, ...]
+    """Shapes scattered over it: 0 ellipses, 1 rectangles, 2 triangles."""
+
+
+SCENE_LOOKS: dict[str, SceneLook] = {
+    "desert": SceneLook((190, 155, 100), (0,)),   # sand, dunes
+    "forest": SceneLook((55, 115, 55), (2,)),     # greens, pointed crowns
+    "ocean": SceneLook((60, 95, 170), (1,)),      # blues, boxy shapes
+}
+
+
+def _canvas(rng: np.random.Generator, height: int, width: int, scene: str | None = None) -> np.ndarray:
     """(height, width, 3) float32 RGB in 0..255: coloured noise plus fine grey detail plus
     blurred random shapes; smooth enough (blur ~1.2 px) that bilinear sampling commutes with
-    warping.
+    warping. `scene` (one of SCENE_TYPES) draws colours and shapes from that type's look;
+    None draws them from one distribution shared by every video.
 
     Fine detail (12 and 6 px features) carries most of the contrast because a motion of
     1-2 px is only visible to a photometric loss where the image has gradient at that scale:
@@ -183,14 +246,21 @@ def _canvas(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
     video and JPEG keep (colour detail at 6 px doubled the codec error)."""
     colour = _value_noise(rng, height, width, 32) + 0.5 * _value_noise(rng, height, width, 12)
     detail = _value_noise(rng, height, width, 12)[..., :1] + 0.8 * _value_noise(rng, height, width, 6)[..., :1]
-    mix = rng.normal(0, 22, (3, 3)).astype(np.float32)
-    base = rng.uniform(70, 185, 3).astype(np.float32)
+    if scene is None:
+        mix = rng.normal(0, 22, (3, 3)).astype(np.float32)
+        base = rng.uniform(70, 185, 3).astype(np.float32)
+        look = None
+    else:
+        # Weaker colour noise than the shared look's, so the palette survives every crop.
+        look = SCENE_LOOKS[scene]
+        mix = rng.normal(0, 8, (3, 3)).astype(np.float32)
+        base = (np.array(look.base_rgb) + rng.uniform(-15, 15, 3)).astype(np.float32)
     image = Image.fromarray(np.clip(base + colour @ mix + 24 * detail, 0, 255).astype(np.uint8))
     draw = ImageDraw.Draw(image)
     # A fixed density per area keeps frame statistics independent of the canvas size, which
     # grows with the motion (and so with the class).
     for _ in range(rng.poisson(height * width / 2500)):
-        _random_shape(draw, rng, height, width)
+        _random_shape(draw, rng, height, width, None if look is None else (base, look.shape_kinds))
     return np.asarray(image.filter(ImageFilter.GaussianBlur(1.2)), np.float32)
 
 
@@ -206,11 +276,19 @@ def _value_noise(rng: np.random.Generator, height: int, width: int, cell: int) -
         for c in range(3)], -1)
 
 
-def _random_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int, width: int) -> None:
+def _random_shape(draw: ImageDraw.ImageDraw, rng: np.random.Generator, height: int, width: int,
+                  look: tuple[np.ndarray, tuple[int, ...]] | None = None) -> None:
+    """One shape of any colour and kind, or with `look` = (palette colour, kinds) one of those
+    kinds in a colour near the palette."""
     x, y = rng.uniform(0, width), rng.uniform(0, height)
     r = rng.uniform(6, 28)
-    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-    kind = rng.integers(3)
+    if look is None:
+        colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+        kind = rng.integers(3)
+    else:
+        palette, kinds = look
+        colour = tuple(int(c) for c in np.clip(palette + rng.normal(0, 40, 3), 0, 255))
+        kind = kinds[rng.integers(len(kinds))]
     if kind == 0:
         draw.ellipse([x - r, y - r * rng.uniform(0.5, 1), x + r, y + r], fill=colour)
     elif kind == 1:
@@ -243,28 +321,35 @@ def _render_affine(canvas: Image.Image, frame_to_canvas: np.ndarray, width: int,
 # ----------------------------------------------------------------------------- rendering
 
 
+def _scene_type(config: SyntheticMotionConfig, index: int) -> str | None:
+    """The scene type video `index` shows (None for the motion-only classes)."""
+    return scene_and_motion(config.class_names[index % len(CLASSES)])[0]
+
+
 def _look_rng(config: SyntheticMotionConfig, index: int) -> np.random.Generator:
-    """The appearance stream of video `index`: its own, or its round's with shared scenes.
-    Appearance and motion draw from separate streams so the look of a video does not depend
-    on its class's draws (same distribution for all classes by construction)."""
+    """The appearance stream of video `index`: its own, or with shared scenes its round's
+    (motion classes) or its round's scene type's (scene_x_motion). Appearance and motion draw
+    from separate streams so the look of a video does not depend on its motion's draws."""
     if config.shared_scenes:
-        return np.random.default_rng([config.seed, index // len(CLASSES), 2])
+        scene = _scene_type(config, index)
+        group = [] if scene is None else [SCENE_TYPES.index(scene)]
+        return np.random.default_rng([config.seed, index // len(CLASSES), 2, *group])
     return np.random.default_rng([config.seed, index, 0])
 
 
 def _scene_mates(config: SyntheticMotionConfig, index: int) -> list[int]:
-    """The other videos filming video `index`'s scene (whole rounds, whatever num_videos is,
-    so a scene does not depend on how many videos are made)."""
+    """The other videos filming video `index`'s scene (within whole rounds, whatever
+    num_videos is, so a scene does not depend on how many videos are made)."""
     if not config.shared_scenes:
         return []
-    first = index - index % len(CLASSES)
-    return [i for i in range(first, first + len(CLASSES)) if i != index]
+    first, scene = index - index % len(CLASSES), _scene_type(config, index)
+    return [i for i in range(first, first + len(CLASSES)) if i != index and _scene_type(config, i) == scene]
 
 
 def _camera(config: SyntheticMotionConfig, index: int, start: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
     """(per-frame motion, frame-to-canvas maps) of video `index`, from its own motion stream."""
     motion_rng = np.random.default_rng([config.seed, index, 1])
-    step = _camera_step(CLASSES[index % len(CLASSES)], motion_rng, config)
+    step = _camera_step(config.class_names[index % len(CLASSES)], motion_rng, config)
     return step, _camera_maps(step, config.num_frames, start)
 
 
@@ -273,7 +358,7 @@ def make_video(config: SyntheticMotionConfig, index: int) -> SyntheticVideo:
     if not 0 <= index < config.num_videos:
         raise ValueError(f"index {index} out of range for num_videos={config.num_videos}")
     label = index % len(CLASSES)
-    class_name = CLASSES[label]
+    class_name = config.class_names[label]
     look_rng = _look_rng(config, index)
     h, w, t_count = config.height, config.width, config.num_frames
 
@@ -290,7 +375,8 @@ def make_video(config: SyntheticMotionConfig, index: int) -> SyntheticVideo:
     filming = [maps] + [_camera(config, other, start)[1] for other in _scene_mates(config, index)]
     reached = np.concatenate([(m @ corners)[:2] for video_maps in filming for m in video_maps], axis=1)
     lo, hi = reached.min(axis=1) - 2, reached.max(axis=1) + 2
-    canvas = _canvas(look_rng, int(math.ceil(hi[1] - lo[1])) + 1, int(math.ceil(hi[0] - lo[0])) + 1)
+    canvas = _canvas(look_rng, int(math.ceil(hi[1] - lo[1])) + 1, int(math.ceil(hi[0] - lo[0])) + 1,
+                     scene=_scene_type(config, index))
 
     canvas_image = Image.fromarray(canvas.astype(np.uint8))
     to_canvas = _affine(np.eye(2), -lo)  # canvas array index = canvas coordinate - lo
@@ -311,7 +397,7 @@ def make_video(config: SyntheticMotionConfig, index: int) -> SyntheticVideo:
         valid=valid,
         label=label,
         class_name=class_name,
-        key=video_key(index),
+        key=video_key(index, config.classes),
     )
 
 

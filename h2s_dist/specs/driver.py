@@ -21,7 +21,7 @@ class SyntheticSourceSpec(Strict):
     """The synthetic motion dataset (h2s_dist.data.synthetic), rendered in memory."""
 
     num_videos: PositiveInt = 64
-    """Number of videos; video i has label i % 9 (the motion classes)."""
+    """Number of videos; video i has label i % 9 (of the `classes` set)."""
     num_frames: int = Field(32, ge=2)
     """Frames per video."""
     height: PositiveInt = 128
@@ -31,8 +31,14 @@ class SyntheticSourceSpec(Strict):
     seed: int = 0
     """Base seed of the videos."""
     shared_scenes: bool = False
-    """True: the 9 videos of a round (one per class) film the same scene, so appearance
-    carries no label even for a network that memorises its training videos."""
+    """True: the videos of a round (one per class) that may look alike film the same scene
+    (all 9 for `motion`; the 3 of each scene type for `scene_x_motion`), so appearance
+    carries no motion even for a network that memorises its training videos."""
+    classes: Literal["motion", "scene_x_motion"] = "motion"
+    """motion: 9 camera motions on look-alike scenes (only the temporal stream can tell them);
+    scene_x_motion: 3 scene types (desert, forest, ocean) x 3 motions (translate_left,
+    rotate_ccw, zoom_in), named `<scene>_<motion>`: a frame tells the scene, the flow the
+    motion, only the fused streams tell the class."""
 
 
 class IngestSpec(Strict):

@@ -113,6 +113,10 @@ def test_synthetic_entries_need_no_files():
     assert listing.entries[10].label == 1
     frames, fps = listing.entries[0].generate()
     assert frames.shape == (4, 16, 16, 3) and fps == 25.0
+    scenes = sources.synthetic_entries(SyntheticMotionConfig(num_videos=12, num_frames=4, height=16, width=16,
+                                                             classes="scene_x_motion"))
+    assert scenes.classes[4] == scenes.entries[4].class_name == "forest_rotate_ccw"
+    assert scenes.entries[13 - 2].key == "v_DesertZoomIn_g02_c01"
 
 
 def test_full_real_split_lists_have_the_published_counts(shared_data):

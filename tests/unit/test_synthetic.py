@@ -1,4 +1,6 @@
-"""The synthetic motion dataset: determinism, balance, exact flow, and no appearance cue."""
+"""The synthetic motion dataset: determinism, balance, exact flow, no appearance cue to the
+motion, and in the scene_x_motion set a scene type that one frame tells and a motion that the
+flow tells."""
 
 from __future__ import annotations
 
@@ -7,14 +9,20 @@ import pytest
 
 from h2s_dist.data.synthetic import (
     CLASSES,
+    SCENE_LOOKS,
+    SCENE_MOTIONS,
+    SCENE_TYPES,
+    SCENE_X_MOTION_CLASSES,
     SyntheticMotionConfig,
     make_video,
+    scene_and_motion,
     synthetic_split,
     write_dataset,
 )
 from h2s_dist.data.video import read_video
 
 SMALL = SyntheticMotionConfig(num_videos=len(CLASSES), num_frames=4, height=64, width=80)
+SCENES = SyntheticMotionConfig(num_videos=len(CLASSES), num_frames=4, height=64, width=80, classes="scene_x_motion")
 
 
 def _backward_warp(image: np.ndarray, flow: np.ndarray) -> np.ndarray:
@@ -46,10 +54,11 @@ def test_classes_and_splits_are_balanced():
         assert np.bincount(chosen, minlength=len(CLASSES)).tolist() == [per_class] * len(CLASSES)
 
 
-@pytest.mark.parametrize("index", range(len(CLASSES)), ids=CLASSES)
-def test_gt_flow_warps_next_frame_onto_this_frame(index):
-    video = make_video(SMALL, index)
-    for t in range(SMALL.num_frames - 1):
+@pytest.mark.parametrize(("config", "index"), [(SMALL, i) for i in range(len(CLASSES))]
+                         + [(SCENES, i) for i in range(len(CLASSES))], ids=CLASSES + SCENE_X_MOTION_CLASSES)
+def test_gt_flow_warps_next_frame_onto_this_frame(config, index):
+    video = make_video(config, index)
+    for t in range(config.num_frames - 1):
         warped = _backward_warp(video.frames[t + 1], video.flows[t])
         err = np.abs(warped - video.frames[t])[video.valid[t]].mean()
         assert err < 0.8, (video.class_name, t, err)
@@ -112,6 +121,73 @@ def test_shared_scenes_film_one_scene_per_round_with_each_class_motion():
         assert np.abs(warped - video.frames[0])[video.valid[0]].mean() < 0.8, video.class_name
 
 
+def _flow_motion(flow: np.ndarray) -> str:
+    """The camera motion a (H, W, 2) flow shows, from its mean divergence and curl (y down, so
+    a counter-clockwise turn on screen has negative curl dv/dx - du/dy)."""
+    div = np.gradient(flow[..., 0], axis=1) + np.gradient(flow[..., 1], axis=0)
+    curl = np.gradient(flow[..., 1], axis=1) - np.gradient(flow[..., 0], axis=0)
+    if div.mean() > 5e-3:
+        return "zoom_in"
+    if curl.mean() < -5e-3:
+        return "rotate_ccw"
+    if abs(div).max() < 1e-4 and abs(curl).max() < 1e-4 and flow[..., 0].max() < 0:
+        return "translate_left"
+    return "other"
+
+
+def _scene_x_motion_videos(rounds: int, **config):
+    config = SyntheticMotionConfig(num_videos=rounds * len(CLASSES), num_frames=2, classes="scene_x_motion", **config)
+    return [make_video(config, i) for i in range(config.num_videos)]
+
+
+def test_scene_x_motion_classes_cross_scene_types_with_motions():
+    assert len(SCENE_X_MOTION_CLASSES) == len(CLASSES) == len(SCENE_TYPES) * len(SCENE_MOTIONS)
+    assert SCENE_X_MOTION_CLASSES[4] == "forest_rotate_ccw"
+    assert scene_and_motion("forest_rotate_ccw") == ("forest", "rotate_ccw")
+    assert scene_and_motion("rotate_ccw") == (None, "rotate_ccw")
+    video = make_video(SCENES, 4)
+    assert (video.label, video.class_name, video.key) == (4, "forest_rotate_ccw", "v_ForestRotateCcw_g01_c01")
+
+
+def test_a_frame_tells_its_scene_type_by_its_colour():
+    """The mean colour of any one frame is nearest its own scene type's palette."""
+    palettes = np.array([SCENE_LOOKS[scene].base_rgb for scene in SCENE_TYPES])
+    for video in _scene_x_motion_videos(4, height=32, width=48):
+        for frame in video.frames:
+            nearest = np.linalg.norm(palettes - frame.reshape(-1, 3).mean(axis=0), axis=1).argmin()
+            assert SCENE_TYPES[nearest] == scene_and_motion(video.class_name)[0], video.key
+
+
+def test_a_video_tells_its_motion_by_its_flow_whatever_its_scene():
+    for video in _scene_x_motion_videos(2, height=32, width=48):
+        assert _flow_motion(video.flows[0]) == scene_and_motion(video.class_name)[1], video.key
+
+
+def test_a_frame_carries_no_motion_signal_within_its_scene_type():
+    """Per-frame statistics less their scene type's mean: one-way ANOVA over the 3 motions stays
+    at chance level (F(2, 69) < 4.9 is p > 0.01)."""
+    videos = _scene_x_motion_videos(8, height=32, width=32)
+    stats = np.array([(f.mean(), f.std(), np.abs(np.diff(f, axis=1)).mean())
+                      for f in (v.frames[0].astype(float) for v in videos)])
+    scene = np.array([v.label // len(SCENE_MOTIONS) for v in videos])
+    motion = np.array([v.label % len(SCENE_MOTIONS) for v in videos])
+    for s in range(len(SCENE_TYPES)):
+        stats[scene == s] -= stats[scene == s].mean(axis=0)
+    groups = [stats[motion == m] for m in range(len(SCENE_MOTIONS))]
+    between = sum(len(g) * (g.mean(axis=0) - stats.mean(axis=0)) ** 2 for g in groups) / (len(groups) - 1)
+    within = sum(((g - g.mean(axis=0)) ** 2).sum(axis=0) for g in groups) / (len(stats) - len(groups) - len(SCENE_TYPES))
+    assert (between / within < 4.9).all(), between / within
+
+
+def test_shared_scenes_of_scene_x_motion_film_one_scene_per_scene_type():
+    config = SyntheticMotionConfig(num_videos=len(CLASSES), num_frames=5, height=32, width=48, shared_scenes=True,
+                                   classes="scene_x_motion")
+    middle = [make_video(config, i).frames[2].astype(float) for i in range(config.num_videos)]
+    for first in range(0, len(CLASSES), len(SCENE_MOTIONS)):  # one scene type's 3 motions
+        assert all(np.abs(m - middle[first]).max() <= 1 for m in middle[first + 1:first + len(SCENE_MOTIONS)])
+    assert np.abs(middle[len(SCENE_MOTIONS)] - middle[0]).mean() > 10  # another scene type, another scene
+
+
 def test_write_dataset_ucf101_layout_decodes_back(tmp_path):
     config = SyntheticMotionConfig(num_videos=len(CLASSES) + 1, num_frames=4, height=32, width=48)
     written = write_dataset(tmp_path, config, ext=".avi")
@@ -131,3 +207,5 @@ def test_bad_config_is_refused_with_the_reason():
         SyntheticMotionConfig(num_videos=1, height=33)
     with pytest.raises(ValueError, match="out of range"):
         make_video(SMALL, SMALL.num_videos)
+    with pytest.raises(ValueError, match="scene_x_motion"):
+        SyntheticMotionConfig(num_videos=1, classes="scenes")
