@@ -37,3 +37,18 @@ def test_report_shows_the_spread_and_the_fusion_gain(tmp_path):
     text = report.render(tmp_path)
     assert "mean of 2 seed(s) (0, 1)" in text and "scenes shared" in text
     assert "Hidden two-stream (a) vs Stacked temporal stream (a): [1, 0] (mean +0.50)" in text
+
+
+def test_report_of_scene_x_motion_weighs_fusion_against_the_better_single_stream(tmp_path):
+    per_seed = {0: _seed({"spatial": 30.0, "stacked_c": 35.0, "hidden_two_stream_c": 60.0}),
+                1: _seed({"spatial": 40.0, "stacked_c": 30.0, "hidden_two_stream_c": 45.0})}
+    data = {**accuracy.summarise(per_seed, num_test=20), "per_seed": per_seed, "labels": accuracy.LABELS,
+            "num_test_videos": 20, "chance_percent": 100 / 9, "machine": {}, "command": "x",
+            "settings": {"num_videos": 80, "pretrain_steps": 1, "finetune_steps": 1, "spatial_steps": 1,
+                         "temporal_steps": 1, "num_windows": 5, "num_crops": 5, "scenes": "shared",
+                         "classes": "scene_x_motion"}}
+    (tmp_path / "accuracy.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "3 scene types x 3 camera motions" in text and "told apart only by camera motion" not in text
+    assert "better of spatial and stacked (c), points per seed: +25.0, +5.0 (mean +15.0)" in text
+    assert "1/3 = 0.33" in text
