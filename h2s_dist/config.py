@@ -133,7 +133,7 @@ class _JobBase(BaseModel):
         if not problems:
             from h2s_dist.specs.wiring import weights_problems
 
-            problems = weights_problems(self.stages)  # type: ignore[attr-defined]
+            problems = weights_problems(self.stages, whole_reference)  # type: ignore[attr-defined]
         if problems:
             raise JobSpecError(problems)
         return self
@@ -180,6 +180,13 @@ def iter_strings(value: Any, path: str = "") -> Iterator[tuple[str, str]]:
 def references(text: str) -> list[tuple[str, str]]:
     """[(stage name, output key)] referenced in `text`."""
     return [(m[1] or m[2], m[3]) for m in REFERENCE_RE.finditer(text)]
+
+
+def whole_reference(text: str) -> tuple[str, str] | None:
+    """(stage name, output key) when `text` is exactly one reference (its value is the output's
+    value, of any type), else None."""
+    whole = REFERENCE_RE.fullmatch(text.strip())
+    return (whole[1] or whole[2], whole[3]) if whole else None
 
 
 def entry_references(entry: BaseModel) -> list[tuple[str, str, str]]:
@@ -264,9 +271,9 @@ def resolve_references(data: Any, outputs: Mapping[str, Mapping[str, Any]], wher
         return [resolve_references(v, outputs, f"{where}[{i}]") for i, v in enumerate(data)]
     if not isinstance(data, str) or "${" not in data:
         return data
-    whole = REFERENCE_RE.fullmatch(data.strip())
+    whole = whole_reference(data)
     if whole:
-        return _lookup(outputs, whole[1] or whole[2], whole[3], where)
+        return _lookup(outputs, *whole, where)
     return REFERENCE_RE.sub(lambda m: str(_lookup(outputs, m[1] or m[2], m[3], where)), data)
 
 

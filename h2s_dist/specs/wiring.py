@@ -10,14 +10,10 @@ descriptions differ, loading would fail on the workers (a 33-channel conv1 into 
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from pydantic import BaseModel
-
-# ${stages.NAME.outputs.KEY} or ${NAME.KEY}, the whole value (h2s_dist.config's form).
-_WHOLE_REFERENCE = re.compile(r"^\$\{\s*(?:stages\.([A-Za-z0-9_-]+)\.outputs|([A-Za-z0-9_-]+))\.([^}\s]+)\s*\}$")
 
 Signature = dict[str, Any]
 
@@ -68,16 +64,20 @@ def produced_signature(spec: BaseModel, output: str) -> Signature | None:
     return describe(spec) if describe else None
 
 
-def weights_problems(entries: Sequence[BaseModel]) -> list[tuple[str, str]]:
-    """(field path, message) for each weights reference whose producer trained another network."""
+def weights_problems(
+    entries: Sequence[BaseModel], whole_reference: Callable[[str], tuple[str, str] | None]
+) -> list[tuple[str, str]]:
+    """(field path, message) for each weights reference whose producer trained another network.
+    `whole_reference` parses a field's value into (stage, output) when it is one reference
+    (h2s_dist.config.whole_reference: the job loader owns the reference syntax)."""
     index = {e.name: i for i, e in enumerate(entries)}
     problems = []
     for i, entry in enumerate(entries):
         for field, describe in CONSUMED.get(entry.kind, {}).items():
-            match = _WHOLE_REFERENCE.match(getattr(entry, field) or "")
-            if not match or (match[1] or match[2]) not in index:
+            reference = whole_reference(getattr(entry, field) or "")
+            if reference is None or reference[0] not in index:
                 continue
-            producer_name, output = match[1] or match[2], match[3]
+            producer_name, output = reference
             produced = produced_signature(entries[index[producer_name]], output)
             if produced is None:
                 continue
