@@ -33,7 +33,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from h2s_dist.data import storage, transforms
 from h2s_dist.data.video import VideoDecodeError, read_video
@@ -305,8 +304,8 @@ def motionnet_flows(model: PredictModel, frames: np.ndarray, batch: int = 4) -> 
     u right, v down, flow t maps frame t to t + 1. Windows of clip_len frames start every clip_len - 1
     frames (the last one flush with the end); frames are edge-padded to MotionNet's size multiple."""
     from h2s_dist.frames import normalize
-    from h2s_dist.models.limits import MOTIONNET_SIZE_MULTIPLE as multiple
     from h2s_dist.models.motionnet import full_resolution_flow
+    from h2s_dist.train.flow_eval import pad_to_multiple
 
     _need_motionnet(model)
     motionnet = model.networks["stacked"].motionnet
@@ -314,15 +313,14 @@ def motionnet_flows(model: PredictModel, frames: np.ndarray, batch: int = 4) -> 
     starts = list(range(0, len(frames) - clip_len + 1, clip_len - 1))
     if starts[-1] + clip_len < len(frames):
         starts.append(len(frames) - clip_len)
-    pad_h, pad_w = -height % multiple, -width % multiple
+    padded = pad_to_multiple(frames)  # edge-padded bottom/right, as every MotionNet flow is scored
     flows = np.zeros((len(frames) - 1, height, width, 2), np.float32)
     with torch.no_grad():
         for first in range(0, len(starts), batch):
             chunk = starts[first:first + batch]
-            clips = torch.from_numpy(np.stack([frames[s:s + clip_len] for s in chunk])).movedim(-1, -3)
-            x = normalize(clips.to(model.device)).flatten(0, 1)
-            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate").unflatten(0, (len(chunk), clip_len))
-            flow = full_resolution_flow(motionnet(x)[-1], (height + pad_h, width + pad_w))
+            clips = torch.from_numpy(np.stack([padded[s:s + clip_len] for s in chunk])).movedim(-1, -3)
+            x = normalize(clips.to(model.device))
+            flow = full_resolution_flow(motionnet(x)[-1], padded.shape[1:3])
             flow = flow[..., :height, :width].permute(0, 1, 3, 4, 2).cpu().numpy()
             for start, window in zip(chunk, flow):
                 flows[start:start + clip_len - 1] = window  # a later window overwrites the overlap
