@@ -35,7 +35,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import tarfile
 from collections.abc import Sequence
 from typing import Any, Literal
 
@@ -44,7 +43,7 @@ import torch
 from PIL import Image
 
 from h2s_dist.baseline.tvl1 import FLOW_MEAN, flip_quantized
-from h2s_dist.data import storage, transforms
+from h2s_dist.data import shard_tar, storage, transforms
 from h2s_dist.data.codec import ClipDecodeError
 from h2s_dist.data.eval_stream import EvalLoader, EvalStream, eval_loader
 from h2s_dist.data.shard_io import Video
@@ -143,12 +142,10 @@ def flow_sample_meta(key: str, row: dict[str, Any], num_flows: int, width: int, 
 def write_flow_shard(shard_uri: str, samples: Sequence[tuple[str, bytes, dict]]) -> int:
     """(key, .flows payload, meta) samples -> one tar at `shard_uri`, written atomically; its bytes."""
     buffer = io.BytesIO()
-    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with shard_tar.open_writer(buffer) as tar:
         for key, payload, meta in samples:
-            for name, data in ((f"{key}.{FLOW_EXTENSION}", payload), (f"{key}.json", json.dumps(meta).encode())):
-                info = tarfile.TarInfo(name)
-                info.size, info.mode, info.mtime = len(data), 0o444, 0  # fixed mtime: same flows, same bytes
-                tar.addfile(info, io.BytesIO(data))
+            shard_tar.add_member(tar, key, FLOW_EXTENSION, payload)
+            shard_tar.add_member(tar, key, "json", json.dumps(meta).encode())
     storage.write_bytes(shard_uri, buffer.getvalue())
     return buffer.tell()
 

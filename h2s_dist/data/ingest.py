@@ -19,7 +19,9 @@ Steps (docs/data.md has the layout and the encoding numbers):
    through `storage.atomic_write` (a local temp file, renamed or uploaded whole), then writes
    URI/_ingest/shard-NNNNNN.json (its manifest rows and skipped videos) -- the shard's
    "done" record. A bad video (undecodable, truncated, empty, shorter than
-   `min_frames`) is skipped and listed with its reason; it never stops the ingest.
+   `min_frames`, one that kills its worker process) and an entry whose key cannot name a
+   sample are skipped and listed with their reason; no single input stops the ingest.
+   Keys of any length go in (shards are PAX tars, h2s_dist.data.shard_tar).
 3. Resume. A rerun with the same plan skips every shard that has a done record and a
    tar; it rewrites none of them. A different plan at the same URI is refused.
 4. Finish. manifest.parquet (rows of every shard, in shard order), classes.json and
@@ -33,20 +35,17 @@ import collections
 import concurrent.futures
 import contextlib
 import hashlib
-import io
 import json
 import multiprocessing
 import os
-import re
-import tarfile
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
-from h2s_dist.data import codec, manifest, sources, storage
+from h2s_dist.data import codec, manifest, shard_tar, sources, storage
 from h2s_dist.data.ingest_defaults import DEFAULT_SHARD_TARGET_BYTES
 from h2s_dist.data.resumable import ResumableDataset, UnitRecord, gather, plan_fingerprint
 from h2s_dist.data.skips import Skip, count_kinds
@@ -57,7 +56,6 @@ DEFAULT_SIZE = (340, 256)
 # to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
 _ESTIMATED_RATIO = {"jpeg": 7.0, "mp4": 0.3}
 _GENERATED_VIDEO_BYTES = 200_000  # estimate for in-memory videos (no source file to stat)
-_KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 _PLAN_VERSION = 1
 _SPLIT1_GROUP = {"train": 0, "test": 1, "": 2}
 
@@ -229,55 +227,91 @@ def encode_entry(entry: VideoEntry, options: IngestOptions) -> _Encoded:
     return _Encoded(entry.key, None, ext, payload, meta, digest, source_bytes)
 
 
+def _pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
+    # forkserver: the parent may hold threads (s3fs event loop, tqdm) that fork would copy mid-state.
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["h2s_dist.data.ingest"])  # import av/PIL/numpy once, not once per worker
+    return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
+
+
 def _encoded_in_order(
     entries: Sequence[VideoEntry], options: IngestOptions, num_workers: int
 ) -> Iterator[_Encoded]:
     """encode_entry over `entries`, results in input order, at most 4 per worker in flight
-    (bounds the memory held by finished payloads waiting for a slow one)."""
+    (bounds the memory held by finished payloads waiting for a slow one).
+
+    A video that kills its worker process (a decoder crash, the kernel's OOM killer) breaks
+    the whole pool and every result in flight with it. The entries that were in flight are
+    then encoded one at a time in a pool of their own, so the one that kills its process
+    again is found and skipped ("crashed: ..."); the rest go on in a fresh pool."""
     if num_workers <= 0:
         for entry in entries:
             yield encode_entry(entry, options)
         return
-    # forkserver: the parent may hold threads (s3fs event loop, tqdm) that fork would copy mid-state.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["h2s_dist.data.ingest"])  # import av/PIL/numpy once, not once per worker
-    with concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context) as pool:
+    todo = collections.deque(entries)
+    while todo:
+        in_flight = yield from _encode_in_pool(todo, options, num_workers)
+        yield from _encode_each_alone(in_flight, options)
+
+
+def _encode_in_pool(
+    todo: collections.deque, options: IngestOptions, num_workers: int
+) -> Generator[_Encoded, None, list[VideoEntry]]:
+    """Encode entries taken from `todo` in one pool; returns the entries that were in flight
+    (not yet yielded) when a worker died, [] once `todo` is done."""
+    with _pool(num_workers) as pool:
         pending: collections.deque = collections.deque()
-        todo = iter(entries)
-        for entry in todo:
-            pending.append(pool.submit(encode_entry, entry, options))
-            if len(pending) >= 4 * num_workers:
-                break
+
+        def submit_next() -> None:
+            entry = todo.popleft()
+            pending.append((entry, pool.submit(encode_entry, entry, options)))
+
+        while todo and len(pending) < 4 * num_workers:
+            submit_next()
         try:
             while pending:
-                result = pending.popleft().result()
-                entry = next(todo, None)
-                if entry is not None:
-                    pending.append(pool.submit(encode_entry, entry, options))
+                try:
+                    result = pending[0][1].result()
+                except concurrent.futures.BrokenExecutor:
+                    return [entry for entry, _ in pending]
+                pending.popleft()
+                if todo:
+                    submit_next()
                 yield result
-        finally:  # the consumer stopped early (an error): do not wait for work nobody will write
-            for future in pending:
+        finally:  # the consumer stopped early (an error) or the pool broke: wait for no one
+            for _, future in pending:
                 future.cancel()
+    return []
+
+
+def _encode_each_alone(entries: Sequence[VideoEntry], options: IngestOptions) -> Iterator[_Encoded]:
+    """encode_entry for each entry in a one-worker pool; an entry whose worker dies is a skip."""
+    pool = None
+    try:
+        for entry in entries:
+            pool = pool or _pool(1)
+            try:
+                yield pool.submit(encode_entry, entry, options).result()
+            except concurrent.futures.BrokenExecutor as err:
+                pool.shutdown(wait=True)
+                pool = None
+                yield _Encoded(entry.key, f"crashed: its decoder process died ({err})"[:300])
+    finally:
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ----------------------------------------------------------------------------- one shard (parent side)
 
 
-def _tar_member(tar: tarfile.TarFile, name: str, payload: bytes) -> None:
-    assert "/" not in name and ".." not in name and _KEY_RE.match(name.split(".", 1)[0]), name
-    info = tarfile.TarInfo(name)
-    info.size, info.mode, info.mtime = len(payload), 0o444, 0  # fixed mtime: same input, same bytes
-    tar.addfile(info, io.BytesIO(payload))
-
-
 def _write_shard(results: list[_Encoded], shard_uri: str) -> None:
     """The ok samples of one shard -> tar at `shard_uri`, atomically: storage.atomic_write
     spools to a local temp file and renames/uploads it only when the tar is complete."""
-    with storage.atomic_write(shard_uri) as dst, tarfile.open(fileobj=dst, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+    with storage.atomic_write(shard_uri) as dst, shard_tar.open_writer(dst) as tar:
         for r in results:
             if r.reason is None:
-                _tar_member(tar, f"{r.key}.{r.ext}", r.payload)
-                _tar_member(tar, f"{r.key}.json", json.dumps(r.meta, sort_keys=True).encode())
+                shard_tar.add_member(tar, r.key, r.ext, r.payload)
+                shard_tar.add_member(tar, r.key, "json", json.dumps(r.meta, sort_keys=True).encode())
 
 
 def _done_record(results: list[_Encoded], entries: list[VideoEntry], shard_uri: str) -> UnitRecord:
@@ -335,14 +369,21 @@ def _as_listing(entries: SourceListing | Iterable[VideoEntry]) -> SourceListing:
     return SourceListing("entries", entries, classes)
 
 
-def _check_keys(entries: Sequence[VideoEntry]) -> None:
-    bad = [e.key for e in entries if not _KEY_RE.match(e.key)]
-    if bad:
-        raise ValueError(f"keys must match [A-Za-z0-9_-]+ (use sources.sanitize_key), got {bad[:5]}")
-    counts = collections.Counter(e.key for e in entries)
-    dupes = [k for k, n in counts.items() if n > 1]
-    if dupes:
-        raise ValueError(f"keys must be unique (use sources.unique_keys), repeated: {dupes[:5]}")
+def _usable_entries(entries: Sequence[VideoEntry]) -> tuple[list[VideoEntry], list[Skip]]:
+    """(entries to plan, skips): an entry whose key cannot name a sample or repeats an earlier
+    entry's key is skipped and reported, so that one bad entry cannot stop an ingest. The
+    sources never make such keys (sources.sanitize_key, sources.unique_keys); entries built
+    by hand can."""
+    usable, skipped, seen = [], [], set()
+    for e in entries:
+        if not shard_tar.is_safe_key(e.key):
+            skipped.append(Skip(e.key, e.path, f"bad key: {e.key!r} is not [A-Za-z0-9_-]+ (use sources.sanitize_key)"))
+        elif e.key in seen:
+            skipped.append(Skip(e.key, e.path, "repeated key: another entry has it (use sources.unique_keys)"))
+        else:
+            seen.add(e.key)
+            usable.append(e)
+    return usable, skipped
 
 
 def ingest(
@@ -378,8 +419,8 @@ def ingest(
     listing = _as_listing(entries)
     if not listing.entries:
         raise ValueError(f"no videos to ingest from {listing.name} (check the root folder and its layout)")
-    _check_keys(listing.entries)
-    shards = plan_shards(listing.entries, options)
+    usable, unusable = _usable_entries(listing.entries)
+    shards = plan_shards(usable, options)
     plan = _plan(shards, options)
     out = ResumableDataset(output_uri, plan_fingerprint(plan), state_dir="_ingest", record_prefix="shard",
                            what="an ingest")
@@ -389,7 +430,7 @@ def ingest(
     todo = [i for i in range(len(shards)) if i not in records]
     written = _encode_shards([shards[i] for i in todo], todo, out, options, num_workers, progress, on_shard_done)
     records.update(written)
-    return _finish(listing, out, options, records, len(shards) - len(written), time.perf_counter() - t0)
+    return _finish(listing, out, options, records, unusable, len(shards) - len(written), time.perf_counter() - t0)
 
 
 def _encode_shards(
@@ -420,9 +461,10 @@ def _encode_shards(
 
 def _finish(
     listing: SourceListing, out: ResumableDataset, options: IngestOptions, records: dict[int, UnitRecord],
-    shards_reused: int, seconds: float,
+    unusable: list[Skip], shards_reused: int, seconds: float,
 ) -> IngestReport:
     rows, skipped = gather(records)
+    skipped = unusable + skipped
     report = IngestReport(
         output_uri=out.output_uri, manifest_uri=storage.join(out.output_uri, manifest.MANIFEST_NAME),
         source=listing.name,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pathlib
+import re
 
 import pytest
 
@@ -129,3 +130,30 @@ def test_full_real_split_lists_have_the_published_counts(shared_data):
     assert len(classes) == 51
     assert sum(s.get(1) == "train" for s in hmdb.values()) == 3570  # 70 per class
     assert sum(s.get(1) == "test" for s in hmdb.values()) == 1530  # 30 per class
+
+
+def _long_names() -> list[tuple[str, str]]:
+    lines = (DATA / "long_names.txt").read_text().splitlines()
+    return [tuple(line.split(" ", 1)) for line in lines if line.strip() and not line.startswith("#")]
+
+
+def test_long_names_list_holds_the_longest_and_oddest_official_names(shared_data):
+    """tests/data/long_names.txt (the names test_ingest_names.py ingests) against the lists."""
+    _, hmdb = sources.read_hmdb51_splits(shared_data / "hmdb51_splits")
+    ucf = sources.read_ucf101_splits(shared_data / "ucf101_splits")
+    listed = _long_names()
+    by_length = sorted(hmdb, key=lambda rel: -len(rel.split("/", 1)[1]))
+    assert {rel for src, rel in listed if src == "hmdb51"} >= set(by_length[:50])
+    assert {rel for src, rel in listed if src == "ucf101"} <= set(ucf)
+    odd = {c for rel in hmdb for c in rel.split("/", 1)[1] if not (c.isascii() and (c.isalnum() or c in "_.-"))}
+    assert odd == {c for src, rel in listed for c in rel.split("/", 1)[1] if src == "hmdb51"} & odd
+
+
+def test_every_official_name_gets_a_safe_unique_key(shared_data):
+    _, hmdb = sources.read_hmdb51_splits(shared_data / "hmdb51_splits")
+    ucf = sources.read_ucf101_splits(shared_data / "ucf101_splits")
+    stems = [(pathlib.PurePosixPath(rel).stem, rel) for rel in sorted(hmdb) + sorted(ucf)]
+    keys = sources.unique_keys(stems)
+    assert len(set(keys)) == len(keys) == len(hmdb) + len(ucf)
+    assert all(re.fullmatch(r"[A-Za-z0-9_-]+", k) for k in keys)
+    assert max(map(len, keys)) > 100  # longer than a ustar member name: shards need PAX
