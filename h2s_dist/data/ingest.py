@@ -314,20 +314,21 @@ def _write_shard(results: list[_Encoded], shard_uri: str) -> None:
                 shard_tar.add_member(tar, r.key, "json", json.dumps(r.meta, sort_keys=True).encode())
 
 
-def _done_record(results: list[_Encoded], entries: list[VideoEntry], shard_uri: str) -> UnitRecord:
+def _done_record(results: list[_Encoded], entries: list[VideoEntry], shard: str) -> UnitRecord:
+    """shard: the shard's name relative to the dataset (what the manifest holds)."""
     rows, skipped = [], []
     for r, e in zip(results, entries):
         if r.reason is not None:
             skipped.append(Skip(e.key, e.path, r.reason))
             continue
         rows.append({
-            "key": e.key, "shard": shard_uri, "label": e.label, "class_name": e.class_name,
+            "key": e.key, "shard": shard, "label": e.label, "class_name": e.class_name,
             **{f"split_{n}": e.split(n) for n in (1, 2, 3)},
             "num_frames": r.meta["num_frames"], "fps": r.meta["fps"], "width": r.meta["width"],
             "height": r.meta["height"], "stored_bytes": len(r.payload), "source": e.path,
             "sha256": r.sha256, "encoding": r.meta["encoding"], "source_bytes": r.source_bytes,
         })
-    return UnitRecord(rows, skipped, {"shard": shard_uri})
+    return UnitRecord(rows, skipped, {"shard": shard})
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -453,7 +454,7 @@ def _encode_shards(
                 num_done += 1
                 bar.update(num_done, shard=index, skipped=num_skipped)
             _write_shard(done, out.unit_uri(index))
-            records[index] = out.mark_done(index, _done_record(done, shard, out.unit_uri(index)))
+            records[index] = out.mark_done(index, _done_record(done, shard, out.unit_name(index)))
             if on_shard_done is not None:
                 on_shard_done(index)
     return records

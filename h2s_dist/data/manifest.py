@@ -6,13 +6,20 @@ Layout at a dataset URI (plain path, file:// or s3://), see docs/data.md:
 
     table = read_manifest("s3://bucket/ucf101")
     train = select(table, split=1, subset="train")
-    shards = sorted(set(train.column("shard").to_pylist()))
+    shards = sorted({shard_uri("s3://bucket/ucf101", s) for s in train.column("shard").to_pylist()})
+
+A dataset is relocatable: the manifest names each shard relative to the dataset URI
+("shards/shard-000003.tar") and a reader resolves it against the URI it reads the manifest
+from, so a dataset ingested on a laptop and synced to a bucket, or mounted at another path
+on the nodes, reads from where it now lives. Manifests written before held full URIs; a
+reader takes their basename under URI/shards/, where every writer puts its shards.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import posixpath
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -23,6 +30,7 @@ import pyarrow.parquet as pq
 from h2s_dist.data import storage
 
 MANIFEST_NAME = "manifest.parquet"
+SHARDS_DIR = "shards"
 CLASSES_NAME = "classes.json"
 SPLIT_COLUMNS = ("split_1", "split_2", "split_3")
 SUBSETS = ("train", "test")
@@ -30,7 +38,7 @@ SUBSETS = ("train", "test")
 MANIFEST_SCHEMA = pa.schema(
     [
         ("key", pa.string()),
-        ("shard", pa.string()),  # full URI of the tar holding the sample
+        ("shard", pa.string()),  # the tar holding the sample, relative to the dataset URI (shard_uri)
         ("label", pa.int32()),  # -1 = unlabeled
         ("class_name", pa.string()),
         ("split_1", pa.string()),  # "train" | "test" | "" (not in that split)
@@ -48,12 +56,30 @@ MANIFEST_SCHEMA = pa.schema(
 )
 
 
+def relative_shard(shard: str) -> str:
+    """What a manifest names shard `shard` by: its path relative to the dataset URI.
+
+    A relative name is kept; a full path or URI (manifests, and done records of
+    interrupted ingests, written before names were relative) becomes shards/<basename>,
+    where every writer puts its shards."""
+    if "://" in shard or posixpath.isabs(shard):
+        return posixpath.join(SHARDS_DIR, posixpath.basename(shard.rstrip("/")))
+    return shard
+
+
+def shard_uri(dataset_uri: str, shard: str) -> str:
+    """The URI of a manifest row's `shard` in the dataset read from `dataset_uri`."""
+    return storage.join(dataset_uri, relative_shard(shard))
+
+
 def manifest_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
-    """Rows (dicts with every MANIFEST_SCHEMA field) -> a table with exactly that schema."""
+    """Rows (dicts with every MANIFEST_SCHEMA field) -> a table with exactly that schema,
+    shards named relative to the dataset (relative_shard)."""
     missing = [n for n in MANIFEST_SCHEMA.names if rows and n not in rows[0]]
     if missing:
         raise ValueError(f"manifest rows lack fields {missing}")
     columns = {name: [row[name] for row in rows] for name in MANIFEST_SCHEMA.names}
+    columns["shard"] = [relative_shard(s) for s in columns["shard"]]
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
 

@@ -77,9 +77,13 @@ class ResumableDataset:
         self.output_uri, self.fingerprint = output_uri, fingerprint
         self.state_dir, self.record_prefix, self.what = state_dir, record_prefix, what
 
+    def unit_name(self, index: int) -> str:
+        """Unit `index`'s shard relative to the dataset URI, as the manifest names it."""
+        return f"{manifest.SHARDS_DIR}/{shard_name(index)}"
+
     def unit_uri(self, index: int) -> str:
         """Where unit `index`'s shard goes."""
-        return storage.join(self.output_uri, "shards", shard_name(index))
+        return storage.join(self.output_uri, self.unit_name(index))
 
     def record_uri(self, index: int) -> str:
         return storage.join(self.output_uri, self.state_dir, f"{self.record_prefix}-{index:06d}.json")

@@ -7,9 +7,9 @@ samples out of the tar stream, record what had to be skipped (h2s_dist.data.skip
         frames = read_frame_window(sample, start, 11, num_frames)     # (11, H, W, 3) uint8
 
 Used by the frame readers (h2s_dist.data.shards, h2s_dist.data.eval_stream), the flow
-readers (h2s_dist.data.flow_shards) and the tvl1_flows stage. Shard URIs are resolved as
-<dataset_uri>/shards/<basename of the manifest's shard>, so a dataset copied elsewhere
-(rclone to S3) reads from where it now lives.
+readers (h2s_dist.data.flow_shards) and the tvl1_flows stage. Shard URIs are resolved
+against the dataset URI (manifest.shard_uri), so a dataset copied elsewhere (rclone to S3,
+another mount point) reads from where it now lives.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ def selected_videos(dataset_uri: str, split: int | None, subset: str | None) -> 
     rows = table.select(["key", "label", "num_frames", "shard", "height", "width"]).to_pylist()
     videos = []
     for r in rows:
-        shard = storage.join(dataset_uri, "shards", posixpath.basename(r["shard"]))
+        shard = manifest.shard_uri(dataset_uri, r["shard"])
         size = min(int(r["height"]), int(r["width"]))
         videos.append(Video(r["key"], int(r["label"]), int(r["num_frames"]), shard, size))
     if not videos:

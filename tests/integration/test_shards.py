@@ -237,3 +237,44 @@ def test_s3_train_stream_with_cache_downloads_each_shard_once(s3_dataset, tmp_pa
     assert opened and sorted(opened) == sorted(set(opened))  # each shard fetched at most once
     assert len(cached) == len(opened)
     assert not [p for p in os.listdir(tmp_path / "cache") if p.startswith(".partial-")]
+
+
+# ----------------------------------------------------------------------------- relocation
+
+
+def _moved(dataset_uri: str, tmp_path: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """(old place, new place) of a copy of the dataset ingested at the old place and moved."""
+    import shutil
+
+    old, new = tmp_path / "laptop" / "ds", tmp_path / "mounted" / "elsewhere"
+    shutil.copytree(dataset_uri, old)
+    new.parent.mkdir(parents=True)
+    shutil.move(old, new)
+    assert not old.exists()
+    return old, new
+
+
+def _reads_every_video(uri: str) -> None:
+    loader = train_loader(_config(uri), rank=0, world_size=1)
+    for _ in itertools.islice(loader, 2):
+        assert set(loader.last_keys) <= set(_keys(uri, "train"))
+    assert not loader.skipped
+    assert sorted(_eval_keys(uri)) == sorted(_keys(uri, "test"))
+
+
+def test_a_moved_dataset_reads_from_where_it_now_lives(dataset, tmp_path):
+    _, new = _moved(dataset, tmp_path)
+    assert all(s.startswith("shards/") for s in manifest.read_manifest(str(new)).column("shard").to_pylist())
+    _reads_every_video(str(new))
+
+
+def test_a_moved_dataset_with_an_older_manifest_of_full_paths_reads_too(dataset, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    old, new = _moved(dataset, tmp_path)
+    table = manifest.read_manifest(str(new))
+    full = pa.array([str(old / s) for s in table.column("shard").to_pylist()], pa.string())
+    pq.write_table(table.set_column(table.schema.get_field_index("shard"), "shard", full), new / manifest.MANIFEST_NAME)
+    assert manifest.read_manifest(str(new)).column("shard")[0].as_py().startswith(str(old))
+    _reads_every_video(str(new))

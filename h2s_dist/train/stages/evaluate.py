@@ -73,16 +73,15 @@ def _scorer(stream: Stream, model: torch.nn.Module, spec: EvaluateSpec,
 
 def _video_frames(dataset_uri: str, key: str) -> np.ndarray:
     """Every frame of one ingested video, (T, H, W, 3) uint8, read from its shard."""
-    import posixpath
     import tarfile
 
     from h2s_dist.data import codec
-    from h2s_dist.data.manifest import read_manifest
+    from h2s_dist.data.manifest import read_manifest, shard_uri
 
     rows = read_manifest(dataset_uri).to_pylist()
     shard = next(r["shard"] for r in rows if r["key"] == key)
     sample: dict[str, bytes] = {}
-    with storage.open_uri(storage.join(dataset_uri, "shards", posixpath.basename(shard))) as raw:
+    with storage.open_uri(shard_uri(dataset_uri, shard)) as raw:
         with tarfile.open(fileobj=raw, mode="r|") as tar:
             for member in tar:
                 name, _, ext = member.name.partition(".")

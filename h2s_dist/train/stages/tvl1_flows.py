@@ -110,7 +110,7 @@ def compute_chunk(job: dict[str, Any]) -> UnitRecord:
         payload = flow_shards.encode_flow_stack(flows, job["quality"])
         height, width = flows.shape[1:3]
         meta = flow_shards.flow_sample_meta(key, by_key[key], len(flows), width, height, job["bound"])
-        row = {**by_key[key], "shard": job["flow_shard"], "num_frames": len(frames), "width": width,
+        row = {**by_key[key], "shard": manifest.relative_shard(job["flow_shard"]), "num_frames": len(frames), "width": width,
                "height": height, "stored_bytes": len(payload), "encoding": FLOW_ENCODING}
         done[key] = (payload, meta, row)
     for key in by_key:
@@ -166,7 +166,7 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
     records = out.done_records(len(chunks))
     jobs = [
         {"index": i, "rows": chunk, "flow_shard": out.unit_uri(i),
-         "frame_shard": storage.join(spec.dataset, "shards", posixpath.basename(chunk[0]["shard"])),
+         "frame_shard": manifest.shard_uri(spec.dataset, chunk[0]["shard"]),
          "size": spec.size, "bound": spec.bound, "quality": spec.quality, "params": spec.tvl1.params(),
          "num_threads": 1 if spec.num_tasks else None}
         for i, chunk in enumerate(chunks) if i not in records
