@@ -115,9 +115,12 @@ def _client(address: str):
 
 def cmd_submit(args: argparse.Namespace) -> int:
     from h2s_dist.config import load_job
+    from h2s_dist.pipeline.layout import check_layout, pinned_overrides
 
-    load_job(args.spec, args.overrides)  # refuse a broken spec before shipping anything
-    entrypoint, runtime_env = submission(args.spec, args.overrides, args.env, args.fresh, args.only)
+    job = load_job(args.spec, args.overrides)  # refuse a broken spec before shipping anything
+    check_layout(job, submitted_to=args.address, source=args.spec)  # and one whose outputs would stay on one node
+    overrides = [*args.overrides, *pinned_overrides(job)]  # the workspace and store checked here, not relative ones
+    entrypoint, runtime_env = submission(args.spec, overrides, args.env, args.fresh, args.only)
     # Names only: values may be endpoints with tokens in them.
     print(f"entrypoint: {entrypoint}\nworking_dir: {runtime_env['working_dir']}\n"
           f"env: {', '.join(sorted(runtime_env['env_vars'])) or '-'}", file=sys.stderr)

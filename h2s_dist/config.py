@@ -113,10 +113,17 @@ class _JobBase(BaseModel):
     """Job name: the MLflow parent run's name and the default experiment and workspace."""
     workspace: str | None = None
     """URI (path, file:// or s3://) under which each stage writes `<stage name>-<spec hash>/`;
-    null = `.h2s/jobs/<name>` in the working directory."""
+    null = `.h2s/jobs/<name>` in the working directory. A job on more than one node needs
+    s3:// here (or a shared filesystem and `workspace_shared: true`)."""
+    workspace_shared: bool = False
+    """The job's local paths (a path or file:// `workspace`, a sqlite:/// or file:// `tracking_uri`)
+    are on a filesystem every Ray node mounts at the same place (NFS, or a cluster of one
+    machine). Without it, a job that may span nodes (`h2s submit`, a Ray address, a cluster of
+    more than one node) is refused unless its workspace is s3:// and its tracking URI a server."""
     tracking_uri: str | None = None
     """MLflow tracking URI (`http://host:5000` or `sqlite:///path.db`); null = $MLFLOW_TRACKING_URI,
-    else the local sqlite store `.h2s/mlflow.db`."""
+    else the local sqlite store `.h2s/mlflow.db`. A job on more than one node needs a
+    tracking server (or `workspace_shared`)."""
     experiment: str | None = None
     """MLflow experiment of the job's runs; null = the job name."""
     ray_address: str | None = None

@@ -222,9 +222,14 @@ def run_job(
     only: run just these stages; the stages they need must have finished before (they are
     reused) and stages after them are left alone. fresh: rerun the stages that would run,
     deleting their old output folders. ray_address: overrides the job's `ray_address`.
-    Raises StageFailedError (after marking the child and parent runs FAILED).
+    Raises JobSpecError before anything runs when the job may span nodes and writes where
+    only this node sees (pipeline.layout); StageFailedError (after marking the child and
+    parent runs FAILED).
     """
+    from h2s_dist.pipeline.layout import check_layout
+
     echo = echo or functools.partial(print, flush=True)
+    check_layout(job, ray_address=ray_address or job.ray_address)  # before any work: the job's writes are seen by every node
     run = _Run(job, fresh, only, ray_address, echo)
     started = time.perf_counter()
     parent = run.start_parent()

@@ -157,6 +157,7 @@ def test_submitted_job_spec_runs_to_success_on_a_local_head(ray_head, tmp_path):
         "name": "submit-test",
         "workspace": str(tmp_path / "ws"),
         "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
+        "workspace_shared": True,  # a cluster of one machine: its paths are every node's
         "stages": [{"name": "data", "kind": "ingest", "source": "synthetic", "decode_workers": 0,
                     "synthetic": {"num_videos": 4, "num_frames": 16, "height": 48, "width": 64}}],
     }))
@@ -179,6 +180,47 @@ def test_submitted_job_spec_runs_to_success_on_a_local_head(ray_head, tmp_path):
 
 
 # ----------------------------------------------------------------------------- two nodes on this machine
+
+
+def test_a_local_workspace_is_refused_on_a_two_node_cluster_before_any_work(tmp_path, monkeypatch):
+    """Two Ray nodes on this machine: a job with a local workspace and sqlite store is refused,
+    naming `workspace` and `tracking_uri`, both when the cluster is given by address and when
+    this process is already connected to it; nothing is written. An s3:// workspace with a
+    tracking server passes the same check."""
+    import ray
+    from ray.cluster_utils import Cluster
+
+    from h2s_dist.config import JobSpecError, validate_job
+    from h2s_dist.pipeline import layout, runner
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    stages = [{"name": "data", "kind": "ingest", "source": "synthetic", "synthetic": {"num_videos": 4}}]
+    local = validate_job({"name": "two-nodes", "workspace": str(tmp_path / "ws"),
+                          "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db", "stages": stages})
+    remote = validate_job({"name": "two-nodes", "workspace": "s3://runs/two-nodes",
+                           "tracking_uri": "http://127.0.0.1:5000", "stages": stages})
+    assert not ray.is_initialized(), "another test left Ray running in this process"
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    try:
+        cluster.add_node(num_cpus=1)
+        address = cluster.address
+        with pytest.raises(JobSpecError) as by_address:
+            runner.run_job(local, ray_address=address, echo=lambda line: None)
+        ray.init(address=address)
+        monkeypatch.delenv("RAY_ADDRESS", raising=False)  # counted nodes, not an address, must refuse now
+        assert layout.connected_num_nodes() == 2
+        with pytest.raises(JobSpecError) as by_nodes:
+            runner.run_job(local, echo=lambda line: None)
+        layout.check_layout(remote)
+    finally:
+        ray.shutdown()
+        cluster.shutdown()
+    assert [f for f, _ in by_address.value.problems] == [f for f, _ in by_nodes.value.problems] == ["workspace", "tracking_uri"]
+    assert f"the Ray cluster at {address}" in str(by_address.value)
+    assert "has 2 nodes" in str(by_nodes.value) and "s3://" in str(by_nodes.value)
+    assert list(tmp_path.iterdir()) == []  # refused before any work: no store, no stage folder
+
 
 
 def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic_dataset, tmp_path, stage_run):
