@@ -75,19 +75,19 @@ def multi_node_reason(ray_address: str | None, num_nodes: int, submitted_to: str
 
 
 def layout_problems(
-    workspace: str, tracking_uri: str, *, workspace_shared: bool, reason: str | None, tracking_field: str = "tracking_uri"
+    workspace: str, tracking_uri: str, *, workspace_shared: bool, reason: str | None, tracking_origin: str = ""
 ) -> list[tuple[str, str]]:
     """(spec field, message) for each place the job writes that another node cannot see.
 
-    reason: multi_node_reason(...); None (one node) allows everything. tracking_field names
-    where the store came from in the message (the field, or $MLFLOW_TRACKING_URI / the default)."""
+    reason: multi_node_reason(...); None (one node) allows everything. tracking_origin: where
+    the store came from when the spec does not set it ("unset, so the default: "), for the message."""
     if reason is None or workspace_shared:
         return []
     problems = []
     if is_node_local(workspace):
         problems.append(("workspace", f"{workspace} is a path on this node only, but {reason}; {_FIX_WORKSPACE}"))
     if is_node_local(tracking_uri):
-        problems.append(("tracking_uri", f"{tracking_field} is {tracking_uri}, a store on this node only, but {reason}; "
+        problems.append(("tracking_uri", f"{tracking_origin}{tracking_uri} is a store on this node only, but {reason}; "
                                          f"{_FIX_TRACKING}"))
     return problems
 
@@ -101,12 +101,12 @@ def connected_num_nodes() -> int:
     return sum(1 for node in ray.nodes() if node.get("Alive"))
 
 
-def _tracking_field(job: BaseModel) -> str:
+def _tracking_origin(job: BaseModel) -> str:
     if job.tracking_uri:
-        return "tracking_uri"
+        return ""
     if os.environ.get("MLFLOW_TRACKING_URI"):
-        return "tracking_uri (unset, so $MLFLOW_TRACKING_URI)"
-    return "tracking_uri (unset, so the default)"
+        return "unset, so $MLFLOW_TRACKING_URI: "
+    return "unset, so the default: "
 
 
 def check_layout(
@@ -121,7 +121,7 @@ def check_layout(
     address = ray_address or os.environ.get("RAY_ADDRESS")
     reason = multi_node_reason(address, connected_num_nodes(), submitted_to)
     problems = layout_problems(job.workspace, effective_tracking_uri(job.tracking_uri),
-                               workspace_shared=job.workspace_shared, reason=reason, tracking_field=_tracking_field(job))
+                               workspace_shared=job.workspace_shared, reason=reason, tracking_origin=_tracking_origin(job))
     if problems:
         raise JobSpecError(problems, source)
 

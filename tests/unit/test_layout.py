@@ -58,7 +58,8 @@ def test_check_names_the_fields_and_the_fixes(tmp_path, monkeypatch):
     text = str(err.value)
     assert "workspace: .h2s/jobs/q is a path on this node only" in text and "s3://" in text
     assert "workspace_shared: true" in text
-    assert "tracking_uri (unset, so the default) is sqlite:///.h2s/mlflow.db" in text and "http://" in text
+    assert "tracking_uri: unset, so the default: sqlite:///.h2s/mlflow.db is a store on this node only" in text
+    assert "tracking_uri: http://" in text
     monkeypatch.setenv("RAY_ADDRESS", "auto")  # what Ray sets in a submitted job's driver
     with pytest.raises(JobSpecError, match="workspace"):
         layout.check_layout(job)
