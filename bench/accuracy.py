@@ -105,7 +105,7 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
     config = SyntheticMotionConfig(num_videos=args.num_videos, num_frames=args.num_frames, height=args.height,
                                    width=args.width, seed=args.seed, shared_scenes=args.scenes == "shared",
                                    classes=args.classes)
-    ingest(synthetic_entries(config), dataset, size=None, num_workers=0, progress=False)
+    ingest(synthetic_entries(config), dataset, size=None, num_tasks=0, progress=False)
     seconds["ingest"] = round(time.perf_counter() - start, 1)
     print(f"  {'ingest':16s} {seconds['ingest']:6.1f} s", flush=True)
 

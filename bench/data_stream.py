@@ -40,7 +40,7 @@ def make_dataset(out: str, num_videos: int, num_frames: int) -> str:
     from h2s_dist.data.synthetic import SyntheticMotionConfig
 
     config = SyntheticMotionConfig(num_videos=num_videos, num_frames=num_frames, height=256, width=340)
-    ingest(synthetic_entries(config), out, size=None, shard_target_bytes=800_000, num_workers=0, progress=False)
+    ingest(synthetic_entries(config), out, size=None, shard_target_bytes=800_000, num_tasks=0, progress=False)
     return out
 
 

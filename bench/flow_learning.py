@@ -113,7 +113,7 @@ def _spec(dataset: str, args, flavour: str, steps: int, crop: int, loss: dict, f
 def _ingest(listing, out: pathlib.Path, size) -> str:
     from h2s_dist.data.ingest import ingest
 
-    report = ingest(listing, str(out), size=size, num_workers=1, progress=False)
+    report = ingest(listing, str(out), size=size, num_tasks=0, progress=False)
     print(f"  ingested {report.num_ok} videos ({report.num_skipped} skipped) into {out}", flush=True)
     return str(out)
 

@@ -65,7 +65,7 @@ def small_dataset(out: str) -> str:
     from h2s_dist.data.synthetic import SyntheticMotionConfig
 
     config = SyntheticMotionConfig(num_videos=18, num_frames=24, height=64, width=80)
-    ingest(synthetic_entries(config), out, size=None, num_workers=0, progress=False)
+    ingest(synthetic_entries(config), out, size=None, num_tasks=0, progress=False)
     return out
 
 

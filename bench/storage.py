@@ -63,7 +63,7 @@ def ingest_corpus(root: pathlib.Path, out: pathlib.Path, encoding: str) -> int:
     from h2s_dist.data.ingest import ingest
     from h2s_dist.data.sources import ucf101_entries
 
-    ingest(ucf101_entries(root, None), str(out), encoding=encoding, size=SIZE, num_workers=0, progress=False)
+    ingest(ucf101_entries(root, None), str(out), encoding=encoding, size=SIZE, num_tasks=0, progress=False)
     return folder_bytes(out / "shards")
 
 

@@ -39,7 +39,7 @@ TINY_JOB = textwrap.dedent("""\
         kind: ingest
         source: synthetic
         synthetic: {{num_videos: 16, num_frames: 12, height: 64, width: 80, shared_scenes: true}}
-        decode_workers: 1
+        num_tasks: 0
       - name: pretrain
         kind: pretrain_motionnet
         needs: [data]

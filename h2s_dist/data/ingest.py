@@ -1,27 +1,34 @@
 """Ingest: video corpora -> WebDataset shards + Parquet manifest at a URI (path or s3://).
 
     h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
-    python -m h2s_dist.data.ingest_cli synthetic --output /tmp/synth --num-videos 64
+    h2s ingest videos 's3://bucket/corpus/**/*.mp4' --output s3://bucket/unlabeled --address auto
+    python -m h2s_dist.data.ingest_cli synthetic --output /tmp/synth --num-videos 64 --num-tasks 0
 
-    report = ingest(ucf101_entries(root, splits), "s3://bucket/ucf101", num_workers=8)
-    report = ingest(build_listing("synthetic", synthetic={"num_videos": 64}), "/tmp/synth")
+    report = ingest(ucf101_entries(root, splits), "s3://bucket/ucf101")      # Ray tasks, every CPU
+    report = ingest(build_listing("synthetic", synthetic={"num_videos": 64}), "/tmp/synth", num_tasks=0)
 
-The command line lives in h2s_dist.data.ingest_cli.
+The command line lives in h2s_dist.data.ingest_cli; one shard's work in h2s_dist.data.ingest_shard.
 
 Steps (docs/data.md has the layout and the encoding numbers):
-1. Plan. Entries are sorted by (split-1 group: train, test, neither; key) and packed
-   greedily into shards of about `shard_target_bytes`, using an *estimate* of each stored
-   video (source file bytes x a measured stored/source ratio), never mixing split-1
-   groups in one shard. The plan depends only on the inputs and the options, so a rerun
-   makes the same plan; it is saved as URI/_ingest/plan.json with a fingerprint.
-2. Encode. Worker processes decode (video.read_video, resized to `size`) and encode
-   (codec.encode_frames) each video; the parent writes the samples of one shard as a tar
-   through `storage.atomic_write` (a local temp file, renamed or uploaded whole), then writes
-   URI/_ingest/shard-NNNNNN.json (its manifest rows and skipped videos) -- the shard's
-   "done" record. A bad video (undecodable, truncated, empty, shorter than
-   `min_frames`, one that kills its worker process) and an entry whose key cannot name a
-   sample are skipped and listed with their reason; no single input stops the ingest.
-   Keys of any length go in (shards are PAX tars, h2s_dist.data.shard_tar).
+1. Plan. Entries (listed through the storage module: local paths or s3:// URIs) are sorted by
+   (split-1 group: train, test, neither; key) and packed greedily into shards of about
+   `shard_target_bytes`, using an *estimate* of each stored video (source bytes, from the
+   listing, x a measured stored/source ratio), never mixing split-1 groups in one shard. The
+   plan depends only on the inputs and the options, so a rerun makes the same plan; it is
+   saved as URI/_ingest/plan.json with a fingerprint.
+2. Encode. One unit of work per shard (ingest_shard.encode_shard), run through
+   h2s_dist.tasks: Ray tasks of one CPU each over every CPU of the cluster (a local Ray by
+   default, `address` or $RAY_ADDRESS for a cluster), or a plain loop in this process with
+   `num_tasks=0`. A task stream-decodes its videos (one segment of frames in memory at a
+   time; a video longer than `segment_frames` becomes several samples), writes the shard tar
+   through `storage.atomic_write` and then URI/_ingest/shard-NNNNNN.json (its manifest rows
+   and skipped videos), the shard's "done" record. A bad video (undecodable, truncated,
+   empty, shorter than `min_frames`) and an entry whose key cannot name a sample are skipped
+   and listed with their reason. A video that kills its task's process (a decoder crash, the
+   OOM killer) fails its shard's task; the videos of that shard are then tried one per task,
+   the ones that kill their process again are skipped ("crashed: ..."), and the shard is
+   redone without them: no single input stops the ingest. Keys of any length go in (shards
+   are PAX tars, h2s_dist.data.shard_tar).
 3. Resume. A rerun with the same plan skips every shard that has a done record and a
    tar; it rewrites none of them. A different plan at the same URI is refused.
 4. Finish. manifest.parquet (rows of every shard, in shard order), classes.json and
@@ -31,49 +38,29 @@ Plan, done records, resume and finish are h2s_dist.data.resumable's (tvl1_flows 
 
 from __future__ import annotations
 
-import collections
-import concurrent.futures
-import contextlib
 import hashlib
-import json
-import multiprocessing
-import os
 import time
-from collections.abc import Callable, Generator, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass
 from typing import Any
 
-import numpy as np
-
+from h2s_dist import progress as progress_lines
 from h2s_dist.data import codec, manifest, shard_tar, sources, storage
 from h2s_dist.data.ingest_defaults import DEFAULT_SHARD_TARGET_BYTES
+from h2s_dist.data.ingest_shard import DEFAULT_SIZE, IngestOptions, encode_shard, probe_entry
 from h2s_dist.data.resumable import ResumableDataset, UnitRecord, gather, plan_fingerprint
 from h2s_dist.data.skips import Skip, count_kinds
 from h2s_dist.data.sources import SourceListing, VideoEntry
+from h2s_dist.progress import Progress
 
-DEFAULT_SIZE = (340, 256)
+__all__ = ["DEFAULT_SIZE", "IngestOptions", "IngestReport", "build_listing", "ingest", "plan_shards"]
+
 # Stored bytes / source bytes per encoding, from bench/data.py (docs/data.md); only used
 # to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
 _ESTIMATED_RATIO = {"jpeg": 7.0, "mp4": 0.3}
 _GENERATED_VIDEO_BYTES = 200_000  # estimate for in-memory videos (no source file to stat)
 _PLAN_VERSION = 1
 _SPLIT1_GROUP = {"train": 0, "test": 1, "": 2}
-
-
-@dataclass(frozen=True)
-class IngestOptions:
-    """Everything besides the entries that decides what the shards hold (part of the plan)."""
-
-    encoding: str = codec.DEFAULT_ENCODING
-    """"jpeg" (JPEG frame stack, the default) or "mp4" (H.264)."""
-    size: tuple[int, int] | None = DEFAULT_SIZE
-    """(width, height) every frame is resized to; None keeps the source size."""
-    min_frames: int = 11
-    """Videos with fewer frames are skipped (one paper clip is 11 frames)."""
-    quality: int | None = None
-    """codec quality: JPEG quality or x264 CRF; None = codec.DEFAULT_QUALITY."""
-    shard_target_bytes: int = DEFAULT_SHARD_TARGET_BYTES
-    """About how many stored bytes per shard (planned from estimates)."""
 
 
 @dataclass
@@ -86,6 +73,9 @@ class IngestReport:
     options: dict[str, Any]
     num_entries: int
     num_ok: int
+    """Videos ingested."""
+    num_samples: int
+    """Samples written: a video longer than the segment length gives several."""
     num_skipped: int
     skipped: list[Skip]
     """Every video that was not ingested (source: its file), with its reason."""
@@ -98,15 +88,19 @@ class IngestReport:
     stored_bytes: int
     source_bytes: int
     seconds: float
+    workers: list[str]
+    """host:pid of every process that wrote shards in this run ("driver" in process)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # Skip records become {"key", "source", "reason"}
 
     def summary(self) -> str:
         reasons = count_kinds(self.skipped)
+        segments = f" as {self.num_samples} samples" if self.num_samples != self.num_ok else ""
         lines = [
-            f"ingested {self.num_ok} of {self.num_entries} videos into {self.num_shards} shards "
-            f"({self.shards_written} written, {self.shards_reused} already complete) in {self.seconds:.1f} s",
+            f"ingested {self.num_ok} of {self.num_entries} videos{segments} into {self.num_shards} shards "
+            f"({self.shards_written} written by {len(self.workers)} workers, {self.shards_reused} already complete) "
+            f"in {self.seconds:.1f} s",
             f"stored {self.stored_bytes / 1e6:.1f} MB ({self.options['encoding']})"
             + (f" from {self.source_bytes / 1e6:.1f} MB of source files" if self.source_bytes else ""),
         ]
@@ -137,11 +131,13 @@ def estimate_stored_bytes(entry: VideoEntry, encoding: str) -> int:
     """A planning estimate of the stored size of `entry` (source bytes x measured ratio)."""
     if entry.generate is not None:
         return _GENERATED_VIDEO_BYTES
-    try:
-        source = os.path.getsize(entry.path)
-    except OSError:
-        source = 0  # missing or unreadable: it will be skipped, it takes no room
-    return int(source * _ESTIMATED_RATIO[encoding])
+    source = entry.size_bytes
+    if source is None:  # entries built by hand; the sources' listings carry the size
+        try:
+            source = storage.size(entry.path)
+        except OSError:
+            source = 0  # missing or unreadable: it will be skipped, it takes no room
+    return int(source * _ESTIMATED_RATIO.get(encoding, 1.0))
 
 
 def plan_shards(entries: Sequence[VideoEntry], options: IngestOptions) -> list[list[VideoEntry]]:
@@ -169,166 +165,14 @@ def plan_shards(entries: Sequence[VideoEntry], options: IngestOptions) -> list[l
 
 def _plan(shards: list[list[VideoEntry]], options: IngestOptions) -> dict[str, Any]:
     """What decides the shards' bytes, saved in _ingest/plan.json beside its fingerprint."""
+    settings = asdict(options)
+    if settings["segment_frames"] is None:  # whole videos: the plan of ingests before segments, which still resume
+        del settings["segment_frames"]
     return {
         "version": _PLAN_VERSION,
-        "options": asdict(options),
+        "options": settings,
         "shards": [[[e.key, e.path, e.label, e.class_name, sorted(e.splits.items())] for e in s] for s in shards],
     }
-
-
-# ----------------------------------------------------------------------------- one video (worker side)
-
-
-@dataclass
-class _Encoded:
-    """A worker's answer for one entry: an encoded sample, or a skip reason."""
-
-    key: str
-    reason: str | None = None
-    ext: str = ""
-    payload: bytes = b""
-    meta: dict[str, Any] = field(default_factory=dict)
-    sha256: str = ""
-    source_bytes: int = 0
-
-
-def encode_entry(entry: VideoEntry, options: IngestOptions) -> _Encoded:
-    """Decode, resize and encode one video. Never raises for bad input: returns a reason."""
-    from h2s_dist.data.video import VideoDecodeError, read_video, resize_frames
-
-    try:
-        if entry.generate is not None:
-            frames, fps = entry.generate()
-            digest = hashlib.sha256(np.ascontiguousarray(frames).tobytes()).hexdigest()
-            source_bytes = 0
-            if options.size is not None:
-                frames = resize_frames(frames, options.size)
-        else:
-            with open(entry.path, "rb") as fh:
-                data = fh.read()
-            digest, source_bytes = hashlib.sha256(data).hexdigest(), len(data)
-            decoded = read_video(data, size=options.size)
-            frames, fps = decoded.frames, decoded.fps
-        if len(frames) < options.min_frames:
-            return _Encoded(entry.key, f"too short: {len(frames)} frames, need {options.min_frames}")
-        fps = float(fps) if fps and fps > 0 else 25.0  # a file without a rate: the UCF101/HMDB51 rate
-        ext, payload = codec.encode_frames(frames, fps, options.encoding, options.quality)
-    except VideoDecodeError as err:
-        return _Encoded(entry.key, err.reason)
-    except FileNotFoundError:
-        return _Encoded(entry.key, "missing: file not found")
-    except Exception as err:  # noqa: BLE001 - any other failure on one video is a skip, listed with its cause
-        return _Encoded(entry.key, f"failed: {type(err).__name__}: {err}"[:300])
-    height, width = frames.shape[1:3]
-    meta = {
-        "key": entry.key, "label": entry.label, "class_name": entry.class_name, "num_frames": len(frames),
-        "fps": fps, "width": width, "height": height, "source": entry.path, "encoding": options.encoding,
-    }
-    return _Encoded(entry.key, None, ext, payload, meta, digest, source_bytes)
-
-
-def _pool(num_workers: int) -> concurrent.futures.ProcessPoolExecutor:
-    # forkserver: the parent may hold threads (s3fs event loop, tqdm) that fork would copy mid-state.
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload(["h2s_dist.data.ingest"])  # import av/PIL/numpy once, not once per worker
-    return concurrent.futures.ProcessPoolExecutor(num_workers, mp_context=context)
-
-
-def _encoded_in_order(
-    entries: Sequence[VideoEntry], options: IngestOptions, num_workers: int
-) -> Iterator[_Encoded]:
-    """encode_entry over `entries`, results in input order, at most 4 per worker in flight
-    (bounds the memory held by finished payloads waiting for a slow one).
-
-    A video that kills its worker process (a decoder crash, the kernel's OOM killer) breaks
-    the whole pool and every result in flight with it. The entries that were in flight are
-    then encoded one at a time in a pool of their own, so the one that kills its process
-    again is found and skipped ("crashed: ..."); the rest go on in a fresh pool."""
-    if num_workers <= 0:
-        for entry in entries:
-            yield encode_entry(entry, options)
-        return
-    todo = collections.deque(entries)
-    while todo:
-        in_flight = yield from _encode_in_pool(todo, options, num_workers)
-        yield from _encode_each_alone(in_flight, options)
-
-
-def _encode_in_pool(
-    todo: collections.deque, options: IngestOptions, num_workers: int
-) -> Generator[_Encoded, None, list[VideoEntry]]:
-    """Encode entries taken from `todo` in one pool; returns the entries that were in flight
-    (not yet yielded) when a worker died, [] once `todo` is done."""
-    with _pool(num_workers) as pool:
-        pending: collections.deque = collections.deque()
-
-        def submit_next() -> None:
-            entry = todo.popleft()
-            pending.append((entry, pool.submit(encode_entry, entry, options)))
-
-        while todo and len(pending) < 4 * num_workers:
-            submit_next()
-        try:
-            while pending:
-                try:
-                    result = pending[0][1].result()
-                except concurrent.futures.BrokenExecutor:
-                    return [entry for entry, _ in pending]
-                pending.popleft()
-                if todo:
-                    submit_next()
-                yield result
-        finally:  # the consumer stopped early (an error) or the pool broke: wait for no one
-            for _, future in pending:
-                future.cancel()
-    return []
-
-
-def _encode_each_alone(entries: Sequence[VideoEntry], options: IngestOptions) -> Iterator[_Encoded]:
-    """encode_entry for each entry in a one-worker pool; an entry whose worker dies is a skip."""
-    pool = None
-    try:
-        for entry in entries:
-            pool = pool or _pool(1)
-            try:
-                yield pool.submit(encode_entry, entry, options).result()
-            except concurrent.futures.BrokenExecutor as err:
-                pool.shutdown(wait=True)
-                pool = None
-                yield _Encoded(entry.key, f"crashed: its decoder process died ({err})"[:300])
-    finally:
-        if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
-
-
-# ----------------------------------------------------------------------------- one shard (parent side)
-
-
-def _write_shard(results: list[_Encoded], shard_uri: str) -> None:
-    """The ok samples of one shard -> tar at `shard_uri`, atomically: storage.atomic_write
-    spools to a local temp file and renames/uploads it only when the tar is complete."""
-    with storage.atomic_write(shard_uri) as dst, shard_tar.open_writer(dst) as tar:
-        for r in results:
-            if r.reason is None:
-                shard_tar.add_member(tar, r.key, r.ext, r.payload)
-                shard_tar.add_member(tar, r.key, "json", json.dumps(r.meta, sort_keys=True).encode())
-
-
-def _done_record(results: list[_Encoded], entries: list[VideoEntry], shard: str) -> UnitRecord:
-    """shard: the shard's name relative to the dataset (what the manifest holds)."""
-    rows, skipped = [], []
-    for r, e in zip(results, entries):
-        if r.reason is not None:
-            skipped.append(Skip(e.key, e.path, r.reason))
-            continue
-        rows.append({
-            "key": e.key, "shard": shard, "label": e.label, "class_name": e.class_name,
-            **{f"split_{n}": e.split(n) for n in (1, 2, 3)},
-            "num_frames": r.meta["num_frames"], "fps": r.meta["fps"], "width": r.meta["width"],
-            "height": r.meta["height"], "stored_bytes": len(r.payload), "source": e.path,
-            "sha256": r.sha256, "encoding": r.meta["encoding"], "source_bytes": r.source_bytes,
-        })
-    return UnitRecord(rows, skipped, {"shard": shard})
 
 
 # ----------------------------------------------------------------------------- ingest
@@ -396,7 +240,9 @@ def ingest(
     min_frames: int = 11,
     quality: int | None = None,
     shard_target_bytes: int = DEFAULT_SHARD_TARGET_BYTES,
-    num_workers: int = 2,
+    segment_frames: int | None = None,
+    num_tasks: int | None = None,
+    address: str | None = None,
     resume: bool = True,
     progress: bool = True,
     on_shard_done: Callable[[int], None] | None = None,
@@ -404,19 +250,25 @@ def ingest(
     """Encode `entries` into WebDataset shards + manifest at `output_uri`; see the module doc.
 
     entries: a SourceListing (sources.ucf101_entries, ...) or VideoEntry records.
-    size: (width, height) or None (keep source size). num_workers: decode processes
-    (0 = in this process). resume: skip shards an earlier run finished (False: start
-    over). progress: videos done on stderr (h2s_dist.progress: a bar on a terminal, plain
-    lines elsewhere). on_shard_done(index): called after each shard this run writes (progress hooks,
-    tests). Raises ValueError when no video could be ingested.
+    size: (width, height) or None (keep source size). segment_frames: a longer video becomes
+    several samples (None: whole videos). num_tasks: shards in flight as Ray tasks of one CPU
+    (None: twice the cluster's CPUs; 0: one shard after another in this process, without Ray).
+    address: the Ray cluster (None: $RAY_ADDRESS, else a local Ray). resume: skip shards an
+    earlier run finished (False: start over). progress: videos done on stderr
+    (h2s_dist.progress: a bar on a terminal, plain lines elsewhere). on_shard_done(index):
+    called in this process after each shard this run writes (progress hooks, tests).
+    Raises ValueError when no video could be ingested.
     """
     t0 = time.perf_counter()
     codec.check_encoding(encoding)
     if min_frames < 1 or shard_target_bytes < 1:
         raise ValueError(f"need min_frames >= 1 and shard_target_bytes >= 1, got {min_frames}, {shard_target_bytes}")
+    if segment_frames is not None and segment_frames < min_frames:
+        raise ValueError(f"segment_frames {segment_frames} < min_frames {min_frames}: a segment must hold a clip")
     if size is not None and encoding == "mp4" and (size[0] % 2 or size[1] % 2):
         raise ValueError(f"size {size[0]}x{size[1]}: mp4 (yuv420p) needs an even width and height")
-    options = IngestOptions(encoding, tuple(size) if size else None, min_frames, quality, int(shard_target_bytes))
+    options = IngestOptions(encoding, tuple(size) if size else None, min_frames, quality, int(shard_target_bytes),
+                            segment_frames)
     listing = _as_listing(entries)
     if not listing.entries:
         raise ValueError(f"no videos to ingest from {listing.name} (check the root folder and its layout)")
@@ -428,52 +280,81 @@ def ingest(
     out.open_plan(plan, resume=resume, remedy="use a new --output, or --no-resume to overwrite it")
 
     records = out.done_records(len(shards))
-    todo = [i for i in range(len(shards)) if i not in records]
-    written = _encode_shards([shards[i] for i in todo], todo, out, options, num_workers, progress, on_shard_done)
+    jobs = [{"index": i, "entries": shard, "options": options, "out": out, "crashed": {}}
+            for i, shard in enumerate(shards) if i not in records]
+    reused = len(records)
+    videos_reused = sum(len(shards[i]) for i in records)
+    bar = progress_lines.build("ingest", len(usable), unit="video", initial=videos_reused, enabled=progress)
+    try:
+        written = _encode_shards(jobs, num_tasks, address, bar, videos_reused, on_shard_done)
+    finally:
+        bar.close()
     records.update(written)
-    return _finish(listing, out, options, records, unusable, len(shards) - len(written), time.perf_counter() - t0)
+    workers = sorted({f"{r.extra.get('host', '?')}:{r.extra.get('pid', '?')}" for r in written.values()})
+    return _finish(listing, out, options, records, unusable, reused, time.perf_counter() - t0, workers)
 
 
 def _encode_shards(
-    shards: list[list[VideoEntry]], indices: list[int], out: ResumableDataset, options: IngestOptions,
-    num_workers: int, progress: bool, on_shard_done: Callable[[int], None] | None,
+    jobs: list[dict[str, Any]], num_tasks: int | None, address: str | None, bar: Progress, videos_done: int,
+    on_shard_done: Callable[[int], None] | None,
 ) -> dict[int, UnitRecord]:
-    from h2s_dist import progress as progress_lines
+    """Run encode_shard for every job (h2s_dist.tasks); a shard whose task process died is
+    redone without the videos that kill a process of their own (see the module doc)."""
+    from h2s_dist.tasks import run_tasks
 
-    flat = [e for shard in shards for e in shard]
-    results = _encoded_in_order(flat, options, num_workers)
     records: dict[int, UnitRecord] = {}
-    num_skipped, num_done = 0, 0
-    bar = progress_lines.build("ingest", len(flat), unit="video", enabled=progress)
-    with contextlib.closing(results), contextlib.closing(bar):
-        for shard, index in zip(shards, indices):
-            done = []
-            for _ in shard:
-                done.append(next(results))
-                num_skipped += done[-1].reason is not None
-                num_done += 1
-                bar.update(num_done, shard=index, skipped=num_skipped)
-            _write_shard(done, out.unit_uri(index))
-            records[index] = out.mark_done(index, _done_record(done, shard, out.unit_name(index)))
-            if on_shard_done is not None:
-                on_shard_done(index)
+    skipped = 0
+    crashed: list[dict[str, Any]] = []
+
+    def on_done(job: dict[str, Any], record: UnitRecord) -> None:
+        nonlocal videos_done, skipped
+        records[job["index"]] = record
+        videos_done += len(job["entries"])
+        skipped += len(record.skipped)
+        bar.update(videos_done, shards=len(records), skipped=skipped)
+        if on_shard_done is not None:
+            on_shard_done(job["index"])
+
+    name = lambda job: f"ingest-shard-{job['index']:06d}"  # noqa: E731
+    run_tasks(encode_shard, jobs, num_tasks, on_done, on_crash=lambda job, _: crashed.append(job), name=name,
+              address=address)
+    if crashed:
+        killers = _find_killers([e for job in crashed for e in job["entries"]], jobs[0]["options"], num_tasks)
+        redo = [{**job, "crashed": {e.key: killers[e.key] for e in job["entries"] if e.key in killers}}
+                for job in crashed]
+        run_tasks(encode_shard, redo, num_tasks, on_done, name=name, address=address)
     return records
+
+
+def _find_killers(entries: list[VideoEntry], options: IngestOptions, num_tasks: int | None) -> dict[str, str]:
+    """{key: reason} of the entries whose task process dies when each is encoded alone."""
+    from h2s_dist.tasks import run_tasks
+
+    killers: dict[str, str] = {}
+
+    def on_crash(job: dict[str, Any], error: BaseException) -> None:
+        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        killers[job["entry"].key] = f"crashed: its decoder process died ({first_line})"[:300]
+
+    run_tasks(probe_entry, [{"entry": e, "options": options} for e in entries], num_tasks, lambda job, ok: None,
+              on_crash=on_crash, max_retries=0, name=lambda job: f"ingest-probe-{job['entry'].key}"[:100])
+    return killers
 
 
 def _finish(
     listing: SourceListing, out: ResumableDataset, options: IngestOptions, records: dict[int, UnitRecord],
-    unusable: list[Skip], shards_reused: int, seconds: float,
+    unusable: list[Skip], shards_reused: int, seconds: float, workers: list[str],
 ) -> IngestReport:
     rows, skipped = gather(records)
     skipped = unusable + skipped
     report = IngestReport(
         output_uri=out.output_uri, manifest_uri=storage.join(out.output_uri, manifest.MANIFEST_NAME),
-        source=listing.name,
-        options=asdict(options), num_entries=len(listing.entries), num_ok=len(rows), num_skipped=len(skipped),
+        source=listing.name, options=asdict(options), num_entries=len(listing.entries),
+        num_ok=len({r.get("source_key", r["key"]) for r in rows}), num_samples=len(rows), num_skipped=len(skipped),
         skipped=skipped, missing=list(listing.missing), num_shards=len(records),
         shards_written=len(records) - shards_reused, shards_reused=shards_reused,
-        stored_bytes=sum(r["stored_bytes"] for r in rows), source_bytes=sum(r["source_bytes"] for r in rows),
-        seconds=round(seconds, 3),
+        stored_bytes=sum(r["stored_bytes"] for r in rows), source_bytes=sum(r.get("source_bytes", 0) for r in rows),
+        seconds=round(seconds, 3), workers=workers,
     )
     out.finish(rows, skipped, report.to_dict(), report_name="ingest_report.json", classes=listing.classes,
                nothing_done="no video could be ingested")

@@ -17,7 +17,12 @@ import re
 from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
-from h2s_dist.data.ingest_defaults import DEFAULT_ENCODING, DEFAULT_SHARD_TARGET_BYTES, ENCODINGS
+from h2s_dist.data.ingest_defaults import (
+    DEFAULT_ENCODING,
+    DEFAULT_SEGMENT_FRAMES,
+    DEFAULT_SHARD_TARGET_BYTES,
+    ENCODINGS,
+)
 
 if TYPE_CHECKING:
     from h2s_dist.data.sources import SourceListing
@@ -29,12 +34,23 @@ _EXAMPLES = """examples:
   h2s ingest ucf101 /data/UCF-101 --splits /data/ucfTrainTestlist --output s3://bucket/ucf101
   h2s ingest hmdb51 /data/hmdb51 --splits /data/testTrainMulti_7030_splits --output /data/h2s/hmdb51
   h2s ingest videos '/data/clips/**/*.mp4' --output /data/h2s/unlabeled --encoding mp4
+  h2s ingest videos 's3://bucket/corpus/**/*.mp4' --output s3://bucket/h2s/corpus --address auto
   h2s ingest videos list.txt --output /data/h2s/unlabeled        (one path per line)
   h2s ingest synthetic --output /tmp/h2s/synth --num-videos 64 --num-frames 32
   h2s ingest synthetic --output /tmp/h2s/scenes --classes scene_x_motion --shared-scenes
 
+Shards are Ray tasks of one CPU over every CPU of the cluster (--address or $RAY_ADDRESS,
+else a local Ray); --num-tasks 0 works in this process without Ray.
 A rerun with the same arguments resumes: finished shards are kept, the rest is written.
 """
+
+
+def _parse_segment(text: str) -> int | str:
+    if text == "whole":
+        return text
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"segment must be a number of frames or 'whole', got {text!r}")
+    return int(text)
 
 
 def _parse_size(text: str) -> tuple[int, int] | str:
@@ -66,7 +82,13 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--size", type=_parse_size,
                         help="WIDTHxHEIGHT frames are resized to, or 'native' (default 340x256; synthetic: native)")
     common.add_argument("--min-frames", type=int, default=11, help="skip shorter videos (default 11)")
-    common.add_argument("--num-workers", type=int, default=2, help="decode processes (default 2; 0 = in process)")
+    common.add_argument("--num-tasks", type=int, default=None,
+                        help="shards in flight as Ray tasks of one CPU (default: twice the cluster's CPUs; "
+                             "0 = one after another in this process, without Ray)")
+    common.add_argument("--address", help="Ray cluster to run on (default $RAY_ADDRESS, else a local Ray)")
+    common.add_argument("--segment-frames", type=_parse_segment,
+                        help="a longer video becomes several samples of this many frames, or 'whole' "
+                             f"(default {DEFAULT_SEGMENT_FRAMES.get('videos')} for videos, whole for the others)")
     common.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_TARGET_BYTES / 2**20,
                         help="target shard size in MiB (default %(default)g)")
     common.add_argument("--no-resume", action="store_true", help="start over, deleting shards of an earlier run")
@@ -114,10 +136,14 @@ def run_ingest_command(args: argparse.Namespace) -> int:
         size = None if args.source == "synthetic" else ingest_lib.DEFAULT_SIZE
     else:
         size = None if args.size == "native" else args.size
+    if args.segment_frames is None:
+        segment_frames = DEFAULT_SEGMENT_FRAMES.get(args.source)
+    else:
+        segment_frames = None if args.segment_frames == "whole" else args.segment_frames
     report = ingest_lib.ingest(
         listing_from_args(args), args.output, encoding=args.encoding, size=size, min_frames=args.min_frames,
-        quality=args.quality, shard_target_bytes=int(args.shard_size_mb * 2**20), num_workers=args.num_workers,
-        resume=not args.no_resume, progress=not args.no_progress,
+        quality=args.quality, shard_target_bytes=int(args.shard_size_mb * 2**20), segment_frames=segment_frames,
+        num_tasks=args.num_tasks, address=args.address, resume=not args.no_resume, progress=not args.no_progress,
     )
     print(report.summary())
     return 0

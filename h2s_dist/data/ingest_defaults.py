@@ -7,3 +7,7 @@ ENCODINGS = ("jpeg", "mp4")
 DEFAULT_ENCODING = "jpeg"
 DEFAULT_SHARD_TARGET_BYTES = 64 * 2**20
 """Shards are packed to about this many bytes (an estimate: see h2s_dist.data.ingest)."""
+DEFAULT_SEGMENT_FRAMES = {"videos": 300}
+"""Frames per sample a longer video is cut into, per source: an unlabeled corpus may hold
+videos of any length (300 frames at 340x256 are 78 MB decoded); ucf101, hmdb51 and synthetic
+keep whole videos, because evaluation scores a whole video."""

@@ -52,8 +52,13 @@ MANIFEST_SCHEMA = pa.schema(
         ("source", pa.string()),
         ("sha256", pa.string()),  # of the source file (of the frames for synthetic videos)
         ("encoding", pa.string()),  # "mp4" | "jpeg"
+        # A video longer than the ingest's segment is stored as several samples (segments):
+        ("source_key", pa.string()),  # the key of the video the sample was cut from (= key when whole)
+        ("start_frame", pa.int32()),  # the sample's first frame in that video (0 when whole)
     ]
 )
+# Columns a manifest written before segments lacks, and what they are for a whole video.
+SEGMENT_DEFAULTS = {"source_key": lambda row: row["key"], "start_frame": lambda row: 0}
 
 
 def relative_shard(shard: str) -> str:
@@ -75,10 +80,11 @@ def shard_uri(dataset_uri: str, shard: str) -> str:
 def manifest_table(rows: Sequence[Mapping[str, Any]]) -> pa.Table:
     """Rows (dicts with every MANIFEST_SCHEMA field) -> a table with exactly that schema,
     shards named relative to the dataset (relative_shard)."""
-    missing = [n for n in MANIFEST_SCHEMA.names if rows and n not in rows[0]]
+    missing = [n for n in MANIFEST_SCHEMA.names if rows and n not in rows[0] and n not in SEGMENT_DEFAULTS]
     if missing:
         raise ValueError(f"manifest rows lack fields {missing}")
-    columns = {name: [row[name] for row in rows] for name in MANIFEST_SCHEMA.names}
+    columns = {name: [row[name] if name in row else SEGMENT_DEFAULTS[name](row) for row in rows]
+               for name in MANIFEST_SCHEMA.names}
     columns["shard"] = [relative_shard(s) for s in columns["shard"]]
     return pa.Table.from_pydict(columns, schema=MANIFEST_SCHEMA)
 
@@ -93,11 +99,17 @@ def write_manifest(dataset_uri: str, rows: Sequence[Mapping[str, Any]]) -> str:
 
 
 def read_manifest(dataset_uri: str) -> pa.Table:
-    """URI/manifest.parquet -> pyarrow.Table (MANIFEST_SCHEMA)."""
+    """URI/manifest.parquet -> pyarrow.Table (MANIFEST_SCHEMA); a manifest written before
+    segments gets their columns (every row a whole video: source_key = key, start_frame 0)."""
     uri = storage.join(dataset_uri, MANIFEST_NAME)
     if not storage.exists(uri):
         raise ValueError(f"{uri} not found: is {dataset_uri} an ingested dataset? (run `h2s ingest`)")
-    return pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    table = pq.read_table(io.BytesIO(storage.read_bytes(uri)))
+    if "source_key" not in table.column_names:
+        table = table.append_column(MANIFEST_SCHEMA.field("source_key"), table.column("key"))
+    if "start_frame" not in table.column_names:
+        table = table.append_column(MANIFEST_SCHEMA.field("start_frame"), pa.array([0] * table.num_rows, pa.int32()))
+    return table
 
 
 def write_classes(dataset_uri: str, classes: Sequence[str]) -> str:

@@ -21,10 +21,10 @@ Split conventions:
 from __future__ import annotations
 
 import functools
-import glob
 import hashlib
 import os
 import pathlib
+import posixpath
 import re
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -51,6 +51,8 @@ class VideoEntry:
     splits: {split id: "train" | "test"}; a split the video is not part of is absent.
     generate: for in-memory videos, a picklable callable returning (frames (T,H,W,3)
         uint8 RGB, fps); None for files.
+    size_bytes: the source file's size when the listing knew it (an S3 listing does), so
+        planning needs no request per video; None = ask the file system.
     """
 
     path: str
@@ -59,6 +61,7 @@ class VideoEntry:
     class_name: str = ""
     splits: dict[int, Subset] = field(default_factory=dict)
     generate: Callable[[], tuple[np.ndarray, float]] | None = None
+    size_bytes: int | None = None
 
     def split(self, split_id: int) -> str:
         """'train', 'test' or '' (not in split `split_id`)."""
@@ -114,16 +117,51 @@ def _read_lines(path: pathlib.Path) -> list[str]:
     return [line.strip() for line in text.splitlines() if line.strip()]
 
 
-def _videos_in(root: pathlib.Path, recursive: bool = False) -> list[pathlib.Path]:
-    pattern = "**/*" if recursive else "*/*"
-    return sorted(p for p in root.glob(pattern) if p.is_file() and p.suffix.lower() in VIDEO_EXTENSIONS)
+@dataclass(frozen=True)
+class _Found:
+    """A video file found under a root: its URI (or path) and size."""
+
+    uri: str
+    size: int
+
+    @property
+    def name(self) -> str:
+        return posixpath.basename(self.uri)
+
+    @property
+    def stem(self) -> str:
+        return posixpath.splitext(self.name)[0]
+
+    @property
+    def folder(self) -> str:
+        """The name of the folder holding it (the class folder in UCF101/HMDB51 layout)."""
+        return posixpath.basename(posixpath.dirname(self.uri))
 
 
-def _require_dir(path: str | os.PathLike, what: str) -> pathlib.Path:
-    p = pathlib.Path(path)
-    if not p.is_dir():
-        raise ValueError(f"{what} {p} is not a directory; pass the folder that holds it")
-    return p
+def _videos_in(root: str, recursive: bool = False) -> list[_Found]:
+    """Video files in root/*/* (or anywhere under root), through the storage module: a local
+    folder or an s3:// prefix alike."""
+    from h2s_dist.data import storage
+
+    pattern = storage.join(root, "**", "*") if recursive else storage.join(root, "*", "*")
+    return [_Found(uri, size) for uri, size in storage.glob(pattern) if _is_video(uri)]
+
+
+def _is_video(uri: str) -> bool:
+    return posixpath.splitext(uri)[1].lower() in VIDEO_EXTENSIONS
+
+
+def _require_dir(path: str | os.PathLike, what: str) -> str:
+    from h2s_dist.data import storage
+
+    text = os.fspath(path)
+    if storage.is_remote(text):
+        if not storage.exists(text):
+            raise ValueError(f"{what} {text} holds no object; pass the prefix that holds the videos")
+        return text
+    if not pathlib.Path(text).is_dir():
+        raise ValueError(f"{what} {text} is not a directory; pass the folder that holds it")
+    return text
 
 
 # --- UCF101 -----------------------------------------------------------------------
@@ -164,24 +202,23 @@ def ucf101_entries(root: str | os.PathLike, splits_dir: str | os.PathLike | None
     splits_dir: the folder holding classInd.txt and train/testlist0N.txt; None -> classes
     from the folder names (sorted), no splits.
     """
-    root_path = _require_dir(root, "UCF101 root")
-    files = _videos_in(root_path)
+    files = _videos_in(_require_dir(root, "UCF101 root"))
     if splits_dir is None:
-        classes = sorted({f.parent.name for f in files})
+        classes = sorted({f.folder for f in files})
         split_map: dict[str, dict[int, Subset]] = {}
     else:
         classes = read_ucf101_classes(splits_dir)
         split_map = read_ucf101_splits(splits_dir)
     label_of = {name.lower(): i for i, name in enumerate(classes)}
     by_lower = {rel.lower(): splits for rel, splits in split_map.items()}
-    keys = unique_keys((f.stem, str(f)) for f in files)
+    keys = unique_keys((f.stem, f.uri) for f in files)
     entries, found = [], set()
     for f, key in zip(files, keys):
-        rel = f"{f.parent.name}/{f.name}".lower()
+        rel = f"{f.folder}/{f.name}".lower()
         found.add(rel)
-        label = label_of.get(f.parent.name.lower(), -1)
-        class_name = classes[label] if label >= 0 else f.parent.name
-        entries.append(VideoEntry(str(f), key, label, class_name, dict(by_lower.get(rel, {}))))
+        label = label_of.get(f.folder.lower(), -1)
+        class_name = classes[label] if label >= 0 else f.folder
+        entries.append(VideoEntry(f.uri, key, label, class_name, dict(by_lower.get(rel, {})), size_bytes=f.size))
     missing = sorted(rel for rel in split_map if rel.lower() not in found)
     return SourceListing("ucf101", entries, classes, missing)
 
@@ -194,7 +231,7 @@ _HMDB_MARKS: dict[str, Subset | None] = {"1": "train", "2": "test", "0": None}
 
 def read_hmdb51_splits(splits_dir: str | os.PathLike) -> tuple[list[str], dict[str, dict[int, Subset]]]:
     """<class>_test_split<N>.txt files -> (sorted classes, {"class/video.avi": {N: subset}})."""
-    root = _require_dir(splits_dir, "HMDB51 splits folder")
+    root = pathlib.Path(_require_dir(splits_dir, "HMDB51 splits folder"))
     classes: set[str] = set()
     splits: dict[str, dict[int, Subset]] = {}
     for path in sorted(root.glob("*_test_split*.txt")):
@@ -219,20 +256,19 @@ def read_hmdb51_splits(splits_dir: str | os.PathLike) -> tuple[list[str], dict[s
 
 def hmdb51_entries(root: str | os.PathLike, splits_dir: str | os.PathLike | None) -> SourceListing:
     """HMDB51 laid out ROOT/class_name/*.avi, with its per-class split files."""
-    root_path = _require_dir(root, "HMDB51 root")
-    files = _videos_in(root_path)
+    files = _videos_in(_require_dir(root, "HMDB51 root"))
     if splits_dir is None:
-        classes, split_map = sorted({f.parent.name for f in files}), {}
+        classes, split_map = sorted({f.folder for f in files}), {}
     else:
         classes, split_map = read_hmdb51_splits(splits_dir)
     label_of = {name: i for i, name in enumerate(classes)}
-    keys = unique_keys((f.stem, str(f)) for f in files)
+    keys = unique_keys((f.stem, f.uri) for f in files)
     entries, found = [], set()
     for f, key in zip(files, keys):
-        rel = f"{f.parent.name}/{f.name}"
+        rel = f"{f.folder}/{f.name}"
         found.add(rel)
-        label = label_of.get(f.parent.name, -1)
-        entries.append(VideoEntry(str(f), key, label, f.parent.name, dict(split_map.get(rel, {}))))
+        label = label_of.get(f.folder, -1)
+        entries.append(VideoEntry(f.uri, key, label, f.folder, dict(split_map.get(rel, {})), size_bytes=f.size))
     missing = sorted(rel for rel in split_map if rel not in found)
     return SourceListing("hmdb51", entries, classes, missing)
 
@@ -241,24 +277,29 @@ def hmdb51_entries(root: str | os.PathLike, splits_dir: str | os.PathLike | None
 
 
 def unlabeled_entries(glob_or_listfile: str | os.PathLike) -> SourceListing:
-    """Unlabeled videos (label -1) from a glob ("clips/**/*.mp4"), a folder (searched
-    recursively for video extensions) or a text file with one path per line."""
-    spec = str(glob_or_listfile)
+    """Unlabeled videos (label -1) from a glob ("clips/**/*.mp4", "s3://bucket/corpus/**/*.mp4"),
+    a folder or s3:// prefix (searched recursively for video extensions) or a local text file
+    with one path or URI per line. Paths and URIs go through the storage module."""
+    from h2s_dist.data import storage
+
+    spec = os.fspath(glob_or_listfile)
     path = pathlib.Path(spec)
     missing: list[str] = []
-    if path.is_dir():
-        files = [str(p) for p in _videos_in(path, recursive=True)]
-    elif path.is_file() and path.suffix.lower() not in VIDEO_EXTENSIONS:
+    if not storage.is_remote(spec) and path.is_file() and not _is_video(spec):
         listed = [line for line in _read_lines(path) if not line.startswith("#")]
-        base = path.parent
-        resolved = [str(p if (p := pathlib.Path(line)).is_absolute() else base / p) for line in listed]
-        files = [f for f in resolved if os.path.isfile(f)]
-        missing = [f for f in resolved if not os.path.isfile(f)]
+        resolved = [line if "://" in line or os.path.isabs(line) else str(path.parent / line) for line in listed]
+        found = {}
+        for uri in resolved:
+            try:
+                found[uri] = storage.size(uri)
+            except FileNotFoundError:
+                missing.append(uri)
+        files = sorted(found.items())
     else:
-        files = [f for f in glob.glob(spec, recursive=True) if os.path.isfile(f)]
+        files = [(uri, n) for uri, n in storage.glob(spec) if _is_video(uri) or any(c in spec for c in "*?[")]
     files = sorted(set(files))
-    keys = unique_keys((pathlib.Path(f).stem, f) for f in files)
-    entries = [VideoEntry(f, key) for f, key in zip(files, keys)]
+    keys = unique_keys((_Found(uri, n).stem, uri) for uri, n in files)
+    entries = [VideoEntry(uri, key, size_bytes=n) for (uri, n), key in zip(files, keys)]
     return SourceListing("videos", entries, [], missing)
 
 

@@ -430,3 +430,64 @@ def delete(uri: str | os.PathLike, missing_ok: bool = False, prune_empty_folder:
     if not missing_ok and not exists(uri):
         raise _not_found(uri)
     _remote(uri, "delete", lambda: fs.rm_file(path))
+
+
+_GLOB_CHARS = ("*", "?", "[")
+
+
+def glob(pattern: str | os.PathLike) -> list[tuple[str, int]]:
+    """(URI, size in bytes) of every file matching `pattern`, sorted by URI, in the scheme of
+    `pattern`. `**` crosses folders (`s3://bucket/corpus/**/*.mp4`); a pattern without glob
+    characters names a folder, listed recursively (or a single file). One listing call on S3:
+    sizes come with it, so planning a million videos costs no request per video."""
+    scheme, path = _split(pattern)
+    if scheme in _LOCAL_SCHEMES:
+        import glob as globbing
+
+        if not any(c in path for c in _GLOB_CHARS):
+            path = path if os.path.isfile(path) else os.path.join(path, "**", "*")
+        found = [(p, os.path.getsize(p)) for p in globbing.glob(path, recursive=True) if os.path.isfile(p)]
+    else:
+        fs = _s3fs()
+        if any(c in path for c in _GLOB_CHARS):
+            infos = _remote(pattern, "list", lambda: fs.glob(path, detail=True))
+        else:
+            infos = _remote(pattern, "list", lambda: fs.find(path, detail=True))
+        found = [(p, int(info.get("size") or 0)) for p, info in infos.items() if info.get("type") == "file"]
+    return sorted((_unsplit(scheme, p), n) for p, n in found if not _is_tmp(p))
+
+
+@contextlib.contextmanager
+def local_copy(uri: str | os.PathLike, chunk_bytes: int = 1 << 20) -> Iterator[tuple[str, str, int]]:
+    """(local path, sha256 hex, size) of `uri`'s content, read once in chunks (memory bounded
+    by `chunk_bytes`, whatever the file's size). A local file is used in place; a remote
+    object is downloaded to a temp file that is deleted when the block exits, so a decoder
+    can seek in it without a request per seek."""
+    scheme, path = _split(uri)
+    digest, total = hashlib.sha256(), 0
+    if scheme in _LOCAL_SCHEMES:
+        with open(path, "rb") as src:  # FileNotFoundError names the path
+            while chunk := src.read(chunk_bytes):
+                digest.update(chunk)
+                total += len(chunk)
+        yield path, digest.hexdigest(), total
+        return
+    fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, suffix=_TMP_SUFFIX)
+    try:
+        with os.fdopen(fd, "wb") as dst:
+            def download() -> None:
+                nonlocal digest, total
+                dst.seek(0)
+                dst.truncate()
+                digest, total = hashlib.sha256(), 0
+                with _s3fs().open(path, "rb") as src:
+                    while chunk := src.read(chunk_bytes):
+                        digest.update(chunk)
+                        dst.write(chunk)
+                        total += len(chunk)
+
+            _remote(uri, "download", download)
+        yield tmp, digest.hexdigest(), total
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)

@@ -24,9 +24,11 @@ Run `python -m h2s_dist.data.video` to measure decode speed on a 64-frame 340x25
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
 from typing import BinaryIO, Union
@@ -84,8 +86,31 @@ def read_video(
     threads: decoder threads; 0 lets FFmpeg pick (frame + slice threading, thread_type "AUTO"),
     1 decodes on the calling thread, the better choice when many loader workers decode at once.
     Raises VideoDecodeError for bad input (see the module docstring), ValueError for bad
-    arguments, FileNotFoundError for a missing path.
+    arguments, FileNotFoundError for a missing path. `open_video` gives the same frames one
+    at a time.
     """
+    with open_video(source, max_frames=max_frames, size=size, threads=threads) as video:
+        frames = list(video)
+    return DecodedVideo(frames=np.stack(frames), fps=video.fps)
+
+
+@contextlib.contextmanager
+def open_video(
+    source: VideoSource,
+    *,
+    max_frames: int | None = None,
+    size: tuple[int, int] | None = None,
+    threads: int = 0,
+) -> Iterator[VideoFrames]:
+    """`read_video` one frame at a time, for videos too long to hold whole:
+
+        with open_video(path, size=(340, 256)) as video:
+            for frame in video:      # (H, W, 3) uint8 RGB; VideoDecodeError as read_video raises it
+                ...
+            video.fps
+
+    Arguments and errors as `read_video`'s; a truncation found at the end of the stream is
+    raised by the iteration, after the frames before it were yielded."""
     if threads < 0:
         raise ValueError(f"threads must be >= 0 (0 = FFmpeg's choice), got {threads}")
     if max_frames is not None and max_frames < 1:
@@ -96,58 +121,64 @@ def read_video(
     try:
         if _remaining_size(fh) == 0:
             raise VideoDecodeError("empty file")
-        return _decode(fh, max_frames=max_frames, size=size, threads=threads)
+        start = fh.tell()
+        try:
+            container = av.open(fh, mode="r")
+        except av.FFmpegError as err:
+            shortfall = _container_shortfall(fh, start)
+            if shortfall:
+                raise VideoDecodeError(f"truncated: {shortfall}") from err
+            raise VideoDecodeError(f"not a video: {_av_message(err)}") from err
+        with container:
+            if not container.streams.video:
+                raise VideoDecodeError("no video stream")
+            yield VideoFrames(container, fh, start, max_frames=max_frames, size=size, threads=threads)
     finally:
         if close:
             fh.close()
 
 
-def _decode(fh: BinaryIO, *, max_frames: int | None, size: tuple[int, int] | None, threads: int) -> DecodedVideo:
-    start = fh.tell()
-    try:
-        container = av.open(fh, mode="r")
-    except av.FFmpegError as err:
-        shortfall = _container_shortfall(fh, start)
-        if shortfall:
-            raise VideoDecodeError(f"truncated: {shortfall}") from err
-        raise VideoDecodeError(f"not a video: {_av_message(err)}") from err
-    with container:
-        if not container.streams.video:
-            raise VideoDecodeError("no video stream")
-        stream = container.streams.video[0]
+class VideoFrames:
+    """The frames of an open video, decoded while iterated (see `open_video`).
+
+    fps: frames per second (0.0 when the file does not say); declared_frames: the count the
+    container states (0 when it does not)."""
+
+    def __init__(self, container, fh: BinaryIO, start: int, *, max_frames: int | None,
+                 size: tuple[int, int] | None, threads: int) -> None:
+        self._container, self._fh, self._start = container, fh, start
+        self._stream = container.streams.video[0]
+        self._max_frames, self._size = max_frames, size
         # Frame threads decode several frames at once; they pay off on big frames and idle cores.
         if threads != 1:
-            stream.thread_type = "AUTO"
-            stream.codec_context.thread_count = threads
-        declared = int(stream.frames or 0)
-        fps = _fps(stream)
-        frames = _decode_frames(container, stream, max_frames=max_frames, size=size)
-    if declared and (max_frames is None or len(frames) < max_frames):
-        wanted = declared if max_frames is None else min(declared, max_frames)
-        # Slack only when the header is intact: a file shorter than it says lost its tail.
-        slack = 0 if _container_shortfall(fh, start) else _DECLARED_FRAMES_SLACK
-        if len(frames) < wanted - slack:
-            raise VideoDecodeError(f"truncated: decoded {len(frames)} of {declared} declared frames")
-    return DecodedVideo(frames=np.stack(frames), fps=fps)
+            self._stream.thread_type = "AUTO"
+            self._stream.codec_context.thread_count = threads
+        self.declared_frames = int(self._stream.frames or 0)
+        self.fps = _fps(self._stream)
 
-
-def _decode_frames(container, stream, *, max_frames: int | None, size: tuple[int, int] | None) -> list:
-    frames: list[np.ndarray] = []
-    try:
-        for frame in container.decode(stream):
-            # Every frame goes to the first frame's (or the requested) size, so a stream that
-            # changes resolution mid-way still stacks.
-            width, height = size if size is not None else (
-                (frames[0].shape[1], frames[0].shape[0]) if frames else (frame.width, frame.height)
-            )
-            frames.append(frame.to_ndarray(format="rgb24", width=width, height=height, interpolation="BILINEAR"))
-            if max_frames is not None and len(frames) >= max_frames:
-                break
-    except av.FFmpegError as err:
-        raise VideoDecodeError(f"truncated: decode error after {len(frames)} frames: {_av_message(err)}") from err
-    if not frames:
-        raise VideoDecodeError("truncated: no frame decoded")
-    return frames
+    def __iter__(self) -> Iterator[np.ndarray]:
+        count, first_size = 0, None
+        try:
+            for frame in self._container.decode(self._stream):
+                # Every frame goes to the first frame's (or the requested) size, so a stream that
+                # changes resolution mid-way still stacks.
+                first_size = first_size or self._size or (frame.width, frame.height)
+                yield frame.to_ndarray(format="rgb24", width=first_size[0], height=first_size[1],
+                                       interpolation="BILINEAR")
+                count += 1
+                if self._max_frames is not None and count >= self._max_frames:
+                    return
+        except av.FFmpegError as err:
+            raise VideoDecodeError(f"truncated: decode error after {count} frames: {_av_message(err)}") from err
+        if not count:
+            raise VideoDecodeError("truncated: no frame decoded")
+        declared = self.declared_frames
+        if declared:
+            wanted = declared if self._max_frames is None else min(declared, self._max_frames)
+            # Slack only when the header is intact: a file shorter than it says lost its tail.
+            slack = 0 if _container_shortfall(self._fh, self._start) else _DECLARED_FRAMES_SLACK
+            if count < wanted - slack:
+                raise VideoDecodeError(f"truncated: decoded {count} of {declared} declared frames")
 
 
 def _fps(stream) -> float:

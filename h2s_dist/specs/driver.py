@@ -67,8 +67,13 @@ class IngestSpec(Strict):
     """JPEG quality or x264 CRF; null = the codec's default."""
     shard_size_mb: float = Field(64.0, gt=0)
     """Target shard size in MiB."""
-    decode_workers: int = Field(2, ge=0)
-    """Decode processes (0 = in this process)."""
+    segment_frames: PositiveInt | Literal["whole"] | None = None
+    """A longer video becomes several samples of this many frames (the manifest names each
+    one's source video and start frame); "whole" keeps videos whole; null = 300 for `videos`,
+    whole for ucf101, hmdb51 and synthetic (evaluation scores whole videos)."""
+    num_tasks: int | None = Field(None, ge=0)
+    """Shards in flight as Ray tasks of one CPU each, over the cluster's CPUs; null = twice
+    the cluster's CPUs; 0 = one after another in this process, without Ray."""
 
     @model_validator(mode="before")
     @classmethod
@@ -82,6 +87,8 @@ class IngestSpec(Strict):
     def _check_source(self) -> IngestSpec:
         if self.source != "synthetic" and not self.root:
             raise ValueError(f"source {self.source!r} needs `root` (the folder, glob or list of videos)")
+        if isinstance(self.segment_frames, int) and self.segment_frames < self.min_frames:
+            raise ValueError(f"segment_frames {self.segment_frames} < min_frames {self.min_frames}: a segment must hold a clip")
         return self
 
 

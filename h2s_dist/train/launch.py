@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from h2s_dist.data import storage
 from h2s_dist.registry import stage_kind
+from h2s_dist.tasks import ensure_ray  # noqa: F401 (re-exported: tune, tests)
 from h2s_dist.train import checkpoint as ckpt
 from h2s_dist.train import dist
 
@@ -84,21 +85,6 @@ def train_worker(config: dict) -> None:
     _name_stage(tracking)
     session = RayTrainSession(config["spec_hash"], config.get("checkpoint_root"))
     _run_on_this_rank(config["kind"], config["spec"], config["output_uri"], tracking, session)
-
-
-def ensure_ray(address: str | None = None) -> None:
-    """Connect to `address` (or $RAY_ADDRESS), else start an embedded local Ray."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        ray.init(address=address, log_to_driver=True)
-    else:
-        ray.init(include_dashboard=False, log_to_driver=True)
 
 
 def launch(

@@ -77,7 +77,7 @@ def make_synthetic_dataset(tmp_path_factory) -> Callable[..., str]:
             out = tmp_path_factory.mktemp(f"synthetic_{encoding}")
             listing = synthetic_entries(SyntheticMotionConfig(num_videos=num_videos, **TINY_VIDEO))
             ingest(listing, str(out), encoding=encoding, size=None, shard_target_bytes=shard_target_bytes,
-                   num_workers=0, progress=False)
+                   num_tasks=0, progress=False)
             cache[args] = str(out)
         return cache[args]
 

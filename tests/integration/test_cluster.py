@@ -158,7 +158,7 @@ def test_submitted_job_spec_runs_to_success_on_a_local_head(ray_head, tmp_path):
         "workspace": str(tmp_path / "ws"),
         "tracking_uri": f"sqlite:///{tmp_path}/mlflow.db",
         "workspace_shared": True,  # a cluster of one machine: its paths are every node's
-        "stages": [{"name": "data", "kind": "ingest", "source": "synthetic", "decode_workers": 0,
+        "stages": [{"name": "data", "kind": "ingest", "source": "synthetic", "num_tasks": 0,
                     "synthetic": {"num_videos": 4, "num_frames": 16, "height": 48, "width": 64}}],
     }))
     try:

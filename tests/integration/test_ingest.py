@@ -46,7 +46,7 @@ def folder_with_bad_files(video_folder, tmp_path) -> pathlib.Path:
 def test_bad_files_are_skipped_and_named_with_reasons(folder_with_bad_files, tmp_path):
     out = str(tmp_path / "ds")
     listing = sources.unlabeled_entries(folder_with_bad_files)
-    report = ingest(listing, out, size=SMALL, shard_target_bytes=300_000, num_workers=2, progress=False)
+    report = ingest(listing, out, size=SMALL, shard_target_bytes=300_000, num_tasks=0, progress=False)
     assert (report.num_entries, report.num_ok, report.num_skipped) == (21, 18, 3)
     reasons = {pathlib.Path(s.source).name: s.reason for s in report.skipped}
     assert reasons["empty.avi"] == "empty file"
@@ -72,7 +72,8 @@ def test_manifest_schema_and_samples_agree(synthetic_dataset_uri):
         meta = json.load(tar.extractfile(f"{row['key']}.json"))
         payload = tar.extractfile(f"{row['key']}.jpgs").read()
     assert meta == {k: row[k] for k in ("key", "label", "class_name", "num_frames", "width", "height", "source",
-                                        "encoding")} | {"fps": 25.0}
+                                        "encoding", "source_key", "start_frame")} | {"fps": 25.0}
+    assert (row["source_key"], row["start_frame"]) == (row["key"], 0)  # whole videos: synthetic keeps them whole
     assert len(payload) == row["stored_bytes"]
     clip = codec.decode_frames({"jpgs": payload, "json": json.dumps(meta)}, start=5, length=11)
     assert clip.shape == (11, 48, 64, 3)
@@ -100,7 +101,7 @@ def test_every_shard_is_pure_for_split_1_train_first(synthetic_dataset_uri):
 def test_ucf101_split_columns_follow_the_lists(ucf101_mini, tmp_path):
     root, splits = ucf101_mini
     listing = sources.ucf101_entries(root, splits)
-    report = ingest(listing, str(tmp_path / "ds"), size=SMALL, num_workers=0, progress=False)
+    report = ingest(listing, str(tmp_path / "ds"), size=SMALL, num_tasks=0, progress=False)
     assert report.num_ok == 8 and len(report.missing) == 2
     rows = {r["key"]: r for r in manifest.read_manifest(str(tmp_path / "ds")).to_pylist()}
     assert (rows["v_ApplyEyeMakeup_g08_c01"]["split_1"], rows["v_ApplyEyeMakeup_g08_c01"]["split_2"]) == ("train", "test")
@@ -126,7 +127,7 @@ class _Crash(RuntimeError):
 def test_resume_after_a_crash_rewrites_no_finished_shard(tmp_path):
     out = str(tmp_path / "ds")
     listing = sources.synthetic_entries(SyntheticMotionConfig(num_videos=27, num_frames=12, height=32, width=48))
-    kwargs = dict(size=None, shard_target_bytes=600_000, num_workers=0, progress=False)
+    kwargs = dict(size=None, shard_target_bytes=600_000, num_tasks=0, progress=False)
 
     def crash_after_second(index: int) -> None:
         if index == 1:
@@ -150,10 +151,10 @@ def test_resume_after_a_crash_rewrites_no_finished_shard(tmp_path):
 def test_resume_with_other_options_is_refused(tmp_path):
     out = str(tmp_path / "ds")
     listing = sources.synthetic_entries(SyntheticMotionConfig(num_videos=3, num_frames=12, height=16, width=16))
-    ingest(listing, out, size=None, num_workers=0, progress=False)
+    ingest(listing, out, size=None, num_tasks=0, progress=False)
     with pytest.raises(ValueError, match="--no-resume"):
-        ingest(listing, out, size=None, encoding="mp4", num_workers=0, progress=False)
-    report = ingest(listing, out, size=None, encoding="mp4", num_workers=0, progress=False, resume=False)
+        ingest(listing, out, size=None, encoding="mp4", num_tasks=0, progress=False)
+    report = ingest(listing, out, size=None, encoding="mp4", num_tasks=0, progress=False, resume=False)
     assert report.shards_written == report.num_shards and _shards(out)
 
 
@@ -161,7 +162,7 @@ def test_no_good_video_is_an_error_that_names_the_report(tmp_path):
     (tmp_path / "a.avi").write_bytes(b"")
     (tmp_path / "b.avi").write_text("text")
     with pytest.raises(ValueError, match="no video could be ingested.*ingest_report.json"):
-        ingest(sources.unlabeled_entries(tmp_path), str(tmp_path / "ds"), num_workers=0, progress=False)
+        ingest(sources.unlabeled_entries(tmp_path), str(tmp_path / "ds"), num_tasks=0, progress=False)
     with pytest.raises(ValueError, match="no videos to ingest"):
         ingest([], str(tmp_path / "ds2"), progress=False)
 
@@ -169,7 +170,7 @@ def test_no_good_video_is_an_error_that_names_the_report(tmp_path):
 def test_too_short_video_is_skipped(tmp_path):
     listing = sources.synthetic_entries(SyntheticMotionConfig(num_videos=2, num_frames=8, height=16, width=16))
     with pytest.raises(ValueError, match="too short"):
-        ingest(listing, str(tmp_path / "ds"), size=None, num_workers=0, progress=False)
+        ingest(listing, str(tmp_path / "ds"), size=None, num_tasks=0, progress=False)
     report = json.loads((tmp_path / "ds" / "ingest_report.json").read_text())
     assert report["skipped"][0]["reason"] == "too short: 8 frames, need 11"
 
@@ -179,19 +180,19 @@ def test_ingest_to_s3_and_resume_there(s3_env):
 
     uri = s3_env
     listing = sources.synthetic_entries(SyntheticMotionConfig(num_videos=9, num_frames=12, height=16, width=16))
-    report = ingest(listing, storage.join(uri, "ds"), size=None, shard_target_bytes=600_000, num_workers=0,
+    report = ingest(listing, storage.join(uri, "ds"), size=None, shard_target_bytes=600_000, num_tasks=0,
                     progress=False)
     table = manifest.read_manifest(storage.join(uri, "ds"))
     assert table.num_rows == 9 and all(s.startswith("shards/") for s in table.column("shard").to_pylist())
     assert storage.exists(manifest.shard_uri(storage.join(uri, "ds"), table.column("shard")[0].as_py()))
-    rerun = ingest(listing, storage.join(uri, "ds"), size=None, shard_target_bytes=600_000, num_workers=0,
+    rerun = ingest(listing, storage.join(uri, "ds"), size=None, shard_target_bytes=600_000, num_tasks=0,
                    progress=False)
     assert rerun.shards_reused == report.num_shards
 
 
 def test_cli_ingests_synthetic_and_prints_a_summary(tmp_path, capsys):
     code = ingest_cli(["synthetic", "--output", str(tmp_path / "ds"), "--num-videos", "9",
-                                  "--num-frames", "12", "--height", "16", "--width", "16", "--num-workers", "0",
+                                  "--num-frames", "12", "--height", "16", "--width", "16", "--num-tasks", "0",
                                   "--no-progress", "--encoding", "mp4"])
     out = capsys.readouterr().out
     assert code == 0 and "ingested 9 of 9 videos" in out and "manifest.parquet" in out

@@ -87,7 +87,7 @@ def test_every_listed_name_ingests_and_reads_back_with_its_label(corpora, source
     root, splits, on_disk = corpora[source]
     listing = sources.hmdb51_entries(root, splits) if source == "hmdb51" else sources.ucf101_entries(root, splits)
     out = str(tmp_path / "ds")
-    report = ingest(listing, out, size=SMALL, shard_target_bytes=400_000, num_workers=1, progress=False)
+    report = ingest(listing, out, size=SMALL, shard_target_bytes=400_000, num_tasks=0, progress=False)
 
     corrupt = [s for s in report.skipped if s.source.endswith(CORRUPT)]
     assert report.num_ok == len(on_disk) and report.num_skipped == len(corrupt) == (source == "hmdb51")
@@ -125,7 +125,7 @@ def test_a_video_that_kills_its_worker_is_skipped_and_the_rest_land(tmp_path):
     entries = list(listing.entries)
     victim = entries[4]
     entries[4] = sources.VideoEntry(victim.path, victim.key, victim.label, victim.class_name, victim.splits, _die)
-    report = ingest(entries, str(tmp_path / "ds"), size=None, num_workers=2, progress=False)
+    report = ingest(entries, str(tmp_path / "ds"), size=None, num_tasks=2, progress=False)
     assert [(s.key, s.reason.split(":")[0]) for s in report.skipped] == [(victim.key, "crashed")]
     keys = set(manifest.read_manifest(str(tmp_path / "ds")).column("key").to_pylist())
     assert keys == {e.key for e in entries} - {victim.key}
@@ -136,7 +136,7 @@ def test_entries_with_unusable_keys_are_skipped_not_fatal(tmp_path):
     good = list(listing.entries)
     dotted = sources.VideoEntry("a.b.c.avi", "a.b.c", generate=good[0].generate)
     repeat = sources.VideoEntry("again", good[1].key, generate=good[1].generate)
-    report = ingest(good + [dotted, repeat], str(tmp_path / "ds"), size=None, num_workers=0, progress=False)
+    report = ingest(good + [dotted, repeat], str(tmp_path / "ds"), size=None, num_tasks=0, progress=False)
     assert [(s.key, s.reason.split(":")[0]) for s in report.skipped] == [("a.b.c", "bad key"), (good[1].key, "repeated key")]
     assert report.num_entries == 6 and report.num_ok == 4
     assert set(manifest.read_manifest(str(tmp_path / "ds")).column("key").to_pylist()) == {e.key for e in good}

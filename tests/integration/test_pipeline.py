@@ -32,7 +32,7 @@ def tiny_job(workspace: str, tracking_uri: str) -> dict:
         "workspace": workspace,
         "tracking_uri": tracking_uri,
         "stages": [
-            {"name": "data", "kind": "ingest", "source": "synthetic", "decode_workers": 0,
+            {"name": "data", "kind": "ingest", "source": "synthetic", "num_tasks": 0,
              "synthetic": {"num_videos": 36, "num_frames": 12, "height": 64, "width": 80}},
             {"name": "pretrain", "kind": "pretrain_motionnet", "needs": ["data"], "motionnet": {"flavour": "tiny"},
              "data": CLIPS, "optim": {"name": "adam", "lr": 1e-3},

@@ -45,7 +45,7 @@ def job_spec(workspace: pathlib.Path, tracking_uri: str) -> dict:
         "workspace": str(workspace),
         "tracking_uri": tracking_uri,
         "stages": [
-            {"name": "data", "kind": "ingest", "source": "synthetic", "decode_workers": 0,
+            {"name": "data", "kind": "ingest", "source": "synthetic", "num_tasks": 0,
              "synthetic": {"num_videos": 18, "num_frames": 12, "height": 48, "width": 64}},
             {"name": "tune", "kind": "tune", "needs": ["data"],
              "trial": {

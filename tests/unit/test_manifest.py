@@ -43,3 +43,13 @@ def test_an_older_manifest_with_full_paths_still_reads(tmp_path):
     storage.write_bytes(storage.join(str(tmp_path), manifest.MANIFEST_NAME), buffer.getvalue())
     (shard,) = manifest.read_manifest(str(tmp_path)).column("shard").to_pylist()
     assert manifest.shard_uri(str(tmp_path), shard) == str(tmp_path / "shards" / "shard-000000.tar")
+
+
+def test_a_manifest_written_before_segments_reads_as_whole_videos(tmp_path):
+    table = manifest.manifest_table([_row("a", "shards/shard-000000.tar")]).drop_columns(["source_key", "start_frame"])
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer)
+    storage.write_bytes(storage.join(str(tmp_path), manifest.MANIFEST_NAME), buffer.getvalue())
+    read = manifest.read_manifest(str(tmp_path))
+    assert read.schema.equals(manifest.MANIFEST_SCHEMA)
+    assert read.select(["key", "source_key", "start_frame"]).to_pylist() == [{"key": "a", "source_key": "a", "start_frame": 0}]

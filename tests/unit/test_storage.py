@@ -205,3 +205,22 @@ def test_s3_settings_repr_hides_credentials(monkeypatch):
     settings = storage.S3Settings.from_env()
     assert settings.endpoint_url == "http://127.0.0.1:9" and settings.region
     assert "topsecret" not in repr(settings) and settings.credential_fingerprint not in repr(settings)
+
+
+def test_glob_lists_sizes_and_crosses_folders_with_double_star(tmp_path):
+    for rel, size in (("a/x.mp4", 3), ("a/b/y.mp4", 5), ("a/b/z.txt", 1), ("top.mp4", 2)):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"v" * size)
+    found = storage.glob(str(tmp_path / "**" / "*.mp4"))
+    assert found == sorted([(str(tmp_path / "a/x.mp4"), 3), (str(tmp_path / "a/b/y.mp4"), 5), (str(tmp_path / "top.mp4"), 2)])
+    assert [n for _, n in storage.glob(str(tmp_path / "a"))] == [5, 1, 3]  # a folder: everything under it
+    assert storage.glob(str(tmp_path / "nothing" / "*.mp4")) == []
+
+
+def test_local_copy_hashes_a_file_in_chunks(tmp_path):
+    import hashlib
+
+    data = bytes(range(256)) * 1000
+    (tmp_path / "f.bin").write_bytes(data)
+    with storage.local_copy(str(tmp_path / "f.bin"), chunk_bytes=1000) as (path, digest, size):
+        assert (path, digest, size) == (str(tmp_path / "f.bin"), hashlib.sha256(data).hexdigest(), len(data))

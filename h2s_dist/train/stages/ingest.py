@@ -27,17 +27,21 @@ def listing_of(spec: IngestSpec):
 def run(spec: IngestSpec, tracker, output_uri: str) -> dict[str, Any]:
     """Ingest; outputs {"dataset", "videos", "skipped", "shards", "manifest", "metrics"}."""
     from h2s_dist.data.ingest import ingest
+    from h2s_dist.data.ingest_defaults import DEFAULT_SEGMENT_FRAMES
 
     dataset_uri = spec.output or output_uri
     tracker.log_params(spec.model_dump(mode="json"))
     tracker.set_tags({"h2s.stage_kind": spec.kind})
+    segment_frames = DEFAULT_SEGMENT_FRAMES.get(spec.source) if spec.segment_frames is None else spec.segment_frames
     report = ingest(
         listing_of(spec), dataset_uri, encoding=spec.encoding, size=spec.size, min_frames=spec.min_frames,
-        quality=spec.quality, shard_target_bytes=int(spec.shard_size_mb * 2**20), num_workers=spec.decode_workers,
+        quality=spec.quality, shard_target_bytes=int(spec.shard_size_mb * 2**20),
+        segment_frames=None if segment_frames == "whole" else segment_frames, num_tasks=spec.num_tasks,
         resume=True, progress=True,
     )
     metrics = {
         "ingest/videos": float(report.num_ok),
+        "ingest/samples": float(report.num_samples),
         "ingest/skipped": float(report.num_skipped),
         "ingest/shards": float(report.num_shards),
         "ingest/stored_mb": report.stored_bytes / 1e6,

@@ -7,10 +7,11 @@ to `output_uri/flows`. Not a training loop: `run` ignores the session.
 Work is cut into chunks: consecutive selected videos of one frame shard, at most
 `videos_per_shard` each; chunk i becomes flow shard i (so flow shards stay pure per split-1
 side, like the frame shards). Chunks run as Ray tasks (one CPU each, at most `num_tasks` in
-flight; `num_tasks: 0` computes in this process). A chunk is done when its shard and its
-record `flows/_flows/chunk-NNNNNN.json` exist; a rerun skips done chunks, and a rerun with
-another plan (other videos, size, bound, quality, TV-L1 settings) at the same URI is refused
-(h2s_dist.data.resumable, the mechanism ingest resumes with too).
+flight; `num_tasks: 0` computes in this process), through h2s_dist.tasks as ingest's shards
+do. A chunk is done when its shard and its record `flows/_flows/chunk-NNNNNN.json` exist; a
+rerun skips done chunks, and a rerun with another plan (other videos, size, bound, quality,
+TV-L1 settings) at the same URI is refused (h2s_dist.data.resumable, the mechanism ingest
+resumes with too).
 
     outputs = launch("tvl1_flows", TVL1FlowsSpec(dataset="s3://b/ucf101", num_tasks=32), "s3://b/job/tvl1")
     outputs["flows"]      # the flow dataset URI, for train_temporal_flows and evaluate
@@ -20,7 +21,6 @@ from __future__ import annotations
 
 import posixpath
 import time
-from collections.abc import Callable
 from typing import Any
 
 from h2s_dist import progress
@@ -28,6 +28,7 @@ from h2s_dist.data import manifest, resumable, storage
 from h2s_dist.data.flow_shards import FLOW_ENCODING, write_flow_info
 from h2s_dist.data.resumable import UnitRecord
 from h2s_dist.specs.driver import TVL1FlowsSpec
+from h2s_dist.tasks import run_tasks
 
 PLAN_VERSION = 1
 
@@ -122,32 +123,6 @@ def compute_chunk(job: dict[str, Any]) -> UnitRecord:
                       {"pairs": pairs, "tvl1_s": round(tvl1_s, 4), "shard_bytes": shard_bytes})
 
 
-def _run_chunks(jobs: list[dict[str, Any]], num_tasks: int, on_done: Callable[[int, UnitRecord], None]) -> None:
-    """compute_chunk every job, in this process (num_tasks 0) or as <= num_tasks Ray tasks."""
-    if num_tasks == 0:
-        for job in jobs:
-            on_done(job["index"], compute_chunk(job))
-        return
-    import ray
-
-    from h2s_dist.train.launch import ensure_ray
-
-    ensure_ray()
-    remote = ray.remote(num_cpus=1)(compute_chunk)
-    pending: dict[Any, int] = {}
-
-    def finish_one() -> None:
-        ready, _ = ray.wait(list(pending), num_returns=1)
-        on_done(pending.pop(ready[0]), ray.get(ready[0]))
-
-    for job in jobs:
-        if len(pending) >= num_tasks:
-            finish_one()
-        pending[remote.remote(job)] = job["index"]
-    while pending:
-        finish_one()
-
-
 # ----------------------------------------------------------------------------- the stage
 
 
@@ -174,15 +149,16 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
     reused, computed_pairs = len(records), 0
     bar = progress.build("tvl1_flows", len(chunks), unit="chunk", initial=reused)
 
-    def on_done(index: int, record: UnitRecord) -> None:
+    def on_done(job: dict[str, Any], record: UnitRecord) -> None:
         nonlocal computed_pairs
+        index = job["index"]
         records[index] = out.mark_done(index, record)
         computed_pairs += record.extra["pairs"]
         tracker.log_metrics({"flows/chunks_done": len(records), "flows/pairs_computed": computed_pairs},
                             step=len(records))
         bar.update(len(records), pairs=computed_pairs)
 
-    _run_chunks(jobs, spec.num_tasks, on_done)
+    run_tasks(compute_chunk, jobs, spec.num_tasks, on_done, name=lambda job: f"tvl1-chunk-{job['index']}")
     bar.close()
     seconds = time.perf_counter() - started
     outputs = _finish(spec, out, records, rows)
