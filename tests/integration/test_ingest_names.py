@@ -4,14 +4,13 @@ Tiny generated videos are named after the longest and oddest entries of the offi
 and HMDB51 lists (tests/data/long_names.txt: 116-character names, '!', '#', '&', '(', '[',
 '@', ...) plus names no list has but user corpora do (dots, spaces, apostrophes, non-ASCII),
 go through the real sources and ingest, and every sample is read back with its label. A
-corrupt file, a video that kills its worker process and entries with unusable keys are
-skipped and reported while the good videos all land.
+corrupt file and entries with unusable keys are skipped and reported while the good videos
+all land (a video that kills its worker process: tests/integration/test_ingest_ray.py).
 """
 
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import tarfile
 
@@ -114,21 +113,6 @@ def test_every_listed_name_ingests_and_reads_back_with_its_label(corpora, source
     if source == "hmdb51":
         longest = max(len(m) for v in videos for m in tarfile.open(v.shard).getnames())
         assert longest > 100  # longer than ustar allows: these shards need PAX
-
-
-def _die() -> tuple:
-    os._exit(3)  # a decoder crash, or the OOM killer: the worker process is gone
-
-
-def test_a_video_that_kills_its_worker_is_skipped_and_the_rest_land(tmp_path):
-    listing = sources.synthetic_entries(SyntheticMotionConfig(num_videos=10, num_frames=12, height=48, width=64))
-    entries = list(listing.entries)
-    victim = entries[4]
-    entries[4] = sources.VideoEntry(victim.path, victim.key, victim.label, victim.class_name, victim.splits, _die)
-    report = ingest(entries, str(tmp_path / "ds"), size=None, num_tasks=2, progress=False)
-    assert [(s.key, s.reason.split(":")[0]) for s in report.skipped] == [(victim.key, "crashed")]
-    keys = set(manifest.read_manifest(str(tmp_path / "ds")).column("key").to_pylist())
-    assert keys == {e.key for e in entries} - {victim.key}
 
 
 def test_entries_with_unusable_keys_are_skipped_not_fatal(tmp_path):
