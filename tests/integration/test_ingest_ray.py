@@ -23,7 +23,7 @@ pytestmark = pytest.mark.integration
 
 SMALL = (64, 48)
 SEGMENT = 30
-LONG_FRAMES = 75  # -> segments [0, 30), [30, 75): the 15-frame tail joins the second
+LONG_FRAMES = 70  # -> segments [0, 30), [30, 70): the 10-frame tail (< min_frames 11) joins the second
 SHORT = SyntheticMotionConfig(num_videos=8, num_frames=14, height=48, width=64, seed=5)
 LONG = SyntheticMotionConfig(num_videos=1, num_frames=LONG_FRAMES, height=48, width=64, seed=6)
 
@@ -64,7 +64,7 @@ def s3_ray(s3_server, tmp_path_factory):
 
 def _cli(prefix: str, out: str, *extra: str) -> int:
     return ingest_cli(["videos", storage.join(prefix, "corpus/**/*.mp4"), "--output", out, "--size", "64x48",
-                       "--segment-frames", str(SEGMENT), "--shard-size-mb", "0.1", "--no-progress", *extra])
+                       "--segment-frames", str(SEGMENT), "--shard-size-mb", "0.03", "--no-progress", *extra])
 
 
 def test_s3_glob_ingests_on_several_workers_cuts_long_videos_and_reports_bad_files(s3_ray, capsys):
@@ -115,7 +115,7 @@ class _Killed(RuntimeError):
 def test_an_ingest_killed_after_two_shards_resumes_without_rewriting_finished_ones(s3_ray, s3_server):
     out = storage.join(s3_ray, "killed")
     listing = sources.unlabeled_entries(storage.join(s3_ray, "corpus/**/*.mp4"))
-    kwargs = dict(size=SMALL, segment_frames=SEGMENT, shard_target_bytes=100_000, num_tasks=2, progress=False)
+    kwargs = dict(size=SMALL, segment_frames=SEGMENT, shard_target_bytes=30_000, num_tasks=2, progress=False)
     seen: list[int] = []
 
     def kill_after_two(index: int) -> None:
@@ -135,7 +135,7 @@ def test_an_ingest_killed_after_two_shards_resumes_without_rewriting_finished_on
 
     written: list[int] = []
     report = ingest(listing, out, on_shard_done=written.append, **kwargs)
-    assert report.shards_reused == len(finished) and len(written) == report.num_shards - len(finished)
+    assert written and report.shards_reused == len(finished) and len(written) == report.num_shards - len(finished)
     assert not {f"shard-{i:06d}.tar" for i in written} & set(finished)
     for name, before in finished.items():
         after = (folder / "shards" / name).stat()
