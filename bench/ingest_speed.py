@@ -49,6 +49,7 @@ def measure(listing, workers: int, out: str, shard_mb: float, encoding: str) -> 
         "shards": report.num_shards, "processes": len(report.workers), "seconds": round(seconds, 2),
         "videos_per_s": round(report.num_ok / seconds, 3), "frames_per_s": round(frames / seconds, 1),
         "load_before": load_before, "load_after": load_average(),
+        "skipped": [f"{pathlib.Path(k.source).name}: {k.reason}" for k in report.skipped],
     }
 
 

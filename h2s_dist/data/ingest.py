@@ -89,7 +89,7 @@ class IngestReport:
     source_bytes: int
     seconds: float
     workers: list[str]
-    """host:pid of every process that wrote shards in this run ("driver" in process)."""
+    """host:pid of every process that wrote shards in this run (this one with num_tasks 0)."""
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)  # Skip records become {"key", "source", "reason"}
