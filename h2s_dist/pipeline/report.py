@@ -99,3 +99,46 @@ def format_jobs(jobs: list[dict[str, Any]]) -> str:
             state = "REUSED" if stage["reused"] else stage["status"]
             lines.append(f"    {stage['name']:<18} {stage['kind']:<22} {state:<9} {_short_metrics(stage['metrics'])}")
     return "\n".join(lines)
+
+
+# The rows of the results table printed when a job ends, in the paper's Table 2 order:
+# (label, accuracy metric stream, fps metric). Rows whose stream was not scored are left out.
+RESULT_ROWS = (
+    ("Spatial stream (RGB)", "spatial", "fps/spatial"),
+    ("TV-L1 two-stage temporal stream", "tvl1", "fps/tvl1_two_stage"),
+    ("Two-stream (spatial + TV-L1)", "two_stream_tvl1", "fps/two_stream_tvl1"),
+    ("Stacked temporal stream (MotionNet)", "stacked", "fps/stacked"),
+    ("Hidden two-stream (spatial + stacked)", "hidden_two_stream", "fps/hidden_two_stream"),
+)
+
+
+def results_table(metrics: dict[str, float], title: str = "results") -> str:
+    """An evaluate stage's metrics as the table a job ends with: per stream top-1, top-5 and
+    frames per second (the test protocol's, on this machine), then hidden two-stream's speed
+    over the TV-L1 two-stage pipeline's, the paper's speed claim. '' when nothing was scored."""
+    rows = [(label, metrics[f"accuracy/{stream}/top1"], metrics.get(f"accuracy/{stream}/top5"), metrics.get(fps))
+            for label, stream, fps in RESULT_ROWS if f"accuracy/{stream}/top1" in metrics]
+    if not rows:
+        return ""
+    width = max(len(label) for label, *_ in rows)
+    videos = int(metrics.get("eval/videos", 0))
+    lines = [f"{title} ({videos} test videos)" if videos else title,
+             f"  {'stream':<{width}}  {'top-1':>6}  {'top-5':>6}  {'fps':>7}"]
+    for label, top1, top5, fps in rows:
+        lines.append(f"  {label:<{width}}  {100 * top1:5.1f}%  {_percent(top5):>6}  {_number(fps):>7}")
+    hidden = metrics.get("fps/hidden_two_stream")
+    # The paper's speeds (Table 2, one Titan X): hidden two-stream 120.48 fps, TV-L1 two-stage
+    # 14.75, two-stream with TV-L1 12.8.
+    for fps, name, paper in (("fps/tvl1_two_stage", "the TV-L1 two-stage stream", 120.48 / 14.75),
+                             ("fps/two_stream_tvl1", "two-stream with TV-L1", 120.48 / 12.8)):
+        if hidden and metrics.get(fps):
+            lines.append(f"  hidden two-stream fps / {name} fps: {hidden / metrics[fps]:.1f}x (paper, on a GPU: {paper:.1f}x)")
+    return "\n".join(lines)
+
+
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}%"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f}"

@@ -35,6 +35,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from h2s_dist import config as cfg
+from h2s_dist.pipeline.report import results_table
 
 SUCCESS_FILE = "_SUCCESS"
 OUTPUTS_FILE = "outputs.json"
@@ -95,6 +96,12 @@ def workspace_uri(job: BaseModel) -> str:
     if "://" in workspace:
         return workspace.rstrip("/")
     return str(pathlib.Path(workspace).resolve())
+
+
+def _model_name(job: BaseModel, workspace: str) -> str:
+    """What `h2s predict --model` needs to find this job's models: its name for the default
+    workspace (resolved from the current folder), else the workspace itself."""
+    return job.name if job.workspace == f".h2s/jobs/{job.name}" else workspace
 
 
 def stage_output_uri(workspace: str, stage_name: str, spec_hash: str) -> str:
@@ -249,8 +256,14 @@ def run_job(
         parent.log_metrics({"job/seconds": run.result.seconds}, step=0)
         parent.close(status)
     echo(f"[h2s] job {job.name} finished in {run.result.seconds:.1f}s")
+    for stage in run.result.stages.values():
+        if stage.kind == "evaluate" and (table := results_table(stage.outputs.get("metrics", {}), f"[h2s] {stage.name}")):
+            echo(table)
     echo(f"[h2s] results: MLflow run {parent.run_id} in experiment {job.experiment!r} at {run.tracking_uri}")
-    echo(f"[h2s] browse: h2s ui --tracking-uri {run.tracking_uri}    list: h2s runs --tracking-uri {run.tracking_uri}")
+    echo("[h2s] look further:\n"
+         f"  h2s runs --tracking-uri {run.tracking_uri}                  every stage's state and key metrics\n"
+         f"  h2s ui --tracking-uri {run.tracking_uri}                    curves, flow pictures, confusion matrices\n"
+         f"  h2s predict VIDEO... --model {_model_name(job, run.workspace)}   top-5 classes of your own videos")
     return run.result
 
 
