@@ -135,6 +135,7 @@ def test_tune_session_reports_every_log_step_once_with_step(tmp_path):
     assert sent == [{"loss/total": 2.0, "step": 10}, {"loss/total": 1.5, "step": 20}]
     assert session.latest_checkpoint_uri().endswith("step_000000020/state.pt")
     session.report({"loss/total": 1.0}, {"step": 30, "spec_hash": "hash"}, step=30)  # keeps the last 2
+    session.wait()  # checkpoints are written in the background
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000020", "step_000000030"]
 
 

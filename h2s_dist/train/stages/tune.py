@@ -39,7 +39,7 @@ EXPERIMENT_NAME = "tune"
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config.json"
 # Outputs of a training stage that are not weights URIs.
-_NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint"}
+_NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint", "best_checkpoint"}
 
 # ----------------------------------------------------------------------------- one trial
 
@@ -125,13 +125,13 @@ def tune_trial(config: dict, setup: dict) -> None:
 
     The trial is its stage run by the launcher, like any stage: in this process with a
     TuneSession (metrics to Tune at every log step), or as a Ray Train run whose reports
-    TuneReportCallback passes on (at checkpoint cadence: RayTrainSession)."""
+    TuneReportCallback passes on (every log step too: report_log_steps)."""
     import torch
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from h2s_dist.registry import stage_kind
-    from h2s_dist.train.launch import Tracking, hash_of, launch
+    from h2s_dist.train.launch import Tracking, build_local_session, launch
     from h2s_dist.train.tune_session import TuneSession
 
     torch.set_num_threads(max(1, int(setup["cpus_per_trial"])))
@@ -146,11 +146,12 @@ def tune_trial(config: dict, setup: dict) -> None:
         tune.report(_final_report(done))
         return
     tracker = _trial_tracker(setup, trial_id, folder, config)
-    session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
+    session = build_local_session(spec, folder, TuneSession, final_step=spec.loop.max_steps)
     try:
         tracking = Tracking(setup["tracking"]["uri"], tracker.run_id, stage=f"trial-{trial_id}")
         outputs = launch(setup["kind"], spec, folder, tracking,
-                         run_name=f"trial-{trial_id}", local_session=session, callbacks=[TuneReportCallback()])
+                         run_name=f"trial-{trial_id}", local_session=session, callbacks=[TuneReportCallback()],
+                         report_log_steps=True)
         if session.ran_here and session.last_reported_step != outputs["steps"]:
             # Restored from its final checkpoint (killed before writing its outputs): the
             # loop had nothing left to log, but Tune still needs the final result.
