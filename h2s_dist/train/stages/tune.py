@@ -36,6 +36,7 @@ from h2s_dist.data import storage
 from h2s_dist.specs.driver import TuneSpec
 
 EXPERIMENT_NAME = "tune"
+ASHA_STATE_FILE = "asha_state.pkl"  # beside the experiment: h2s_dist.train.tune_asha
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config.json"
 # Outputs of a training stage that are not weights URIs.
@@ -169,8 +170,10 @@ def tune_trial(config: dict, setup: dict) -> None:
 def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, tracker):
     """A restored Tuner when `<output>/ray/tune` holds an interrupted search, else a new one."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
+
+    from h2s_dist.train.tune_asha import PersistentASHA
 
     setup = {
         "kind": spec.trial.kind, "trial": spec.trial_data(), "output_uri": output_uri,
@@ -179,13 +182,15 @@ def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, 
     }
     resources = {"CPU": spec.cpus_per_trial, **({"GPU": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), resources)
-    ray_fs, ray_path = storage.pyarrow_filesystem(storage.join(output_uri, "ray"))
+    ray_fs, ray_path = _snapshot_filesystem(storage.join(output_uri, "ray"))
     experiment_path = f"{ray_path.rstrip('/')}/{EXPERIMENT_NAME}"
+    asha_state = storage.join(output_uri, "ray", ASHA_STATE_FILE)
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=ray_fs):
         return tune.Tuner.restore(experiment_path, trainable, resume_errored=True, storage_filesystem=ray_fs), True
     if spec.asha is not None:
-        scheduler = ASHAScheduler(
-            time_attr="step", max_t=spec.trial.loop.max_steps,
+        PersistentASHA.forget(asha_state)  # a fresh search: no rungs of an earlier one
+        scheduler = PersistentASHA(
+            asha_state, time_attr="step", max_t=spec.trial.loop.max_steps,
             grace_period=spec.asha.grace_period_steps, reduction_factor=spec.asha.reduction_factor,
         )
     else:
@@ -204,6 +209,16 @@ def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, 
         ),
     )
     return tuner, False
+
+
+def _snapshot_filesystem(uri: str):
+    """(pyarrow filesystem, path) Tune keeps its experiment under. Local folders go through
+    atomic_arrow_fs: Tune copies its snapshot there file by file, and a driver killed mid-copy
+    must leave the previous snapshot whole, not truncated (S3 objects are atomic already)."""
+    from h2s_dist.data.atomic_arrow_fs import atomic_local_filesystem
+
+    fs, path = storage.pyarrow_filesystem(uri)
+    return (atomic_local_filesystem() if fs.type_name == "local" else fs), path
 
 
 def trial_summaries(results, spec: TuneSpec, output_uri: str) -> list[dict[str, Any]]:
