@@ -43,6 +43,9 @@ class TrainSession(Protocol):
     def latest_checkpoint_uri(self) -> str | None:
         """Where the newest checkpoint lives (for the stage's outputs)."""
 
+    def best_checkpoint_uri(self) -> str | None:
+        """Where the best checkpoint by `loop.best_checkpoint_metric` lives (None: not kept)."""
+
     def wait(self) -> None:
         """Return once every checkpoint reported so far is in storage (re-raises a failed write)."""
 

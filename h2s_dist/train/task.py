@@ -159,7 +159,7 @@ def run_training(spec, task, session, tracker, output_uri: str) -> dict:
         for name, state_dict in result.weights.items():
             outputs[name] = save_weights(output_uri, name, state_dict, tracker, register_as=name)
         outputs["checkpoint"] = session.latest_checkpoint_uri()
-        best = getattr(session, "best_checkpoint_uri", lambda: None)()
+        best = session.best_checkpoint_uri()
         if best is not None:
             outputs["best_checkpoint"] = best
     return outputs

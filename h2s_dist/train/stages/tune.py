@@ -7,7 +7,8 @@ space of dotted paths into it (tune/*.yaml or inline). Each trial:
     inside the function (Train V2 refuses a trainer handed to a Tuner);
   - logs into its own MLflow child run under the tune stage's run (tag mlflow.parentRunId);
   - reports its metrics to Tune at every log step (`step` is ASHA's time attribute), so
-    ASHA stops poor trials early;
+    ASHA stops poor trials early; a multi-worker trial too (its workers report at log steps,
+    and TuneReportCallback passes each report on);
   - writes checkpoints, weights and outputs.json under `<output>/trials/<trial id>/`.
 
 Outputs: `best_config`, `best_metric`, `best_trial`, the best trial's weights under their
@@ -23,6 +24,10 @@ outputs.json is not trained again, and a trial the restored searcher creates aga
 id, same config: the searcher's state and RNG are in the snapshot) continues from the
 checkpoints in its folder. Its MLflow child run is the one it had, moved under the stage
 run that completes the search (`h2s.previous_parent_run_id` keeps the old parent).
+ASHA's rungs are restored too (`<output>/ray/asha_state.pkl`, h2s_dist.train.tune_asha), and
+on local storage the snapshot is copied through an atomic filesystem
+(h2s_dist.data.atomic_arrow_fs), so a kill in the middle of Tune's copy leaves the previous
+snapshot readable instead of a truncated one.
 """
 
 from __future__ import annotations
