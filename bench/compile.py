@@ -3,7 +3,7 @@ the stage's unsupervised loss, backward, Adam) eager against compiled, as `loop.
 compiles it (the model; the loss stays eager). ms per step (median after warm-up) and the
 first compiled step's seconds (the compile itself), fp32 (no bf16 autocast: most CPUs lack it).
 
-    .venv/bin/python bench/compile.py                      # tiny MotionNet, 64 px, batch 2 (~1-3 min)
+    .venv/bin/python bench/compile.py                      # tiny MotionNet, 64 px, batch 2 (2-7 min on 2 busy cores)
     .venv/bin/python bench/compile.py --flavour small --size 128
 
 Writes bench/results/compile.json. On a GPU, bench/gpu.py measures compile on and off in bf16.
