@@ -575,9 +575,10 @@ def reconstruction_images(frames01: torch.Tensor, flow2_raw: torch.Tensor) -> to
 
 def action_loss(
     scores: torch.Tensor, labels: torch.Tensor, label_smoothing: float = 0.0
-) -> tuple[torch.Tensor, dict[str, float]]:
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """Cross-entropy of class scores (computed in fp32), with the terms every classifier
-    stage logs: `loss/action` and `train/top1` (the micro-batch's top-1 accuracy)."""
+    stage logs: `loss/action` and `train/top1` (the micro-batch's top-1 accuracy), as detached
+    0-dim tensors on the scores' device (read by the loop at log steps only)."""
     loss = F.cross_entropy(scores.float(), labels, label_smoothing=label_smoothing)
-    top1 = float((scores.argmax(1) == labels).float().mean())
-    return loss, {"loss/action": float(loss.detach()), "train/top1": top1}
+    top1 = (scores.argmax(1) == labels).float().mean()
+    return loss, {"loss/action": loss.detach(), "train/top1": top1}

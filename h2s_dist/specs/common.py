@@ -122,6 +122,14 @@ class OptimSpec(Strict):
     """Optimiser steps at which the learning rate is multiplied by `gamma`."""
     gamma: PositiveFloat = 0.1
     """Learning-rate decay factor at each milestone."""
+    reference_batch_size: PositiveInt | None = None
+    """Linear learning-rate scaling: the global batch (clips per optimiser step over all
+    workers) that `lr` was tuned for. Every group's rate is multiplied by global batch / this,
+    global batch = data.batch_size x loop.grad_accum_steps x workers (h2s_dist.train.schedule).
+    Null = the rates as written, whatever the batch."""
+    warmup_steps: int = Field(0, ge=0)
+    """Steps over which the rates ramp linearly up to their (scaled) value, from 1/warmup_steps
+    of it; 0 = none. Give a few hundred to a few thousand with a large reference_batch_size scale."""
 
 
 class LoopSpec(Strict):
@@ -139,6 +147,20 @@ class LoopSpec(Strict):
     """bf16 autocast for forward passes (about 1.75x faster on recent CPUs, standard on GPUs)."""
     channels_last: bool = False
     """channels_last memory format (helps convolutions on GPUs)."""
+    compile: bool = False
+    """torch.compile the model (around DDP). The first steps compile (tens of seconds to
+    minutes); worth it for long GPU runs, rarely for short CPU ones (bench/compile.py)."""
+    bf16_grad_allreduce: bool = False
+    """Compress gradients to bf16 for DDP's all-reduce (torch's bf16_compress_hook): half the
+    bytes between workers, at bf16 precision of the averaged gradient. No effect on one worker."""
+    keep_checkpoints: PositiveInt = 2
+    """Checkpoints kept: the latest this many (Ray Train's CheckpointConfig(num_to_keep)), plus
+    the best by `best_checkpoint_metric`. Not part of the spec hash: a resume may change it."""
+    best_checkpoint_metric: str | None = None
+    """Metric that picks the best checkpoint, kept apart in <output>/checkpoints/best/ (e.g.
+    `val/epe` when pretraining validates); null = only the latest are kept."""
+    best_checkpoint_mode: Literal["min", "max"] = "min"
+    """Whether a lower or a higher `best_checkpoint_metric` is better."""
     seed: int = 0
     """Seed of weights initialisation, augmentation and data order."""
 

@@ -187,7 +187,9 @@ class TuneSpec(Strict):
     cpus_per_trial: PositiveFloat = 1.0
     """CPUs of each Tune function (a multi-worker trial's workers reserve trial.scaling's on top)."""
     gpus_per_trial: float = Field(0.0, ge=0)
-    """GPUs of each Tune function (for in-process trials with trial.scaling.use_gpu)."""
+    """GPUs of each Tune function: > 0 exactly when the trial trains in that process on a GPU
+    (trial.scaling.num_workers 0 and use_gpu; a fraction shares a GPU). A multi-worker trial's
+    workers reserve their own GPUs, so it keeps 0 (checked at validation)."""
     max_failures_per_trial: int = Field(0, ge=0)
     """How often a crashed trial restarts from its last checkpoint."""
     seed: int | None = 0
@@ -201,12 +203,28 @@ class TuneSpec(Strict):
         if isinstance(self.search_space, dict):
             space = tune_spaces.parse_search_space(self.search_space, source="search_space")
             tune_spaces.check_against_trial(space, TRIAL_SPECS[self.trial.kind], self.trial_data(), "search_space")
+        self._gpus_match_the_trial()
         if self.asha is not None and self.asha.grace_period_steps > self.trial.loop.max_steps:
             raise ValueError(
                 f"asha.grace_period_steps ({self.asha.grace_period_steps}) exceeds trial.loop.max_steps "
                 f"({self.trial.loop.max_steps}); lower it or train trials longer"
             )
         return self
+
+    def _gpus_match_the_trial(self) -> None:
+        """GPUs go where the trial trains: its own process (num_workers 0, gpus_per_trial) or
+        its Ray Train workers (one GPU each with use_gpu, reserved by the workers)."""
+        scaling = self.trial.scaling
+        if scaling.num_workers == 0 and scaling.use_gpu and self.gpus_per_trial == 0:
+            raise ValueError("trial.scaling.use_gpu trains in the trial's own process (num_workers 0), which "
+                             "gpus_per_trial: 0 gives no GPU; set gpus_per_trial (1, or 0.5 for two trials per GPU)")
+        if scaling.num_workers == 0 and not scaling.use_gpu and self.gpus_per_trial > 0:
+            raise ValueError(f"gpus_per_trial: {self.gpus_per_trial} reserves GPUs the trial never uses "
+                             "(trial.scaling.use_gpu is false); set use_gpu: true or gpus_per_trial: 0")
+        if scaling.num_workers > 0 and self.gpus_per_trial > 0:
+            raise ValueError(f"gpus_per_trial: {self.gpus_per_trial} would reserve GPUs for the process that "
+                             f"drives a {scaling.num_workers}-worker trial, which does not train (its workers "
+                             "reserve one GPU each with trial.scaling.use_gpu); set gpus_per_trial: 0")
 
     def trial_data(self) -> dict[str, Any]:
         return self.trial.model_dump(mode="json")

@@ -33,19 +33,30 @@ def spec_hash(spec: Mapping[str, Any]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def rng_state() -> dict[str, Any]:
+def rng_state(device: torch.device) -> dict[str, Any]:
+    """This rank's RNG states: Python, numpy, torch's CPU generator and, when the rank trains on
+    a GPU, that GPU's generator (not every visible one's: the other GPUs belong to other ranks)."""
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
     return state
 
 
-def set_rng_state(state: Mapping[str, Any]) -> None:
+def set_rng_state(state: Mapping[str, Any], device: torch.device) -> None:
+    """Restore what `rng_state` saved; the GPU generator only into the GPU this rank uses, so a
+    resumed worker that sees fewer (or other) devices than the one that saved still resumes."""
     random.setstate(state["python"])
     np.random.set_state(state["numpy"])
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    saved = state.get("cuda")
+    if saved is None or device.type != "cuda":
+        return
+    if isinstance(saved, (list, tuple)):  # older checkpoints held every visible device's state
+        index = device.index or 0
+        if index >= len(saved):
+            return
+        saved = saved[index]
+    torch.cuda.set_rng_state(saved, device)
 
 
 def to_bytes(state: Mapping[str, Any]) -> bytes:

@@ -53,9 +53,13 @@ def _name_stage(tracking: Tracking) -> None:
 def hash_of(spec: BaseModel) -> str:
     """The hash checkpoints are tied to: the spec without how it is scaled.
 
-    Scaling (worker count, failures allowed) may change between a crash and its resume.
+    Scaling (worker count, failures allowed) and how many checkpoints are kept may change
+    between a crash and its resume.
     """
-    return ckpt.spec_hash(spec.model_dump(mode="json", exclude={"scaling"}))
+    exclude: dict = {"scaling": True}
+    if hasattr(spec, "loop"):
+        exclude["loop"] = {"keep_checkpoints"}
+    return ckpt.spec_hash(spec.model_dump(mode="json", exclude=exclude))
 
 
 def _make_tracker(tracking: Tracking):
@@ -77,13 +81,38 @@ def _run_on_this_rank(kind: str, spec_data: dict, output_uri: str, tracking: Tra
     _write_outputs(output_uri, stage.entry()(spec, session, _make_tracker(tracking), output_uri))
 
 
+def checkpoint_policy(spec: BaseModel) -> tuple[int, Any]:
+    """(checkpoints to keep, the best's BestRule or None) of a stage spec (`loop` fields)."""
+    from h2s_dist.train.session import BestRule
+
+    loop = getattr(spec, "loop", None)
+    if loop is None:
+        return 2, None
+    best = BestRule(loop.best_checkpoint_metric, loop.best_checkpoint_mode) if loop.best_checkpoint_metric else None
+    return loop.keep_checkpoints, best
+
+
+def build_local_session(spec: BaseModel, output_uri: str, session_class: Any = None, **kwargs: Any):
+    """The session of an in-process worker stage: checkpoints in `output_uri/checkpoints`,
+    kept by the spec's policy. `session_class` (default LocalSession) and `kwargs`: a Tune trial's."""
+    from h2s_dist.train.session import LocalSession
+
+    keep, best = checkpoint_policy(spec)
+    return (session_class or LocalSession)(storage.join(output_uri, "checkpoints"), hash_of(spec),
+                                           keep_last=keep, best=best, **kwargs)
+
+
 def train_worker(config: dict) -> None:
     """Entry point of every Ray Train worker (importable, so Ray can ship it by reference)."""
     from h2s_dist.train.session import RayTrainSession
 
     tracking = Tracking(**config["tracking"])
     _name_stage(tracking)
-    session = RayTrainSession(config["spec_hash"], config.get("checkpoint_root"))
+    spec = stage_kind(config["kind"]).spec.model_validate(config["spec"])
+    _, best = checkpoint_policy(spec)
+    session = RayTrainSession(config["spec_hash"], config.get("checkpoint_root"),
+                              report_log_steps=config.get("report_log_steps", False), best=best,
+                              best_folder=storage.join(config["output_uri"], "checkpoints", "best"))
     _run_on_this_rank(config["kind"], config["spec"], config["output_uri"], tracking, session)
 
 
@@ -96,37 +125,37 @@ def launch(
     run_name: str | None = None,
     local_session: Any = None,
     callbacks: Sequence[Any] = (),
+    report_log_steps: bool = False,
 ) -> dict[str, Any]:
     """Run stage `kind` to completion (resuming from its checkpoints) and return its outputs.
 
-    local_session: the session of an in-process worker stage (default: a LocalSession on
-    `output_uri/checkpoints`); callbacks: Ray Train callbacks of a multi-worker run (a Tune
-    trial passes its report callback). run_name: the Ray Train run (default: kind-spec hash).
+    local_session: the session of an in-process worker stage (default: `build_local_session`,
+    on `output_uri/checkpoints`); callbacks: Ray Train callbacks of a multi-worker run (a Tune
+    trial passes its report callback); report_log_steps: its workers report metrics at every
+    log step too (a Tune trial's, for ASHA). run_name: the Ray Train run (default: kind-spec hash).
     """
     stage = stage_kind(kind)
     _name_stage(tracking)
     if stage.shape == "driver":
         _write_outputs(output_uri, stage.entry()(spec, _make_tracker(tracking), output_uri))
     elif spec.scaling.num_workers == 0:
-        from h2s_dist.train.session import LocalSession
-
-        session = local_session or LocalSession(storage.join(output_uri, "checkpoints"), hash_of(spec))
+        session = local_session or build_local_session(spec, output_uri)
         _run_on_this_rank(kind, spec.model_dump(mode="json"), output_uri, tracking, session)
     else:
         ensure_ray(ray_address)
-        build_trainer(kind, spec, output_uri, tracking, run_name, callbacks).fit()
+        build_trainer(kind, spec, output_uri, tracking, run_name, callbacks, report_log_steps).fit()
     return json.loads(storage.read_bytes(storage.join(output_uri, OUTPUTS_FILE)))
 
 
 def build_trainer(kind: str, spec: BaseModel, output_uri: str, tracking: Tracking = Tracking(),
-                  run_name: str | None = None, callbacks: Sequence[Any] = ()):
+                  run_name: str | None = None, callbacks: Sequence[Any] = (), report_log_steps: bool = False):
     """The Ray Train trainer of a worker stage with `spec.scaling.num_workers` >= 1.
 
     Run state and checkpoints live under `output_uri/ray/<run name>`; the run name is tied
     to the spec hash, so rerunning the same spec resumes its checkpoints (Ray restores a run
     by name) and a changed spec starts a new run.
     """
-    from ray.train import FailureConfig, RunConfig, ScalingConfig
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchConfig, TorchTrainer
 
     scaling, spec_hash = spec.scaling, hash_of(spec)
@@ -143,6 +172,7 @@ def build_trainer(kind: str, spec: BaseModel, output_uri: str, tracking: Trackin
             "output_uri": output_uri,
             "tracking": asdict(tracking),
             "checkpoint_root": storage.join(ray_root, name),
+            "report_log_steps": report_log_steps,
         },
         scaling_config=ScalingConfig(
             num_workers=workers,
@@ -158,6 +188,9 @@ def build_trainer(kind: str, spec: BaseModel, output_uri: str, tracking: Trackin
             storage_path=ray_path,
             storage_filesystem=ray_fs,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
+            # The newest k by recency (no score attribute): a resume needs the latest; the best
+            # is kept apart by rank 0 (session.BestKeeper).
+            checkpoint_config=CheckpointConfig(num_to_keep=checkpoint_policy(spec)[0]),
             callbacks=list(callbacks),
         ),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),

@@ -27,7 +27,7 @@ from h2s_dist import progress
 from h2s_dist.data.skips import Skip
 from h2s_dist.specs.common import LoopSpec, OptimSpec
 from h2s_dist.train import checkpoint as ckpt
-from h2s_dist.train import dist
+from h2s_dist.train import dist, schedule
 
 SKIPPED_ARTIFACT = "skipped.json"
 
@@ -57,8 +57,10 @@ class Task(Protocol):
         """This rank's endless batch stream, from `position` (one its `checkpoint()` gave) or,
         when None, from the start."""
 
-    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
-        """(total loss, {term name: value}) of one micro-batch; names like `loss/pixel`."""
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor | float]]:
+        """(total loss, {term name: value}) of one micro-batch; names like `loss/pixel`. Values are
+        detached 0-dim tensors left on the device (a `float()` here would make the host wait for
+        the GPU at every micro-step; `fit` reads them once, at log steps), or plain floats."""
 
     def batch_size(self, batch: Any) -> int: ...
 
@@ -71,6 +73,13 @@ class Task(Protocol):
 
     def final_weights(self, model: torch.nn.Module) -> dict[str, dict[str, torch.Tensor]]:
         """{name: state dict} of the weights this stage hands on (e.g. `motionnet`)."""
+
+    has_unused_parameters: bool
+    """Optional, default False: True when some parameter that requires grad may get no gradient
+    in a step (a head the loss skips). DDP then searches the graph for them every step
+    (find_unused_parameters), which costs a traversal and delays the all-reduce. Frozen
+    parameters (requires_grad False, the MotionNet of fine-tuning mode a) need no such flag:
+    DDP leaves them out of its buckets."""
 
 
 @dataclass
@@ -110,14 +119,19 @@ def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextMan
     return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
 
 
-def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any, device: torch.device, spec_hash: str) -> FitResult:
-    """Train `task` for `loop.max_steps` optimiser steps, resuming from the session's checkpoint."""
+def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any, device: torch.device, spec_hash: str,
+        batch_size: int | None = None) -> FitResult:
+    """Train `task` for `loop.max_steps` optimiser steps, resuming from the session's checkpoint.
+
+    batch_size: clips per micro-batch on each rank; with `optim.reference_batch_size` it sets
+    the global batch the learning rates are scaled to (h2s_dist.train.schedule)."""
     torch.manual_seed(loop.seed + dist.rank())
     model = task.build_model().to(device)
     if loop.channels_last:
         model = model.to(memory_format=torch.channels_last)
-    optimizer = build_optimizer(task.param_groups(model, optim), optim)
-    scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=optim.milestones, gamma=optim.gamma)
+    global_batch = batch_size * loop.grad_accum_steps * dist.world_size() if batch_size else None
+    optimizer = build_optimizer(schedule.scale_groups(task.param_groups(model, optim), optim, global_batch), optim)
+    scheduler = schedule.build_scheduler(optimizer, optim)
 
     step, samples_seen, resumed_from, position = 0, 0, None, None
     earlier_skips: list[Skip] = []  # every rank's skips before the resumed checkpoint, held by rank 0
@@ -126,74 +140,83 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
+        schedule.restore_scheduler(scheduler, state["scheduler"])
         # Per-rank data position and RNG; a resume on fewer ranks takes the nearest rank's.
         mine = min(dist.rank(), len(state["data"]) - 1)
         step, samples_seen, position = state["step"], state["samples_seen"], state["data"][mine]
         if dist.is_main():
             earlier_skips = [Skip.from_dict(s) for s in state["skipped"]]
         metrics = dict(state.get("metrics", {}))
-        ckpt.set_rng_state(state["rng"][mine])
+        ckpt.set_rng_state(state["rng"][mine], device)
         resumed_from = step
         tracker.set_tags({"h2s.resumed_from_step": str(step)})
 
     validation: dict[str, float] = {}
     validated_at: int | None = None
-    trained = dist.wrap_ddp(model, device)
+    trained = dist.wrap_ddp(model, device, find_unused_parameters=getattr(task, "has_unused_parameters", False),
+                            bf16_grads=loop.bf16_grad_allreduce)
+    if loop.compile:
+        trained = torch.compile(trained)  # around DDP: Dynamo splits the graph at DDP's buckets
     stream = task.batches(dist.rank(), dist.world_size(), position, loop.seed)
     window_start, window_samples = time.perf_counter(), 0
     bar = progress.build("train", loop.max_steps, initial=step, rate_unit="samples", enabled=dist.is_main())
     checksums: list[float] = []
-    while step < loop.max_steps:
-        trained.train()
-        terms_sum: dict[str, float] = {}
-        for micro in range(loop.grad_accum_steps):
-            batch = next(stream)
-            if not checksums:
-                checksums = [float(c) for c in dist.gather_objects(_checksum(batch))]
-            # Only the last micro-batch synchronises gradients across ranks.
-            sync = micro == loop.grad_accum_steps - 1 or not dist.is_distributed()
-            with (contextlib.nullcontext() if sync else trained.no_sync()), _autocast(device, loop.bf16):
-                total, terms = task.loss(trained, batch, device)
-            (total / loop.grad_accum_steps).backward()
-            for name, value in terms.items():
-                terms_sum[name] = terms_sum.get(name, 0.0) + value / loop.grad_accum_steps
-            window_samples += task.batch_size(batch)
-            samples_seen += task.batch_size(batch)
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        scheduler.step()
-        step += 1
-        bar.update(step, samples=samples_seen * dist.world_size(), loss=progress.headline_loss(terms_sum))
+    try:
+        while step < loop.max_steps:
+            trained.train()
+            terms_sum: dict[str, torch.Tensor] = {}  # on the device until a log step reads them
+            for micro in range(loop.grad_accum_steps):
+                batch = next(stream)
+                if not checksums:
+                    checksums = [float(c) for c in dist.gather_objects(_checksum(batch))]
+                # Only the last micro-batch synchronises gradients across ranks.
+                sync = micro == loop.grad_accum_steps - 1 or not dist.is_distributed()
+                with (contextlib.nullcontext() if sync else trained.no_sync()), _autocast(device, loop.bf16):
+                    total, terms = task.loss(trained, batch, device)
+                (total / loop.grad_accum_steps).backward()
+                for name, value in terms.items():
+                    terms_sum[name] = terms_sum.get(name, 0.0) + _on_device(value, device) / loop.grad_accum_steps
+                window_samples += task.batch_size(batch)
+                samples_seen += task.batch_size(batch)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            scheduler.step()
+            step += 1
 
-        is_last = step == loop.max_steps
-        if step % loop.log_every_steps == 0 or is_last:
-            metrics = dist.mean_across_ranks(terms_sum, device)
-            elapsed = time.perf_counter() - window_start
-            metrics["throughput/samples_per_s"] = window_samples * dist.world_size() / max(elapsed, 1e-9)
-            for group in optimizer.param_groups:
-                metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
-            metrics.update(_data_counts(samples_seen, len(earlier_skips) + len(stream.skipped), device))
-            if dist.is_main() and _validation_due(task, step, is_last, validated_at):
-                validation, validated_at = task.validate(dist.unwrap(trained), device), step
-            metrics.update(validation)  # the latest with every log step: a Tune search may rank by it
-            tracker.log_metrics(metrics, step=step)
-            # Sessions that want every logged step (a Tune trial's, for early stopping) say so.
-            report_metrics = getattr(session, "report_metrics", None)
-            if report_metrics is not None:
-                report_metrics(metrics, step)
-            window_start, window_samples = time.perf_counter(), 0
-        if dist.is_main() and (step % loop.picture_every_steps == 0 or is_last):
-            trained.eval()
-            with torch.no_grad():
-                for name, image in task.pictures(dist.unwrap(trained), batch, device).items():
-                    tracker.log_image(image, f"{name}/step_{step:07d}.png")
-        if step % loop.checkpoint_every_steps == 0 or is_last:
-            skipped = earlier_skips + _gather_skips(stream.skipped)
-            tracker.log_dict(_skipped_report(skipped), SKIPPED_ARTIFACT)
-            state = _resume_state(model, optimizer, scheduler, step, samples_seen, stream.checkpoint(), skipped,
-                                  spec_hash, metrics)
-            session.report(metrics, state, step)
+            is_last = step == loop.max_steps
+            checkpoint_due = step % loop.checkpoint_every_steps == 0 or is_last
+            if step % loop.log_every_steps == 0 or is_last:
+                metrics = dist.mean_across_ranks(terms_sum, device)  # the one host read of the terms
+                elapsed = time.perf_counter() - window_start
+                metrics["throughput/samples_per_s"] = window_samples * dist.world_size() / max(elapsed, 1e-9)
+                for group in optimizer.param_groups:
+                    metrics[f"lr/{group.get('name', 'group')}"] = group["lr"]
+                metrics.update(_data_counts(samples_seen, len(earlier_skips) + len(stream.skipped), device))
+                if dist.is_main() and _validation_due(task, step, is_last, validated_at):
+                    validation, validated_at = task.validate(dist.unwrap(trained), device), step
+                metrics.update(validation)  # the latest with every log step: a Tune search may rank by it
+                tracker.log_metrics(metrics, step=step)
+                # Sessions that want every logged step (a Tune trial's, for early stopping) say so; at
+                # a checkpoint step the checkpoint's report carries these metrics (one result per step).
+                report_metrics = getattr(session, "report_metrics", None)
+                if report_metrics is not None and not checkpoint_due:
+                    report_metrics(metrics, step)
+                window_start, window_samples = time.perf_counter(), 0
+            # The loss shown is the last logged one: reading this step's would wait for the GPU.
+            bar.update(step, samples=samples_seen * dist.world_size(), loss=progress.headline_loss(metrics))
+            if dist.is_main() and (step % loop.picture_every_steps == 0 or is_last):
+                trained.eval()
+                with torch.no_grad():
+                    for name, image in task.pictures(dist.unwrap(trained), batch, device).items():
+                        tracker.log_image(image, f"{name}/step_{step:07d}.png")
+            if checkpoint_due:
+                skipped = earlier_skips + _gather_skips(stream.skipped)
+                tracker.log_dict(_skipped_report(skipped), SKIPPED_ARTIFACT)
+                state = _resume_state(model, optimizer, scheduler, step, samples_seen, stream.checkpoint(), skipped,
+                                      spec_hash, metrics, device)
+                session.report(metrics, state, step)
+    finally:
+        session.wait()  # checkpoint writes in flight (also when a step failed: a resume reads them)
     bar.close()
     if step == resumed_from:  # nothing left to train: the list is the checkpoint's
         tracker.log_dict(_skipped_report(earlier_skips), SKIPPED_ARTIFACT)
@@ -209,6 +232,13 @@ def _validation_due(task: Task, step: int, is_last: bool, validated_at: int | No
         return False
     every = getattr(task, "validate_every_steps", None)
     return validated_at is None or is_last or (every is not None and step - validated_at >= every)
+
+
+def _on_device(value: torch.Tensor | float, device: torch.device) -> torch.Tensor:
+    """A loss term as a detached float64 tensor on `device`, without a host sync."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().to(device=device, dtype=torch.float64)
+    return torch.tensor(float(value), dtype=torch.float64, device=device)
 
 
 def _checksum(batch: Any) -> float:
@@ -233,12 +263,12 @@ def _skipped_report(skipped: Sequence[Skip]) -> dict[str, Any]:
 
 def _resume_state(
     model, optimizer, scheduler, step: int, samples_seen: int, position: Any, skipped: Sequence[Skip],
-    spec_hash: str, metrics: Mapping[str, float],
+    spec_hash: str, metrics: Mapping[str, float], device: torch.device,
 ) -> Mapping[str, Any] | None:
     """Rank 0's checkpoint, holding every rank's data position and RNG (gathered) and every
     sample skipped so far."""
     positions = dist.gather_objects(position)
-    rngs = dist.gather_objects(ckpt.rng_state())
+    rngs = dist.gather_objects(ckpt.rng_state(device))
     if not dist.is_main():
         return None
     return {

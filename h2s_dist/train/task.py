@@ -147,7 +147,8 @@ def run_training(spec, task, session, tracker, output_uri: str) -> dict:
     device = dist.pick_device(spec.scaling.use_gpu)
     tracker.log_params(spec.model_dump(mode="json"))
     tracker.set_tags({"h2s.stage_kind": spec.kind})
-    result = fit(task, spec.loop, spec.optim, session, tracker, device, session.spec_hash)
+    result = fit(task, spec.loop, spec.optim, session, tracker, device, session.spec_hash,
+                 batch_size=spec.data.batch_size)
     outputs: dict = {
         "metrics": result.metrics,
         "steps": result.step,
@@ -158,4 +159,7 @@ def run_training(spec, task, session, tracker, output_uri: str) -> dict:
         for name, state_dict in result.weights.items():
             outputs[name] = save_weights(output_uri, name, state_dict, tracker, register_as=name)
         outputs["checkpoint"] = session.latest_checkpoint_uri()
+        best = session.best_checkpoint_uri()
+        if best is not None:
+            outputs["best_checkpoint"] = best
     return outputs

@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from h2s_dist.train.session import LocalSession
+from h2s_dist.train.session import BestRule, LocalSession
 
 
 def _tune_report(metrics: dict[str, float]) -> None:
@@ -35,8 +35,9 @@ class TuneSession(LocalSession):
         keep_last: int = 2,
         report_to: Callable[[dict[str, float]], None] | None = None,
         final_step: int | None = None,
+        best: BestRule | None = None,
     ):
-        super().__init__(checkpoint_uri, spec_hash, keep_last)
+        super().__init__(checkpoint_uri, spec_hash, keep_last, best)
         self._report_to = report_to or _tune_report
         self.final_step = final_step
         self.last_reported_step: int | None = None

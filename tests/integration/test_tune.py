@@ -131,3 +131,35 @@ def test_multi_worker_trial_gets_the_stage_scaling_resources_and_checkpoint_root
     assert trainer.train_loop_config["checkpoint_root"] == str(trial_folder / "ray" / "trial-t0")
     assert trainer.train_loop_config["spec"]["optim"]["lr"] == 3e-4
     assert [type(c) for c in trainer.run_config.callbacks] == [ReportCallback]  # Tune hears the workers
+
+
+def test_two_worker_trial_reports_every_log_step_to_tune(local_ray, make_synthetic_dataset, tmp_path):
+    """A trial on 2 Ray Train workers reaches Tune at every log step (TuneReportCallback passes
+    on each ray.train.report; the workers report metrics at log steps, checkpoints with theirs),
+    not only at checkpoints: ASHA sees what an in-process trial shows it."""
+    import json
+
+    from h2s_dist.specs.driver import TuneSpec
+    from h2s_dist.train.launch import launch
+
+    spec = TuneSpec.model_validate({
+        "trial": {
+            "kind": "pretrain_motionnet", "motionnet": {"flavour": "tiny"}, "validation": None,
+            "data": {"dataset": make_synthetic_dataset(shard_target_bytes=200_000), "crop_size": 32, "batch_size": 1,
+                     "clip_len_frames": 3, "loader_workers": 0, "shuffle_buffer": 2, "epoch_length_samples": 8},
+            "loop": {"max_steps": 8, "log_every_steps": 2, "picture_every_steps": 100, "checkpoint_every_steps": 4},
+            "scaling": {"num_workers": 2, "cpus_per_worker": 0.5},
+        },
+        "search_space": {"optim.lr": {"choice": [1e-3]}},
+        "asha": None, "num_samples": 1, "cpus_per_trial": 0.5,
+    })
+    output = tmp_path / "tune"
+    outputs = launch("tune", spec, str(output))
+    (trial,) = outputs["trials"].values()
+    assert trial["finished"] and trial["steps"] == 8
+
+    (results,) = list((output / "ray" / "tune").glob("*/result.json"))
+    steps = [json.loads(line)["step"] for line in results.read_text().splitlines() if line.strip()]
+    # Log steps 2, 4, 6, 8, once each (4 and 8 also checkpoint: one report carries both); the
+    # trial function's own final report (outputs written) may repeat step 8.
+    assert steps[:4] == [2, 4, 6, 8] and set(steps[4:]) <= {8}, steps

@@ -70,11 +70,11 @@ class ToyTask:
     def batches(self, rank: int, world_size: int, position: int | None, seed: int) -> ToyStream:
         return ToyStream(self, rank, world_size, position or 0)
 
-    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, float]]:
+    def loss(self, model: torch.nn.Module, batch: Any, device: torch.device) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         x, y = (t.to(device) for t in batch)
         # A mean over the batch: k micro-batch means averaged by fit are the mean of the whole.
         total = torch.nn.functional.mse_loss(model(x), y)
-        return total, {"loss/mse": total.item()}
+        return total, {"loss/mse": total.detach()}
 
     def batch_size(self, batch: Any) -> int:
         return len(batch[0])

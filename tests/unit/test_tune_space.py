@@ -124,6 +124,27 @@ def test_tune_stage_spec_checks_inline_space_and_asha_budget():
         TuneSpec.model_validate({"trial": {**TRIAL, "optim": {"lr": -1}}, "search_space": "tune/quickstart.yaml"})
 
 
+@pytest.mark.parametrize("scaling, gpus, problem", [
+    ({"num_workers": 0, "use_gpu": True}, 0.0, "gives no GPU; set gpus_per_trial"),
+    ({"num_workers": 0, "use_gpu": False}, 1.0, "reserves GPUs the trial never uses"),
+    ({"num_workers": 2, "use_gpu": True}, 1.0, "does not train .* set gpus_per_trial: 0"),
+    ({"num_workers": 0, "use_gpu": True}, 0.5, None),   # two in-process trials share a GPU
+    ({"num_workers": 2, "use_gpu": True}, 0.0, None),   # the workers reserve one GPU each
+    ({"num_workers": 0, "use_gpu": False}, 0.0, None),
+])
+def test_trial_gpus_are_checked_against_where_the_trial_trains(scaling, gpus, problem):
+    from pydantic import ValidationError
+
+    from h2s_dist.specs.driver import TuneSpec
+
+    data = {"trial": {**TRIAL, "scaling": scaling}, "search_space": "tune/quickstart.yaml", "gpus_per_trial": gpus}
+    if problem is None:
+        TuneSpec.model_validate(data)
+    else:
+        with pytest.raises(ValidationError, match=problem):
+            TuneSpec.model_validate(data)
+
+
 def test_tune_session_reports_every_log_step_once_with_step(tmp_path):
     from h2s_dist.train.tune_session import TuneSession
 
@@ -135,6 +156,7 @@ def test_tune_session_reports_every_log_step_once_with_step(tmp_path):
     assert sent == [{"loss/total": 2.0, "step": 10}, {"loss/total": 1.5, "step": 20}]
     assert session.latest_checkpoint_uri().endswith("step_000000020/state.pt")
     session.report({"loss/total": 1.0}, {"step": 30, "spec_hash": "hash"}, step=30)  # keeps the last 2
+    session.wait()  # checkpoints are written in the background
     assert sorted(p.name for p in (tmp_path / "ckpt").iterdir()) == ["step_000000020", "step_000000030"]
 
 

@@ -58,8 +58,8 @@ class FinetuneTask(StreamTask):
                     backward = dist.unwrap(model).motionnet(clips.flip(1))
             unsup, parts = unsupervised_flow_loss(frame_conv.denormalize(clips), out.flows, self.loss_config, backward)
             total = total + self.spec.unsup_weight * unsup
-            terms.update({f"loss/{k}": float(v) for k, v in parts.items() if "/" not in k})
-        terms["loss/total"] = float(total.detach())
+            terms.update({f"loss/{k}": v for k, v in parts.items() if "/" not in k})  # detached, on the device
+        terms["loss/total"] = total.detach()
         return total, terms
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:

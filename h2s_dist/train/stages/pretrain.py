@@ -70,8 +70,8 @@ class PretrainTask(StreamTask):
             with torch.no_grad():  # the flows of the time-reversed clip only shape the occlusion mask
                 backward = dist.unwrap(model)(clips.flip(1))
         total, terms = unsupervised_flow_loss(frame_conv.denormalize(clips), flows, self.loss_config, backward)
-        logged = {f"loss/{name}": float(value) for name, value in terms.items()}
-        logged["loss/total"] = float(total.detach())
+        logged = {f"loss/{name}": value for name, value in terms.items()}  # detached, on the device
+        logged["loss/total"] = total.detach()
         return total, logged
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:

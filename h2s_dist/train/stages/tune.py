@@ -7,7 +7,8 @@ space of dotted paths into it (tune/*.yaml or inline). Each trial:
     inside the function (Train V2 refuses a trainer handed to a Tuner);
   - logs into its own MLflow child run under the tune stage's run (tag mlflow.parentRunId);
   - reports its metrics to Tune at every log step (`step` is ASHA's time attribute), so
-    ASHA stops poor trials early;
+    ASHA stops poor trials early; a multi-worker trial too (its workers report at log steps,
+    and TuneReportCallback passes each report on);
   - writes checkpoints, weights and outputs.json under `<output>/trials/<trial id>/`.
 
 Outputs: `best_config`, `best_metric`, `best_trial`, the best trial's weights under their
@@ -23,6 +24,10 @@ outputs.json is not trained again, and a trial the restored searcher creates aga
 id, same config: the searcher's state and RNG are in the snapshot) continues from the
 checkpoints in its folder. Its MLflow child run is the one it had, moved under the stage
 run that completes the search (`h2s.previous_parent_run_id` keeps the old parent).
+ASHA's rungs are restored too (`<output>/ray/asha_state.pkl`, h2s_dist.train.tune_asha), and
+on local storage the snapshot is copied through an atomic filesystem
+(h2s_dist.data.atomic_arrow_fs), so a kill in the middle of Tune's copy leaves the previous
+snapshot readable instead of a truncated one.
 """
 
 from __future__ import annotations
@@ -36,10 +41,11 @@ from h2s_dist.data import storage
 from h2s_dist.specs.driver import TuneSpec
 
 EXPERIMENT_NAME = "tune"
+ASHA_STATE_FILE = "asha_state.pkl"  # beside the experiment: h2s_dist.train.tune_asha
 RUN_ID_FILE = "mlflow_run_id"
 CONFIG_FILE = "config.json"
 # Outputs of a training stage that are not weights URIs.
-_NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint"}
+_NOT_WEIGHTS = {"metrics", "steps", "resumed_from_step", "first_batch_checksums", "checkpoint", "best_checkpoint"}
 
 # ----------------------------------------------------------------------------- one trial
 
@@ -125,13 +131,13 @@ def tune_trial(config: dict, setup: dict) -> None:
 
     The trial is its stage run by the launcher, like any stage: in this process with a
     TuneSession (metrics to Tune at every log step), or as a Ray Train run whose reports
-    TuneReportCallback passes on (at checkpoint cadence: RayTrainSession)."""
+    TuneReportCallback passes on (every log step too: report_log_steps)."""
     import torch
     from ray import tune
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from h2s_dist.registry import stage_kind
-    from h2s_dist.train.launch import Tracking, hash_of, launch
+    from h2s_dist.train.launch import Tracking, build_local_session, launch
     from h2s_dist.train.tune_session import TuneSession
 
     torch.set_num_threads(max(1, int(setup["cpus_per_trial"])))
@@ -146,11 +152,12 @@ def tune_trial(config: dict, setup: dict) -> None:
         tune.report(_final_report(done))
         return
     tracker = _trial_tracker(setup, trial_id, folder, config)
-    session = TuneSession(storage.join(folder, "checkpoints"), hash_of(spec), final_step=spec.loop.max_steps)
+    session = build_local_session(spec, folder, TuneSession, final_step=spec.loop.max_steps)
     try:
         tracking = Tracking(setup["tracking"]["uri"], tracker.run_id, stage=f"trial-{trial_id}")
         outputs = launch(setup["kind"], spec, folder, tracking,
-                         run_name=f"trial-{trial_id}", local_session=session, callbacks=[TuneReportCallback()])
+                         run_name=f"trial-{trial_id}", local_session=session, callbacks=[TuneReportCallback()],
+                         report_log_steps=True)
         if session.ran_here and session.last_reported_step != outputs["steps"]:
             # Restored from its final checkpoint (killed before writing its outputs): the
             # loop had nothing left to log, but Tune still needs the final result.
@@ -168,8 +175,10 @@ def tune_trial(config: dict, setup: dict) -> None:
 def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, tracker):
     """A restored Tuner when `<output>/ray/tune` holds an interrupted search, else a new one."""
     from ray import tune
-    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+    from ray.tune.schedulers import FIFOScheduler
     from ray.tune.search import BasicVariantGenerator
+
+    from h2s_dist.train.tune_asha import PersistentASHA
 
     setup = {
         "kind": spec.trial.kind, "trial": spec.trial_data(), "output_uri": output_uri,
@@ -178,13 +187,15 @@ def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, 
     }
     resources = {"CPU": spec.cpus_per_trial, **({"GPU": spec.gpus_per_trial} if spec.gpus_per_trial else {})}
     trainable = tune.with_resources(tune.with_parameters(tune_trial, setup=setup), resources)
-    ray_fs, ray_path = storage.pyarrow_filesystem(storage.join(output_uri, "ray"))
+    ray_fs, ray_path = _snapshot_filesystem(storage.join(output_uri, "ray"))
     experiment_path = f"{ray_path.rstrip('/')}/{EXPERIMENT_NAME}"
+    asha_state = storage.join(output_uri, "ray", ASHA_STATE_FILE)
     if tune.Tuner.can_restore(experiment_path, storage_filesystem=ray_fs):
         return tune.Tuner.restore(experiment_path, trainable, resume_errored=True, storage_filesystem=ray_fs), True
     if spec.asha is not None:
-        scheduler = ASHAScheduler(
-            time_attr="step", max_t=spec.trial.loop.max_steps,
+        PersistentASHA.forget(asha_state)  # a fresh search: no rungs of an earlier one
+        scheduler = PersistentASHA(
+            asha_state, time_attr="step", max_t=spec.trial.loop.max_steps,
             grace_period=spec.asha.grace_period_steps, reduction_factor=spec.asha.reduction_factor,
         )
     else:
@@ -203,6 +214,16 @@ def _tuner(spec: TuneSpec, space: tune_spaces.SearchSpaceFile, output_uri: str, 
         ),
     )
     return tuner, False
+
+
+def _snapshot_filesystem(uri: str):
+    """(pyarrow filesystem, path) Tune keeps its experiment under. Local folders go through
+    atomic_arrow_fs: Tune copies its snapshot there file by file, and a driver killed mid-copy
+    must leave the previous snapshot whole, not truncated (S3 objects are atomic already)."""
+    from h2s_dist.data.atomic_arrow_fs import atomic_local_filesystem
+
+    fs, path = storage.pyarrow_filesystem(uri)
+    return (atomic_local_filesystem() if fs.type_name == "local" else fs), path
 
 
 def trial_summaries(results, spec: TuneSpec, output_uri: str) -> list[dict[str, Any]]:
