@@ -35,7 +35,8 @@ def test_quickstart_runs_every_stage_and_scores_every_stream(tmp_path, tracking_
     torch.set_num_threads(1)
     overrides = [f"workspace={tmp_path / 'ws'}", f"tracking_uri={tracking_uri}", *SMALL]
     job = cfg.load_job(QUICKSTART, overrides)
-    result = runner.run_job(job, echo=print)
+    printed: list[str] = []
+    result = runner.run_job(job, echo=lambda line: (print(line), printed.append(line)))
 
     client = MlflowClient(tracking_uri)
     assert client.get_run(result.run_id).info.status == "FINISHED"
@@ -50,5 +51,9 @@ def test_quickstart_runs_every_stage_and_scores_every_stream(tmp_path, tracking_
     for stream in ("spatial", "stacked", "tvl1", "hidden_two_stream", "two_stream_tvl1"):
         assert f"accuracy/{stream}/top1" in metrics
     assert metrics["fps/tvl1_two_stage"] > 0 and metrics["fps/stacked"] > 0
+    assert kinds["pretrain"].data.params["scaling.num_workers"] == "2", "the demo pretrains on 2 Ray Train workers"
+    table = next(line for line in printed if line.startswith("[h2s] evaluate"))
+    assert "Hidden two-stream" in table and "x (paper, on a GPU" in table, table
+    assert any("h2s predict VIDEO" in line for line in printed)
     pictures = client.list_artifacts(kinds["pretrain"].info.run_id, "flows")
     assert pictures, "the pretraining run has no flow pictures"
