@@ -23,6 +23,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from h2s_dist.data import storage
+from h2s_dist.ray_auth import default_auth_mode
 from h2s_dist.registry import stage_kind
 from h2s_dist.train import checkpoint as ckpt
 from h2s_dist.train import dist
@@ -92,7 +93,7 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    default_auth_mode()  # token when a token is given, else disabled (embedded Ray)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
