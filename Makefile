@@ -55,7 +55,8 @@ demo: $(STAMP)
 # project with its extras (--dry-run: nothing is installed). pip and uv resolve differently:
 # uv found a boto3 that matches aiobotocore where pip backtracked into ResolutionImpossible
 # (pyproject.toml, boto3). Minutes, not seconds: pip downloads each candidate wheel to read its
-# metadata where the index serves none apart (measured 1.8-5.3 min on 2 busy cores).
+# metadata where the index serves none apart (measured 3.2-6.2 min with the pip Python 3.11 ships,
+# 1.8 min with pip 26, on 2 busy cores).
 PIP_CHECK_VENV ?= /tmp/h2s-pip-check
 pip-check:
 	rm -rf $(PIP_CHECK_VENV) && $(PYTHON) -m venv $(PIP_CHECK_VENV)
