@@ -283,9 +283,9 @@ def basic_auth_env(environ: Mapping[str, str], auth_db: str) -> dict[str, str]:
     import secrets
     import tempfile
 
-    if not environ.get("MLFLOW_AUTH_ADMIN_PASSWORD"):
-        raise ValueError("--basic-auth needs the admin's password in MLFLOW_AUTH_ADMIN_PASSWORD (and, optionally, "
-                         "the name in MLFLOW_AUTH_ADMIN_USERNAME, default admin): MLflow ships no default password")
+    if len(environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")) < 12:  # MLflow refuses shorter ones, after a slow start
+        raise ValueError("--basic-auth needs the admin's password (12+ characters) in MLFLOW_AUTH_ADMIN_PASSWORD (and, "
+                         "optionally, the name in MLFLOW_AUTH_ADMIN_USERNAME, default admin): MLflow ships no default password")
     auth_db_uri = auth_db
     if "://" not in auth_db:  # a path: a sqlite file beside the runs database
         path = pathlib.Path(auth_db).resolve()

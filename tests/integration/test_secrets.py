@@ -105,3 +105,56 @@ def test_no_aws_credential_reaches_params_tags_artefacts_or_logs(credentialed_s3
 
     assert artefacts > 0 and len(objects) > 10, "the scan saw too little to mean anything"
     assert not found, found
+
+
+def test_tracking_server_with_basic_auth_refuses_requests_without_the_password(tmp_path):
+    """`h2s tracking-server --basic-auth`: 401 without credentials or with a wrong password,
+    200 for the admin from MLFLOW_AUTH_ADMIN_PASSWORD (~40 s: MLflow's server start-up)."""
+    import os
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.error
+    import urllib.request
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    password = f"pw-{secrets.token_hex(8)}"
+    env = {**os.environ, "MLFLOW_AUTH_ADMIN_PASSWORD": password}
+    server = subprocess.Popen(
+        [sys.executable, "-m", "h2s_dist", "tracking-server", "--basic-auth", "--port", str(port),
+         "--backend-store-uri", f"sqlite:///{tmp_path / 'runs.db'}", "--artifacts-destination", str(tmp_path / "art"),
+         "--auth-db", str(tmp_path / "users.db")],
+        env=env, cwd=tmp_path, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    base = f"http://127.0.0.1:{port}"
+
+    def status(user: str | None = None, pw: str = "") -> int:
+        headers = {"Authorization": "Basic " + base64.b64encode(f"{user}:{pw}".encode()).decode()} if user else {}
+        request = urllib.request.Request(f"{base}/api/2.0/mlflow/experiments/search?max_results=1", headers=headers)
+        try:
+            with urllib.request.urlopen(request, timeout=5) as response:
+                return response.status
+        except urllib.error.HTTPError as err:
+            return err.code
+
+    try:
+        deadline = time.monotonic() + 150
+        while time.monotonic() < deadline and server.poll() is None:
+            try:
+                with urllib.request.urlopen(f"{base}/health", timeout=2):
+                    break
+            except OSError:
+                time.sleep(0.5)
+        assert server.poll() is None, "the tracking server exited"
+        assert status() == 401
+        assert status("admin", "not-the-password") == 401
+        assert status("admin", password) == 200
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        try:
+            server.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            os.killpg(server.pid, signal.SIGKILL)
