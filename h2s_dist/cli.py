@@ -19,13 +19,16 @@ import pathlib
 import shlex
 import subprocess
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
-# Environment forwarded to Ray jobs when set here (never credentials: see `--env`).
+# Environment forwarded to Ray jobs when set here (never credentials: see `--env`). Not
+# RAY_AUTH_MODE: the job runs under the cluster's own mode and token, whatever this shell has.
 FORWARDED_ENV = (
     "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "H2S_S3_ENDPOINT_URL", "AWS_PROFILE", "RAY_AUTH_MODE", "H2S_PROGRESS", "H2S_PROGRESS_EVERY_S",
+    "H2S_S3_ENDPOINT_URL", "AWS_PROFILE", "H2S_PROGRESS", "H2S_PROGRESS_EVERY_S",
 )
+# Never shipped: a job's runtime_env is shown by the dashboard and `ray job list`.
+NEVER_FORWARDED = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 WORKING_DIR_EXCLUDES = [".git", ".venv", ".h2s", "mlruns", "mlartifacts", "**/__pycache__", "*.tar", "*.pt"]
 
 
@@ -100,17 +103,28 @@ def submission(spec: str, overrides: Sequence[str], extra_env: Sequence[str], fr
     words += ["--fresh"] if fresh else []
     for name in only:
         words += ["--only", name]
+    refused = sorted(set(extra_env) & set(NEVER_FORWARDED))
+    if refused:
+        raise ValueError(f"--env {refused[0]}: secrets are never shipped with a job (its runtime_env is shown "
+                         "by the dashboard); the cluster's nodes get them from a Kubernetes secret or their role")
     env = {name: os.environ[name] for name in (*FORWARDED_ENV, *extra_env) if name in os.environ}
-    env.setdefault("RAY_AUTH_MODE", "disabled")
     runtime_env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env}
     return shlex.join(words), runtime_env
 
 
 def _client(address: str):
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """A Jobs API client; it sends the Ray token (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or
+    ~/.ray/auth_token) as an Authorization header when RAY_AUTH_MODE=token."""
+    from h2s_dist.ray_auth import default_auth_mode, refused_message
+
+    default_auth_mode()
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(address)
+    try:  # the client asks for the cluster's version first: a refused token surfaces here
+        return JobSubmissionClient(address)
+    except AuthenticationError as err:
+        raise ValueError(refused_message(address, err.message)) from None
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
@@ -179,9 +193,9 @@ def mlflow_server_command(backend_store_uri: str, port: int, artifacts_destinati
     return command
 
 
-def _serve(command: list[str], open_url: str | None = None) -> int:
+def _serve(command: list[str], open_url: str | None = None, extra_env: Mapping[str, str] | None = None) -> int:
     """Run the MLflow server until it stops or Ctrl-C; open `open_url` in a browser once it answers."""
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(extra_env or {})}
     print("running: " + shlex.join(command), file=sys.stderr)
     server = subprocess.Popen(command, env=env)
     try:
@@ -252,9 +266,43 @@ def cmd_tracking_server(args: argparse.Namespace) -> int:
     from h2s_dist.tracking import resolve_tracking_uri
 
     uri = resolve_tracking_uri(args.backend_store_uri)
+    command = mlflow_server_command(uri, args.port, args.artifacts_destination)
+    env = basic_auth_env(os.environ, args.auth_db) if args.basic_auth else {}
+    if args.basic_auth:
+        command += ["--app-name", "basic-auth"]
     print(f"MLflow tracking server at http://127.0.0.1:{args.port} (store {uri}, artifacts "
-          f"{args.artifacts_destination}); jobs use it with tracking_uri: http://127.0.0.1:{args.port}", file=sys.stderr)
-    return _serve(mlflow_server_command(uri, args.port, args.artifacts_destination))
+          f"{args.artifacts_destination}{', basic auth' if args.basic_auth else ''}); jobs use it with "
+          f"tracking_uri: http://127.0.0.1:{args.port}"
+          + (" and MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD" if args.basic_auth else ""), file=sys.stderr)
+    return _serve(command, extra_env=env)
+
+
+def basic_auth_env(environ: Mapping[str, str], auth_db: str) -> dict[str, str]:
+    """Environment of `mlflow server --app-name basic-auth`: MLflow (3.17) reads the admin's
+    credentials from MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD when it first
+    creates its user store, and its CSRF key from MLFLOW_FLASK_SERVER_SECRET_KEY; the user
+    store's location comes from an ini file named by MLFLOW_AUTH_CONFIG_PATH (default: a
+    basic_auth.db in whatever folder the server starts in, so we name one)."""
+    import secrets
+    import tempfile
+
+    if len(environ.get("MLFLOW_AUTH_ADMIN_PASSWORD", "")) < 12:  # MLflow refuses shorter ones, after a slow start
+        raise ValueError("--basic-auth needs the admin's password (12+ characters) in MLFLOW_AUTH_ADMIN_PASSWORD (and, "
+                         "optionally, the name in MLFLOW_AUTH_ADMIN_USERNAME, default admin): MLflow ships no default password")
+    auth_db_uri = auth_db
+    if "://" not in auth_db:  # a path: a sqlite file beside the runs database
+        path = pathlib.Path(auth_db).resolve()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        auth_db_uri = f"sqlite:///{path}"
+    ini = tempfile.NamedTemporaryFile("w", prefix="h2s-mlflow-auth-", suffix=".ini", delete=False)  # noqa: SIM115
+    with ini:
+        ini.write("[mlflow]\ndefault_permission = READ\n"
+                  f"database_uri = {auth_db_uri}\nadmin_username = {environ.get('MLFLOW_AUTH_ADMIN_USERNAME', 'admin')}\n"
+                  "authorization_function = mlflow.server.auth:authenticate_request_basic_auth\n")
+    # One server worker, so a key made here is consistent; set it yourself to keep browser
+    # sessions valid across restarts.
+    return {"MLFLOW_AUTH_CONFIG_PATH": ini.name,
+            "MLFLOW_FLASK_SERVER_SECRET_KEY": environ.get("MLFLOW_FLASK_SERVER_SECRET_KEY") or secrets.token_hex(32)}
 
 
 def cmd_s3_serve(args: argparse.Namespace) -> int:
@@ -375,7 +423,9 @@ Reach it from another machine through an SSH tunnel: ssh -L 5000:127.0.0.1:5000 
 _SERVER_EXAMPLES = """examples:
   h2s tracking-server --backend-store-uri sqlite:///.h2s/server.db --artifacts-destination s3://bucket/mlflow
   h2s tracking-server --backend-store-uri sqlite:////data/mlflow.db --artifacts-destination /data/mlartifacts --port 5001
-Then set tracking_uri: http://127.0.0.1:5000 in a job (or MLFLOW_TRACKING_URI).
+  MLFLOW_AUTH_ADMIN_PASSWORD=... h2s tracking-server --basic-auth      # every request needs a user and password
+Then set tracking_uri: http://127.0.0.1:5000 in a job (or MLFLOW_TRACKING_URI); with --basic-auth, jobs
+and h2s runs send MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD.
 """
 _WEIGHTS_EXAMPLES = """examples:
   h2s weights convert vgg16-397923af.pth vgg16_imagenet.pt --from torchvision
@@ -476,6 +526,11 @@ def build_parser() -> argparse.ArgumentParser:
     server.add_argument("--artifacts-destination", default=str(pathlib.Path(".h2s/server-artifacts").resolve()),
                         help="where artifacts go: a path or s3://bucket/prefix (default %(default)s)")
     server.add_argument("--port", type=int, default=5000)
+    server.add_argument("--basic-auth", action="store_true",
+                        help="require MLflow's basic auth (admin from MLFLOW_AUTH_ADMIN_USERNAME / MLFLOW_AUTH_ADMIN_PASSWORD; "
+                        "clients send MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD)")
+    server.add_argument("--auth-db", default=".h2s/server-auth.db",
+                        help="users and permissions of --basic-auth: a path (sqlite) or a database URI (default %(default)s)")
     server.set_defaults(func=cmd_tracking_server)
 
     from h2s_dist.data.ingest_cli import add_ingest_parser
@@ -522,7 +577,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from h2s_dist.ray_auth import default_auth_mode
+
+    default_auth_mode()
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

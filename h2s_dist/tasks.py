@@ -32,7 +32,9 @@ def ensure_ray(address: str | None = None) -> None:
 
     if ray.is_initialized():
         return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    from h2s_dist.ray_auth import default_auth_mode
+
+    default_auth_mode()  # token when a token is given, else disabled (embedded Ray)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:

@@ -36,6 +36,7 @@ from pydantic import BaseModel
 
 from h2s_dist import config as cfg
 from h2s_dist.pipeline.report import results_table
+from h2s_dist.ray_auth import default_auth_mode
 
 SUCCESS_FILE = "_SUCCESS"
 OUTPUTS_FILE = "outputs.json"
@@ -370,6 +371,6 @@ def close_interrupted_runs(tracking_uri: str, output_uri: str) -> str | None:
 
 
 def default_env() -> None:
-    """Local-run defaults: no Ray auth token, no usage stats."""
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    """Local-run defaults: Ray token auth only when a token is given, no usage stats."""
+    default_auth_mode()  # token when a token is given, else disabled (embedded Ray)
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")

@@ -1,6 +1,8 @@
 """Cluster files carry what their tools require, and `h2s submit` reaches a real Ray head:
-a local head on 127.0.0.1 with the dashboard (Jobs API), a tiny job spec submitted, followed
-with `h2s status` / `h2s logs` to success, and the head's processes gone afterwards; and
+a local head on 127.0.0.1 with the dashboard (Jobs API) and Ray token authentication, which
+refuses requests without the token or with a wrong one (`h2s submit` among them), accepts a
+tiny job spec submitted with it, followed with `h2s status` / `h2s logs` to success, and the
+head's processes gone afterwards; and
 a two-node Ray cluster on this machine running pretraining with one worker per node, which
 loses its second node mid-run and resumes from the last checkpoint when the node is back.
 
@@ -42,24 +44,6 @@ def test_cluster_launcher_config_has_the_fields_ray_up_requires():
     assert config["setup_commands"] and config["head_start_ray_commands"] and config["worker_start_ray_commands"]
 
 
-def test_kuberay_manifests_have_the_fields_the_operator_requires():
-    cluster = yaml.safe_load((CLUSTER / "kuberay" / "raycluster.yaml").read_text())
-    job = yaml.safe_load((CLUSTER / "kuberay" / "rayjob.yaml").read_text())
-    assert (cluster["apiVersion"], cluster["kind"]) == ("ray.io/v1", "RayCluster")
-    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
-    assert job["spec"]["entrypoint"] == "h2s run jobs/ucf101_split1.yaml"
-    assert (REPO / "jobs" / "ucf101_split1.yaml").is_file()
-    for spec in (cluster["spec"], job["spec"]["rayClusterSpec"]):
-        head = spec["headGroupSpec"]["template"]["spec"]["containers"][0]
-        assert spec["headGroupSpec"]["rayStartParams"]["dashboard-host"] == "0.0.0.0"
-        assert any(port["containerPort"] == 8265 for port in head["ports"])
-        (workers,) = spec["workerGroupSpecs"]
-        container = workers["template"]["spec"]["containers"][0]
-        assert workers["groupName"] and workers["maxReplicas"] >= workers["minReplicas"]
-        assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
-        assert any(e["name"] == "MLFLOW_TRACKING_URI" for e in container["env"])
-
-
 def test_dockerfile_installs_a_cuda_torch_before_the_project():
     text = (CLUSTER / "Dockerfile").read_text()
     torch_at = text.index("pip install --no-cache-dir torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128")
@@ -87,35 +71,53 @@ def _pids_mentioning(marker: str) -> list[int]:
     return found
 
 
-def _wait_for_dashboard(port: int, timeout_s: float = 90) -> None:
+def _http_status(url: str, token: str | None = None) -> int:
+    """The HTTP status of GET `url`, sending `token` the way Ray's clients do (a bearer header)."""
+    import urllib.error
     import urllib.request
 
+    request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"} if token else {})
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status
+    except urllib.error.HTTPError as err:
+        return err.code
+
+
+def _wait_for_dashboard(port: int, token: str, timeout_s: float = 90) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/version", timeout=2):
+            if _http_status(f"http://127.0.0.1:{port}/api/version", token) == 200:
                 return
         except OSError:
-            time.sleep(0.5)
+            pass
+        time.sleep(0.5)
     raise TimeoutError(f"the Ray dashboard on port {port} did not answer in {timeout_s}s")
 
 
 @pytest.fixture
 def ray_head():
-    """A Ray head of our own on 127.0.0.1: (dashboard address, env for h2s commands)."""
+    """A Ray head of our own on 127.0.0.1 with token authentication:
+    (dashboard address, env for h2s commands without the token, the token)."""
+    import secrets
+
     temp_dir = tempfile.mkdtemp(prefix="h2sray", dir="/tmp")  # short: Ray's sockets live under it
     port, dashboard = _free_port(), _free_port()
-    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
-    env.pop("RAY_ADDRESS", None)
+    token = secrets.token_hex(32)
+    env = {**os.environ, "PATH": f"{BIN}:{os.environ['PATH']}", "RAY_USAGE_STATS_ENABLED": "0"}
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH"):
+        env.pop(name, None)
+    head_env = {**env, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": token}  # what the cluster manifests set
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard}",
          "--num-cpus=1", f"--temp-dir={temp_dir}", "--disable-usage-stats"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        env=head_env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )
     try:
-        _wait_for_dashboard(dashboard)
-        yield f"http://127.0.0.1:{dashboard}", env
+        _wait_for_dashboard(dashboard, token)
+        yield f"http://127.0.0.1:{dashboard}", env, token
     finally:
         os.killpg(head.pid, signal.SIGTERM)
         try:
@@ -137,12 +139,16 @@ def _h2s(env, *args: str, timeout_s: float = 60) -> str:
     return done.stdout
 
 
+def _run_submit(env, spec: pathlib.Path, address: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(BIN / "h2s"), "submit", str(spec), "--address", address, "--submission-id",
+                           "h2s-submit-test"], env=env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+
+
 def _submit(env, spec: pathlib.Path, address: str, timeout_s: float = 60) -> str:
     """`h2s submit`, retried while the head's job agent is still starting (HTTP 500 "No available agent")."""
     deadline = time.monotonic() + timeout_s
     while True:
-        done = subprocess.run([str(BIN / "h2s"), "submit", str(spec), "--address", address, "--submission-id",
-                               "h2s-submit-test"], env=env, capture_output=True, text=True, timeout=60, cwd=REPO, check=False)
+        done = _run_submit(env, spec, address)
         if done.returncode == 0:
             return done.stdout.strip()
         if "No available agent" not in done.stderr or time.monotonic() > deadline:
@@ -150,8 +156,13 @@ def _submit(env, spec: pathlib.Path, address: str, timeout_s: float = 60) -> str
         time.sleep(2)
 
 
-def test_submitted_job_spec_runs_to_success_on_a_local_head(ray_head, tmp_path):
-    address, env = ray_head
+def test_token_cluster_refuses_unauthenticated_submit_and_runs_an_authenticated_one(ray_head, tmp_path):
+    address, anonymous, token = ray_head
+    # The dashboard and the Jobs API answer nothing without the token: 401 without, 403 with a wrong one.
+    assert _http_status(f"{address}/api/jobs/") == 401
+    assert _http_status(f"{address}/api/jobs/", "0" * 64) == 403
+    assert _http_status(f"{address}/api/jobs/", token) == 200
+    env = {**anonymous, "RAY_AUTH_TOKEN": token}  # RAY_AUTH_MODE=token is implied by the token
     spec = REPO / "jobs" / f".test_submit_{os.getpid()}.yaml"  # inside the checkout: shipped as working_dir
     spec.write_text(yaml.safe_dump({
         "name": "submit-test",
@@ -162,7 +173,12 @@ def test_submitted_job_spec_runs_to_success_on_a_local_head(ray_head, tmp_path):
                     "synthetic": {"num_videos": 4, "num_frames": 16, "height": 48, "width": 64}}],
     }))
     try:
-        submission_id = _submit(env, spec, address)
+        for refused_env, status in (({**anonymous, "RAY_AUTH_MODE": "disabled"}, "401"),
+                                    ({**anonymous, "RAY_AUTH_TOKEN": "0" * 64}, "403")):
+            refused = _run_submit(refused_env, spec, address)
+            assert refused.returncode == 2 and "refused" in refused.stderr and "RAY_AUTH_TOKEN" in refused.stderr, \
+                (status, refused.stderr)
+        submission_id = _submit(env, spec, address)  # the same id: the refused ones created no job
     finally:
         spec.unlink()
     assert submission_id == "h2s-submit-test"
