@@ -54,7 +54,7 @@ from h2s_dist.data.sources import SourceListing, VideoEntry
 DEFAULT_SIZE = (340, 256)
 # Stored bytes / source bytes per encoding, from bench/data.py (docs/data.md); only used
 # to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
-_ESTIMATED_RATIO = {"jpeg": 7.0, "mp4": 0.3}
+_ESTIMATED_RATIO = {"h264": 0.6, "jpeg": 7.0, "mp4": 0.3}
 _GENERATED_VIDEO_BYTES = 200_000  # estimate for in-memory videos (no source file to stat)
 _PLAN_VERSION = 1
 _SPLIT1_GROUP = {"train": 0, "test": 1, "": 2}
@@ -65,7 +65,7 @@ class IngestOptions:
     """Everything besides the entries that decides what the shards hold (part of the plan)."""
 
     encoding: str = codec.DEFAULT_ENCODING
-    """"jpeg" (JPEG frame stack, the default) or "mp4" (H.264)."""
+    """"h264" (H.264, short GOP, frame index; the default), "jpeg" (JPEG frame stack) or "mp4" (H.264 from frame 0)."""
     size: tuple[int, int] | None = DEFAULT_SIZE
     """(width, height) every frame is resized to; None keeps the source size."""
     min_frames: int = 11
