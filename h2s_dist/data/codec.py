@@ -40,7 +40,7 @@ from PIL import Image
 
 from h2s_dist.data import h264_stream
 from h2s_dist.data.ingest_defaults import DEFAULT_ENCODING, ENCODINGS  # noqa: F401 (codec.ENCODINGS is public)
-from h2s_dist.data.video import encode_video
+from h2s_dist.data.video import encode_video, frame_to_rgb
 
 EXTENSIONS = {"h264": "h264s", "mp4": "mp4", "jpeg": "jpgs"}  # encoding -> sample member extension
 DEFAULT_QUALITY = {"h264": h264_stream.DEFAULT_CRF, "mp4": 23, "jpeg": 90}  # h264/mp4: x264 CRF (lower = better); jpeg: 1..95
@@ -179,7 +179,7 @@ def _decode_mp4_window(payload: bytes, start: int, length: int, total: int | Non
             for index, frame in enumerate(container.decode(stream)):
                 if index >= start:
                     # Convert only the frames we keep: rgb conversion costs as much as decoding.
-                    frames.append(frame.to_ndarray(format="rgb24"))
+                    frames.append(frame_to_rgb(frame))
                 if index + 1 >= stop:
                     break
     except (av.FFmpegError, IndexError) as err:

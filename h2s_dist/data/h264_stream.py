@@ -39,6 +39,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from h2s_dist.data.video import frame_to_rgb
+
 DEFAULT_GOP_FRAMES = 8
 DEFAULT_CRF = 23
 DEFAULT_PRESET = "veryfast"
@@ -170,6 +172,5 @@ def decode_h264_window(payload: bytes, start: int = 0, length: int | None = None
         raise H264StreamError(f"decoding frames [{first}, {stop}) gave {len(decoded)} frames (corrupt stream)")
     out = np.empty((stop - start, index.height, index.width, 3), np.uint8)
     for i, frame in enumerate(decoded[start - first:]):
-        rgb = frame.to_ndarray(format="rgb24")
-        out[i] = rgb[: index.height, : index.width]
+        out[i] = frame_to_rgb(frame)[: index.height, : index.width]
     return out
