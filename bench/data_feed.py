@@ -56,7 +56,7 @@ import torch  # noqa: E402
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 from bench._common import ROOT, format_table, write_results  # noqa: E402
 from h2s_dist.data import codec, h264_stream, transforms  # noqa: E402
-from h2s_dist.data.video import read_video  # noqa: E402
+from h2s_dist.data.video import VideoDecodeError, read_video  # noqa: E402
 
 VIDEOS = ROOT.parent / "shared" / "data" / "videos"
 SIZE = (340, 256)  # (width, height): what ingest stores
@@ -201,11 +201,17 @@ def _time_windows(decode: Decoder, num_frames: int, num_windows: int, rng: np.ra
     return (decode_s + crop_s) / num_windows
 
 
-def bench_windows(paths: list[str], windows_per_clip: int) -> dict[str, Totals]:
+def bench_windows(paths: list[str], windows_per_clip: int, skipped: dict[str, str]) -> dict[str, Totals]:
+    """Part "windows"; clips that ingest would skip (read_video refuses them) go to `skipped`."""
     totals = {name: Totals() for name in [*CANDIDATES, SOURCE]}
     for i, path in enumerate(paths):
         source_bytes = os.path.getsize(path)
-        decoded = read_video(path, size=SIZE, threads=1)
+        try:
+            decoded = read_video(path, size=SIZE, threads=1)
+        except VideoDecodeError as err:
+            skipped[os.path.basename(path)] = err.reason
+            print(f"[{i + 1}/{len(paths)}] {os.path.basename(path)}: skipped as ingest would: {err.reason}")
+            continue
         frames, fps = decoded.frames, decoded.fps or 25.0
         rng_seed = [i, 7]
         line = []
@@ -317,7 +323,8 @@ def main() -> None:
     windows = args.windows_per_clip or (8 if args.quick else 24)
     load_before = os.getloadavg()
     t0 = time.perf_counter()
-    totals = bench_windows(paths, windows)
+    skipped: dict[str, str] = {}
+    totals = bench_windows(paths, windows, skipped)
     rows = {name: t.row() for name, t in totals.items()}
     header = ["encoding", "stored/source", "windows/s/core", "decode ms", "crop ms", "cores per 1000 clips/s",
               "wall windows/s", "encode frames/s/core"]
@@ -332,10 +339,12 @@ def main() -> None:
                            [[r["encoding"], r["from"], r["clips_per_cpu_s"], r["cores_per_1000_clips_s"],
                              r["clips_per_wall_s"]] for r in stream]))
     load_after = os.getloadavg()
+    if skipped:
+        print(f"skipped {len(skipped)} clips (as ingest does): {skipped}")
     print(f"load average before {load_before[0]:.1f}, after {load_after[0]:.1f} on {os.cpu_count()} cores; "
           f"{time.perf_counter() - t0:.0f} s")
     path = write_results("data_feed", {
-        "clips": [os.path.basename(p) for p in paths], "windows_per_clip": windows, "size": SIZE,
+        "clips": [os.path.basename(p) for p in paths], "skipped": skipped, "windows_per_clip": windows, "size": SIZE,
         "clip_len_frames": CLIP_LEN, "crop_size": CROP, "windows": rows,
         "per_clip": {name: t.per_clip for name, t in totals.items()}, "stream": stream,
         "load_avg_before": load_before, "load_avg_after": load_after,
