@@ -52,7 +52,7 @@ from h2s_dist.data.skips import Skip, count_kinds
 from h2s_dist.data.sources import SourceListing, VideoEntry
 
 DEFAULT_SIZE = (340, 256)
-# Stored bytes / source bytes per encoding, from bench/data.py (docs/data.md); only used
+# Stored bytes / source bytes per encoding, from bench/data_feed.py and bench/data.py (docs/data.md); only used
 # to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
 _ESTIMATED_RATIO = {"h264": 0.6, "jpeg": 7.0, "mp4": 0.3}
 _GENERATED_VIDEO_BYTES = 200_000  # estimate for in-memory videos (no source file to stat)
