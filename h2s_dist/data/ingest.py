@@ -55,9 +55,9 @@ from h2s_dist.progress import Progress
 
 __all__ = ["DEFAULT_SIZE", "IngestOptions", "IngestReport", "build_listing", "ingest", "plan_shards"]
 
-# Stored bytes / source bytes per encoding, from bench/data.py (docs/data.md); only used
+# Stored bytes / source bytes per encoding, from bench/data_feed.py and bench/data.py (docs/data.md); only used
 # to plan shard sizes, so being off by 2x makes shards 2x off their target, nothing worse.
-_ESTIMATED_RATIO = {"jpeg": 7.0, "mp4": 0.3}
+_ESTIMATED_RATIO = {"h264": 0.6, "jpeg": 7.0, "mp4": 0.3}
 _GENERATED_VIDEO_BYTES = 200_000  # estimate for in-memory videos (no source file to stat)
 _PLAN_VERSION = 1
 _SPLIT1_GROUP = {"train": 0, "test": 1, "": 2}

@@ -77,8 +77,9 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--output", required=True, help="dataset URI to write: a path, file:// or s3://bucket/prefix")
     common.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING,
-                        help="jpeg: JPEG frame stack, ~4x faster window decode (default); mp4: H.264, ~25x smaller")
-    common.add_argument("--quality", type=int, help="JPEG quality (default 90) or x264 CRF (default 23)")
+                        help="h264: H.264, keyframe every 8 frames + frame index (default); "
+                        "jpeg: JPEG frame stack, several times larger; mp4: H.264 decoded from frame 0")
+    common.add_argument("--quality", type=int, help="x264 CRF for h264/mp4 (default 23) or JPEG quality (default 90)")
     common.add_argument("--size", type=_parse_size,
                         help="WIDTHxHEIGHT frames are resized to, or 'native' (default 340x256; synthetic: native)")
     common.add_argument("--min-frames", type=int, default=11, help="skip shorter videos (default 11)")

@@ -2,9 +2,10 @@
 nothing: building the `h2s` parser reads them without loading numpy, PyAV and pyarrow.
 codec and ingest take their values from here."""
 
-ENCODINGS = ("jpeg", "mp4")
+ENCODINGS = ("h264", "jpeg", "mp4")
 """How a clip is stored in a shard sample (h2s_dist.data.codec has the formats)."""
-DEFAULT_ENCODING = "jpeg"
+DEFAULT_ENCODING = "h264"
+"""Below the source's bytes and a window's cost bounded by its GOP (bench/data_feed.py, docs/data.md)."""
 DEFAULT_SHARD_TARGET_BYTES = 64 * 2**20
 """Shards are packed to about this many bytes (an estimate: see h2s_dist.data.ingest)."""
 DEFAULT_SEGMENT_FRAMES = {"videos": 300}

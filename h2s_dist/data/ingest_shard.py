@@ -54,7 +54,7 @@ class IngestOptions:
     """Everything besides the entries that decides what the shards hold (part of the plan)."""
 
     encoding: str = codec.DEFAULT_ENCODING
-    """"jpeg" (JPEG frame stack, the default) or "mp4" (H.264)."""
+    """"h264" (H.264, short GOP, frame index; the default), "jpeg" (JPEG frame stack) or "mp4" (H.264 from frame 0)."""
     size: tuple[int, int] | None = DEFAULT_SIZE
     """(width, height) every frame is resized to; None keeps the source size."""
     min_frames: int = 11

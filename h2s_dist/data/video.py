@@ -28,6 +28,7 @@ import contextlib
 import io
 import os
 import struct
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
@@ -35,6 +36,7 @@ from typing import BinaryIO, Union
 
 import av
 import numpy as np
+from av.video.reformatter import VideoReformatter
 from PIL import Image
 
 VideoSource = Union[str, os.PathLike, bytes, bytearray, memoryview, BinaryIO]
@@ -349,6 +351,25 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def _check_size(size: tuple[int, int]) -> None:
     if len(size) != 2 or min(size) < 1:
         raise ValueError(f"size must be (width, height) with both >= 1, got {size}")
+
+
+# ----------------------------------------------------------------------------- to RGB
+
+
+_RGB_CONVERTERS = threading.local()
+
+
+def frame_to_rgb(frame: av.VideoFrame) -> np.ndarray:
+    """A decoded frame -> (H, W, 3) uint8 RGB, through one swscale context per thread.
+
+    `frame.to_ndarray(format="rgb24")` sets up a new swscale context for every frame,
+    which costs more than converting a 340x256 frame (about 0.5 ms against 0.1 ms): a
+    training window of 11 frames would spend more on set-ups than on decoding. One
+    reformatter per thread keeps a cached context (swscale contexts are not thread-safe)."""
+    reformatter = getattr(_RGB_CONVERTERS, "reformatter", None)
+    if reformatter is None:
+        reformatter = _RGB_CONVERTERS.reformatter = VideoReformatter()
+    return reformatter.reformat(frame, format="rgb24").to_ndarray()
 
 
 # ----------------------------------------------------------------------------- benchmark

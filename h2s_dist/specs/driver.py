@@ -56,8 +56,10 @@ class IngestSpec(Strict):
     """Options of the synthetic source."""
     output: str | None = None
     """Dataset URI to write (path, file:// or s3://); null = this stage's output folder."""
-    encoding: Literal["jpeg", "mp4"] = "jpeg"
-    """jpeg: JPEG frame stack (fast window decode); mp4: H.264 (about 10x smaller)."""
+    encoding: Literal["h264", "jpeg", "mp4"] = "h264"
+    """h264: H.264 with a keyframe every 8 frames and a frame index (below the source's bytes,
+    a window decodes from the keyframe before it); jpeg: JPEG frame stack (several times the
+    source's bytes); mp4: H.264 decoded from frame 0 (smallest, a window's cost grows with the video)."""
     size: tuple[PositiveInt, PositiveInt] | None = (340, 256)
     """(width, height) every frame is resized to; null keeps the source size. Synthetic videos
     keep their size unless `size` is given."""

@@ -16,7 +16,7 @@ from h2s_dist.data.ingest_cli import ingest_cli
 from h2s_dist.data.synthetic import SyntheticMotionConfig
 
 SMALL = (64, 48)
-MEMBER = re.compile(r"^[A-Za-z0-9_-]+\.(jpgs|mp4|json)$")
+MEMBER = re.compile(r"^[A-Za-z0-9_-]+\.(h264s|jpgs|mp4|json)$")
 
 
 def _shards(uri: str) -> list[pathlib.Path]:

@@ -8,10 +8,13 @@ import os
 import pathlib
 import secrets
 
+import numpy as np
 import pytest
 import torch
 
-from h2s_dist.data import manifest, shards, storage
+from h2s_dist.data import codec, manifest, shards, storage
+from h2s_dist.data.shard_io import iter_samples, read_frame_window
+from h2s_dist.data.skips import SkipRecorder
 from h2s_dist.data.shards import StreamPosition, TrainStreamConfig, eval_loader, train_loader
 from h2s_dist.frames import MEAN_RGB_255
 from h2s_dist.train import checkpoint as ckpt
@@ -92,6 +95,24 @@ def test_eval_stream_decodes_mp4_shards_too(make_synthetic_dataset):
     items = list(loader)
     assert [i.key for i in items] == _keys(uri, "test")[0::3] and not loader.skipped
     assert items[0].clips.shape == (2, CLIP_LEN, 3, CROP, CROP)
+
+
+def test_train_and_eval_streams_read_h264_shards_as_the_frames_of_a_decode_from_frame_0(make_synthetic_dataset):
+    """The default encoding through both readers: a window decoded from the keyframe before it
+    is the slice of the whole clip decoded from frame 0 (so crops of it are too)."""
+    uri = make_synthetic_dataset(encoding="h264")
+    assert set(manifest.read_manifest(uri).column("encoding").to_pylist()) == {"h264"}
+    items = list(eval_loader(uri, 1, "test", rank=0, world_size=1, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                             num_windows=3, num_crops=1))
+    assert len(items) == len(_keys(uri, "test")) and items[0].clips.shape == (3, CLIP_LEN, 3, CROP, CROP)
+    loader = train_loader(_config(uri), rank=0, world_size=1)
+    clips, _ = next(loader)
+    assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP) and not loader.skipped
+    sample = next(s for s in iter_samples([manifest.shard_uri(uri, manifest.read_manifest(uri)["shard"][0].as_py())],
+                                          set(_keys(uri, None)), SkipRecorder(), None))
+    full = codec.decode_frames(sample)
+    for start in range(len(full) - CLIP_LEN + 1):
+        np.testing.assert_array_equal(read_frame_window(sample, start, CLIP_LEN, len(full)), full[start:start + CLIP_LEN])
 
 
 def test_eval_crop_larger_than_frames_is_a_value_error(dataset):

@@ -79,7 +79,7 @@ def test_dotted_member_names_and_meta_are_accepted():
 def test_bad_inputs_say_what_is_wrong():
     with pytest.raises(ValueError, match="unknown encoding"):
         codec.encode_frames(_ramp_frames(), 25.0, "png")
-    with pytest.raises(codec.ClipDecodeError, match="neither"):
+    with pytest.raises(codec.ClipDecodeError, match="no .h264s., .jpgs. or .mp4. member"):
         codec.decode_frames({"__key__": "k", "json": b"{}"})
     with pytest.raises(codec.ClipDecodeError, match="H2SJ"):
         codec.decode_frames({"jpgs": b"RIFF" + b"\0" * 40})

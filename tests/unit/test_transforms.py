@@ -142,3 +142,16 @@ def test_window_crops_are_window_major_with_each_windows_own_frames():
     assert [int(c[1, 0, 0, 0]) for c in crops[::5]] == [1, 4, 7]
     one, _ = T.window_crops(frames, [3], clip_len=2, crop_size=4, num_crops=1)
     assert np.array_equal(one[0], T.ten_crops(frames[3:5], 4)[0][4])  # the centre crop
+
+
+@pytest.mark.parametrize("size", [(12, 12), (20, 20), (3, 5)])
+def test_resize_is_within_one_grey_level_of_float_bilinear(size):
+    """resize_frames works on uint8 directly; the oracle resizes in float32 and rounds."""
+    frames = np.random.default_rng(0).integers(0, 256, (2, 16, 14, 3), dtype=np.uint8)
+    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float()
+    strong = 2 * size[0] < 16 or 2 * size[1] < 14
+    oracle = torch.nn.functional.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=strong)
+    oracle = oracle.round().clamp(0, 255).permute(0, 2, 3, 1).numpy()
+    out = T.resize_frames(frames, size)
+    assert out.shape == (2, *size, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
+    assert np.abs(out.astype(int) - oracle).max() <= 1

@@ -100,3 +100,17 @@ def test_resize_keeps_a_constant_image_constant():
     out = resize_frames(frames, (30, 16))
     assert out.shape == (3, 16, 30, 3)
     assert (out == np.array((10, 200, 90), np.uint8)).all()
+
+
+def test_frame_to_rgb_equals_pyav_conversion():
+    """The shared swscale context gives the bytes of PyAV's own per-frame conversion, for
+    frames of different sizes one after the other (the cached context must follow)."""
+    import av
+
+    from h2s_dist.data.video import frame_to_rgb
+
+    rng = np.random.default_rng(0)
+    for height, width in ((16, 24), (32, 48), (16, 24)):
+        rgb = rng.integers(0, 256, (height, width, 3), dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv420p")
+        np.testing.assert_array_equal(frame_to_rgb(frame), frame.to_ndarray(format="rgb24"))
