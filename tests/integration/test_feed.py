@@ -110,3 +110,15 @@ def test_samples_drawn_cover_the_videos_about_evenly(synthetic_dataset_uri, monk
     counts = np.array(list(collections.Counter(drawn).values()))
     num_train = len(manifest.select(manifest.read_manifest(synthetic_dataset_uri), 1, "train"))
     assert len(drawn) >= 240 // 4 and len(counts) == num_train and counts.max() <= 3 * len(drawn) / num_train
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_pinned_uint8_batches_normalise_on_the_gpu_as_on_the_cpu(synthetic_dataset_uri):
+    from h2s_dist.train.task import StreamTask
+
+    loader = train_loader(_config(synthetic_dataset_uri, num_workers=1, pin_memory=True), rank=0, world_size=1)
+    clips, _ = next(loader)
+    assert clips.is_pinned() and clips.dtype == torch.uint8
+    on_gpu = StreamTask().network_input(clips, torch.device("cuda"))
+    assert on_gpu.device.type == "cuda" and torch.allclose(on_gpu.cpu(), loader.to_network_input(clips))
