@@ -241,12 +241,12 @@ class TrainStream(IterableDataset):
         first_batch = position.samples // cfg.batch_size  # in its epoch
         done = 0  # batches of the whole stream (all workers) before this epoch's
         for epoch in itertools.count(position.epoch):
-            skipped_batches = first_batch if epoch == position.epoch else 0
-            in_epoch = cfg.batches_per_epoch - skipped_batches
+            batches_before = first_batch if epoch == position.epoch else 0
+            in_epoch = cfg.batches_per_epoch - batches_before
             mine = _count_congruent(done + in_epoch, worker, num_workers) - _count_congruent(done, worker, num_workers)
             done += in_epoch
             if mine:
-                start = StreamPosition(epoch, skipped_batches * cfg.batch_size, position.seed)
+                start = StreamPosition(epoch, batches_before * cfg.batch_size, position.seed)
                 yield from self._epoch_batches(start, mine, worker, num_workers)
 
     def _epoch_batches(self, start: StreamPosition, num_batches: int, worker: int, num_workers: int) -> Iterator[tuple]:

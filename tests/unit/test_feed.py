@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from h2s_dist.data import shard_io, shards, storage, transforms
+from h2s_dist.data import shards, storage, transforms
 from h2s_dist.data.flow_shards import FlowTrainStream
 from h2s_dist.data.shard_io import ShardCache, cached_shard_path, evict_least_recently_used, open_shard
 from h2s_dist.frames import normalize
