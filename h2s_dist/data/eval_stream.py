@@ -5,7 +5,7 @@
         item.flipped                    # (num_windows * num_crops,) bool: negate u of a TV-L1 flow
 
 A generator stage run inside torch DataLoader workers: eval_assignment (this rank x worker's
-videos) -> their shards in manifest order (h2s_dist.data.shard_io) -> decode the windows of
+videos, whole shards where there are enough) -> their shards in manifest order (h2s_dist.data.shard_io) -> decode the windows of
 transforms.eval_window_starts -> ten crops. No resampling, no shuffling. The flow reader
 (h2s_dist.data.flow_shards) is `eval_loader(..., stream_cls=FlowEvalStream)`: the same
 assignment and skips, another `make_inputs`.
@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, IterableDataset
 
 from h2s_dist.data import transforms
 from h2s_dist.data.shard_io import (
+    ShardCache,
     Video,
     check_rank,
     iter_samples,
@@ -44,16 +45,37 @@ class EvalItem:
     flipped: torch.Tensor
 
 
-def eval_assignment(keys: Sequence[str], *, rank: int, world_size: int, worker: int, num_workers: int) -> list[str]:
-    """The videos one DataLoader worker of one rank evaluates.
+def eval_assignment(keys: Sequence[str], shards: Sequence[str], *, rank: int, world_size: int, worker: int,
+                    num_workers: int) -> list[str]:
+    """The videos one DataLoader worker of one rank evaluates; shards[i] holds keys[i].
 
-    Ranks take videos by manifest position (index % world_size); inside a rank, workers take
-    contiguous blocks of the rank's list, so a worker touches few shards. Every key lands in
-    exactly one (rank, worker) slot, whatever the number of shards.
+    Ranks take contiguous blocks of the videos in manifest (= shard) order, and inside a
+    rank the workers take contiguous blocks of the rank's, with block ends moved to a shard
+    boundary where one is near (`_shard_blocks`): when every shard holds at most half a
+    block's videos, each shard is read by one rank x worker slot only, once per evaluation.
+    Every key lands in exactly one (rank, worker) slot, whatever the number of shards.
     """
-    mine = list(keys[rank::world_size])
-    bounds = np.linspace(0, len(mine), num_workers + 1).round().astype(int)
-    return mine[bounds[worker] : bounds[worker + 1]]
+    lo, hi = _shard_blocks(shards, world_size)[rank]
+    keys, shards = list(keys[lo:hi]), list(shards[lo:hi])
+    lo, hi = _shard_blocks(shards, num_workers)[worker]
+    return keys[lo:hi]
+
+
+def _shard_blocks(shards: Sequence[str], parts: int) -> list[tuple[int, int]]:
+    """`parts` contiguous [lo, hi) blocks covering range(len(shards)), of about len / parts
+    each. A block's end moves to the nearest end of a run of equal shards when that is less
+    than half a block away (so the load stays within 0.5x to 1.5x of an equal share); else a
+    shard is split between two blocks (few, large shards: balance before reading once)."""
+    n = len(shards)
+    cuts = [i for i in range(1, n) if shards[i] != shards[i - 1]]  # run boundaries inside
+    chosen = [0]
+    for i in range(1, parts):
+        ideal = i * n / parts
+        near = min(cuts, key=lambda c: abs(c - ideal), default=None)
+        end = near if near is not None and abs(near - ideal) < n / parts / 2 else round(ideal)
+        chosen.append(max(end, chosen[-1]))
+    chosen.append(n)
+    return list(zip(chosen[:-1], chosen[1:]))
 
 
 class EvalStream(IterableDataset):
@@ -69,7 +91,7 @@ class EvalStream(IterableDataset):
     """Smallest clip_len_frames that gives an input."""
 
     def __init__(self, videos: list[Video], rank: int, world_size: int, clip_len_frames: int, crop_size: int,
-                 num_windows: int, num_crops: int, cache_dir: str | None, normalized: bool) -> None:
+                 num_windows: int, num_crops: int, cache_dir: ShardCache | str | None, normalized: bool) -> None:
         self.videos, self.rank, self.world_size = videos, rank, world_size
         self.clip_len, self.crop_size, self.num_windows, self.num_crops = clip_len_frames, crop_size, num_windows, num_crops
         self.cache_dir, self.normalized = cache_dir, normalized
@@ -77,8 +99,8 @@ class EvalStream(IterableDataset):
     def __iter__(self) -> Iterator[tuple]:
         worker, num_workers = worker_slot()
         by_key = {v.key: v for v in self.videos}
-        keys = eval_assignment([v.key for v in self.videos], rank=self.rank, world_size=self.world_size,
-                               worker=worker, num_workers=num_workers)
+        keys = eval_assignment([v.key for v in self.videos], [v.shard for v in self.videos], rank=self.rank,
+                               world_size=self.world_size, worker=worker, num_workers=num_workers)
         shards = list(dict.fromkeys(by_key[k].shard for k in keys))  # manifest order, unique
         recorder, pending = SkipRecorder(), set(keys)
         for sample in iter_samples(shards, pending.copy(), recorder, self.cache_dir):
@@ -138,11 +160,12 @@ def eval_loader(
     num_windows: int = 25,
     num_crops: int = 10,
     num_workers: int = 0,
-    cache_dir: str | None = None,
+    cache_dir: ShardCache | str | None = None,
     normalized: bool = True,
     stream_cls: type[EvalStream] = EvalStream,
 ) -> EvalLoader:
-    """Every selected video exactly once across ranks and workers (see `eval_assignment`),
+    """Every selected video exactly once across ranks and workers, each shard read by one
+    rank x worker slot where there are enough shards (see `eval_assignment`),
     as EvalItem with num_windows windows (transforms.eval_window_starts) x num_crops crops
     (10: ten_crops; 5: unflipped positions; 1: centre). No resampling, no shuffling.
     stream_cls: what a video becomes (EvalStream: frames; flow_shards.FlowEvalStream: flows).
@@ -168,4 +191,6 @@ def eval_loader(
                          cache_dir, normalized)
     dataloader = DataLoader(dataset, batch_size=None, num_workers=num_workers,
                             prefetch_factor=1 if num_workers else None)
-    return EvalLoader(dataloader, [v.key for v in videos][rank::world_size])
+    keys = eval_assignment([v.key for v in videos], [v.shard for v in videos], rank=rank, world_size=world_size,
+                           worker=0, num_workers=1)
+    return EvalLoader(dataloader, keys)

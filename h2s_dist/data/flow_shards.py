@@ -17,7 +17,8 @@ at flow s is the JPEGs [2s, 2s + 2L): one slice, no scanning. Grayscale JPEG (qu
 field costs one JPEG per component, so u and v decode independently.
 
     stream = flow_train_loader(TrainStreamConfig(flows_uri, batch_size=8, clip_len_frames=11), rank=0, world_size=1)
-    flows, labels = next(stream)   # (B, 20, crop, crop) float32 = q - 128 in [-128, 127]; (B,) int64
+    flows, labels = next(stream)   # (B, 20, crop, crop) uint8 q; (B,) int64
+    x = stream.to_network_input(flows.to(device))  # float32 q - 128 in [-128, 127]
 
     for item in flow_eval_loader(flows_uri, split=1, rank=0, world_size=1):
         item.clips                 # (25 * 10, 20, 224, 224), window-major; flipped crops have u negated
@@ -203,8 +204,13 @@ class FlowTrainStream(TrainStream):
     content = "flow"
     min_clip_len_frames = 2  # one flow field per frame pair
 
+    @staticmethod
+    def to_network_input(stacked: torch.Tensor) -> torch.Tensor:
+        """uint8 q (B, 2L, crop, crop), on any device -> float32 q - 128."""
+        return to_network_input(stacked)
+
     def make_clip(self, sample: dict, video: Video, rng: np.random.Generator) -> torch.Tensor:
-        """One sample -> (2 (clip_len_frames - 1), crop, crop) float32 q - 128: a random
+        """One view of a sample -> (2 (clip_len_frames - 1), crop, crop) uint8 q: a random
         window of flows, a multi-scale corner crop, a random flip (mirror + negate u)."""
         cfg, length = self.config, self.config.clip_len_frames - 1
         num_flows = max(video.num_frames - 1, 1)
@@ -213,7 +219,7 @@ class FlowTrainStream(TrainStream):
         flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales)
         if cfg.flip and rng.random() < 0.5:  # the draw transforms.random_flip makes
             flows = flip_quantized(flows)
-        return to_network_input(stack_channels(flows))
+        return torch.from_numpy(np.ascontiguousarray(stack_channels(flows)))
 
 
 def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
@@ -223,7 +229,8 @@ def flow_train_loader(config: TrainStreamConfig, *, rank: int, world_size: int,
     `config.dataset_uri` is a flow dataset; clips are clip_len_frames - 1 consecutive flow
     fields, multi-scale corner cropped (flow values are not rescaled with the crop, as for
     the release's flow images), flipped with probability 1/2 (mirror + negate u).
-    Batches: (B, 2 (clip_len_frames - 1), crop, crop) float32 q - 128 in [-128, 127], (B,) int64.
+    Batches: (B, 2 (clip_len_frames - 1), crop, crop) uint8 q, (B,) int64; the stream's
+    `to_network_input` makes them float32 q - 128 in [-128, 127] (on the device).
     Everything else (resampled shards, resume, skips) is `shards.train_loader`'s.
     """
     return train_loader(config, rank=rank, world_size=world_size, position=position, stream_cls=FlowTrainStream)

@@ -2,14 +2,18 @@
 
     stream = train_loader(TrainStreamConfig(uri, batch_size=8, epoch_length_samples=512),
                           rank=0, world_size=1, position=None)
-    clips, labels = next(stream)        # (B, T, 3, H, W) float32 normalised, (B,) int64; endless
+    clips, labels = next(stream)        # (B, T, 3, H, W) uint8, (B,) int64; endless
+    x = stream.to_network_input(clips.to(device, non_blocking=True))   # float, normalised there
     checkpoint["data"] = stream.checkpoint()     # resume: train_loader(..., position=that)
     stream.skipped                      # every sample skipped so far (h2s_dist.data.skips.Skip)
 
 A generator stage run inside torch DataLoader workers: open shard (h2s_dist.data.shard_io,
-optionally via a local cache) -> tar members (webdataset's tar_file_expander /
+optionally via a bounded local cache) -> tar members (webdataset's tar_file_expander /
 group_by_keys) -> keep the manifest-selected keys -> shuffle buffer -> decode window
-(h2s_dist.data.codec) -> crops (h2s_dist.data.transforms) -> batch. Splitting by rank and
+(h2s_dist.data.codec) -> crops (h2s_dist.data.transforms), `views_per_decode` of them per
+sample read -> batch, uint8 (4x fewer bytes than float32 between processes and to the
+device; the Task normalises on the device). One DataLoader serves every epoch; only a
+checkpoint restarts it (see TrainLoader.checkpoint). Splitting by rank and
 by DataLoader worker is explicit (see `train_loader`). Corrupt samples are skipped with a
 warning and listed in the stream's `skipped` (workers send their lists along with the data).
 The flow reader (h2s_dist.data.flow_shards) is `train_loader(..., stream_cls=FlowTrainStream)`.
@@ -22,8 +26,9 @@ keeps working.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -31,6 +36,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset
 
+from h2s_dist import frames as frame_conv
 from h2s_dist.data import transforms
 from h2s_dist.data.eval_stream import (
     EvalItem,
@@ -41,6 +47,7 @@ from h2s_dist.data.eval_stream import (
 )
 from h2s_dist.data.shard_io import (
     MAX_CONSECUTIVE_FAILURES,
+    ShardCache,
     Video,
     cached_shard_path,
     check_rank,
@@ -53,7 +60,7 @@ from h2s_dist.data.shard_io import (
 from h2s_dist.data.skips import Skip, SkipRecorder
 
 __all__ = [
-    "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "SkipRecorder", "StreamPosition",
+    "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "ShardCache", "SkipRecorder", "StreamPosition",
     "TrainLoader", "TrainStream", "TrainStreamConfig", "cached_shard_path", "eval_assignment", "eval_loader", "open_shard",
     "shards_for_worker", "train_loader",
 ]
@@ -96,9 +103,18 @@ class TrainStreamConfig:
     """False: labels are -1 and unlabeled videos (label -1) are allowed (MotionNet pretraining)."""
     cache_dir: str | None = None
     """Local folder where remote shards are downloaded once and read from afterwards."""
+    cache_max_bytes: int | None = None
+    """Bound of `cache_dir`: least recently used shards are deleted beyond it (None = unbounded)."""
+    views_per_decode: int = 1
+    """Clips (each its own random window, crop and flip) made from one sample read."""
+    pin_memory: bool = False
+    """Hand batches out in pinned (page-locked) memory, for asynchronous copies to a CUDA device."""
+    prefetch_batches: int = 2
+    """Batches each DataLoader worker prepares ahead (its prefetch_factor)."""
 
     def __post_init__(self) -> None:
-        for name in ("batch_size", "clip_len_frames", "crop_size", "shuffle_buffer", "epoch_length_samples"):
+        for name in ("batch_size", "clip_len_frames", "crop_size", "shuffle_buffer", "epoch_length_samples",
+                     "views_per_decode", "prefetch_batches"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainStreamConfig.{name} must be >= 1, got {getattr(self, name)}")
         if self.num_workers < 0:
@@ -110,6 +126,10 @@ class TrainStreamConfig:
             )
         if not self.scales or any(not 0 < s <= 1 for s in self.scales):
             raise ValueError(f"scales must be in (0, 1], got {self.scales}")
+
+    @property
+    def cache(self) -> ShardCache | None:
+        return None if self.cache_dir is None else ShardCache(self.cache_dir, self.cache_max_bytes)
 
     @property
     def batches_per_epoch(self) -> int:
@@ -188,40 +208,61 @@ def _counted(samples: Iterable[dict], count: list[int]) -> Iterator[dict]:
 
 
 class TrainStream(IterableDataset):
-    """The rest of one epoch of one rank's stream: `num_batches` batches from `position`;
-    each DataLoader worker yields its share of them as (clips, labels, keys, newly skipped).
+    """One rank's endless stream from `position`; each DataLoader worker yields its share of
+    the batches as (clips, labels, keys, newly skipped), epoch after epoch, forever.
+
+    The batches after `position` are numbered g = 0, 1, 2, ...; worker w of W makes those
+    with g % W == w, which is the order in which the DataLoader takes batches from its
+    workers (round robin), so the stream is the same sequence whatever the epoch boundaries.
+    Each worker reads every epoch from a fresh shard assignment and random stream (seeded by
+    (seed, epoch, samples at the start, rank, worker)).
 
     Subclasses change what a sample becomes by overriding `make_clip` (and the class
-    attributes `content`, `min_clip_len_frames` that train_loader checks against).
+    attributes `content`, `min_clip_len_frames` that train_loader checks against, and
+    `to_network_input`, which the training Task applies to a batch on the device).
     """
 
     content: ClassVar[str] = "frame"
     """What the dataset stores (frame or flow), for messages."""
     min_clip_len_frames: ClassVar[int] = 1
     """Smallest clip_len_frames that gives a clip."""
+    to_network_input: ClassVar[Callable[[torch.Tensor], torch.Tensor]] = staticmethod(frame_conv.normalize)
+    """uint8 clips (B, T, 3, H, W), on any device -> the network's float input."""
 
     def __init__(self, config: TrainStreamConfig, videos: list[Video], rank: int, world_size: int,
-                 position: StreamPosition, num_batches: int) -> None:
-        self.config, self.rank, self.world_size = config, rank, world_size
-        self.position, self.num_batches = position, num_batches
+                 position: StreamPosition) -> None:
+        self.config, self.rank, self.world_size, self.position = config, rank, world_size, position
         self.videos = {v.key: v for v in videos}
         self.shards = sorted({v.shard for v in videos})
 
     def __iter__(self) -> Iterator[tuple]:
         cfg, position = self.config, self.position
         worker, num_workers = worker_slot()
-        my_batches = self.num_batches // num_workers + (worker < self.num_batches % num_workers)
-        if my_batches == 0:
-            return
+        first_batch = position.samples // cfg.batch_size  # in its epoch
+        done = 0  # batches of the whole stream (all workers) before this epoch's
+        for epoch in itertools.count(position.epoch):
+            batches_before = first_batch if epoch == position.epoch else 0
+            in_epoch = cfg.batches_per_epoch - batches_before
+            mine = _count_congruent(done + in_epoch, worker, num_workers) - _count_congruent(done, worker, num_workers)
+            done += in_epoch
+            if mine:
+                start = StreamPosition(epoch, batches_before * cfg.batch_size, position.seed)
+                yield from self._epoch_batches(start, mine, worker, num_workers)
+
+    def _epoch_batches(self, start: StreamPosition, num_batches: int, worker: int, num_workers: int) -> Iterator[tuple]:
+        """`num_batches` batches of this worker in epoch `start.epoch`, from `start.samples`."""
+        cfg = self.config
         shards = shards_for_worker(
-            self.shards, seed=position.seed, epoch=position.epoch,
+            self.shards, seed=start.seed, epoch=start.epoch,
             global_worker=self.rank * num_workers + worker, num_global_workers=self.world_size * num_workers,
         )
-        rng = np.random.default_rng([position.seed, position.epoch, position.samples, self.rank, worker])
+        rng = np.random.default_rng([start.seed, start.epoch, start.samples, self.rank, worker])
         recorder, count = SkipRecorder(), [0]
-        samples = iter_samples(_resampled(shards, rng, count), set(self.videos), recorder, cfg.cache_dir)
+        samples = iter_samples(_resampled(shards, rng, count), set(self.videos), recorder, cfg.cache)
         clips = self._clips(_shuffled(_counted(samples, count), cfg.shuffle_buffer, rng), rng, recorder)
-        for _ in range(my_batches):
+        if cfg.views_per_decode > 1:  # spread the views of one sample over batches
+            clips = _shuffled(clips, cfg.views_per_decode * cfg.batch_size, rng)
+        for _ in range(num_batches):
             batch = [next(clips) for _ in range(cfg.batch_size)]
             yield (
                 torch.stack([b[0] for b in batch]),
@@ -232,11 +273,12 @@ class TrainStream(IterableDataset):
 
     def _clips(self, samples: Iterator[dict], rng: np.random.Generator,
                recorder: SkipRecorder) -> Iterator[tuple[torch.Tensor, int, str]]:
+        """Samples -> (clip, label, key), `views_per_decode` clips per sample read."""
         cfg, failures = self.config, 0
         for sample in samples:
             video = self.videos[sample["__key__"]]
             try:
-                clip = self.make_clip(sample, video, rng)
+                views = [self.make_clip(sample, video, rng) for _ in range(cfg.views_per_decode)]
             except Exception as exn:  # a corrupt sample costs one warning, not the run
                 recorder.record(video.key, sample.get("__url__"), exn)
                 failures += 1
@@ -246,36 +288,47 @@ class TrainStream(IterableDataset):
                     ) from exn
                 continue
             failures = 0
-            yield clip, (video.label if cfg.labeled else -1), video.key
+            for clip in views:
+                yield clip, (video.label if cfg.labeled else -1), video.key
 
     def make_clip(self, sample: dict, video: Video, rng: np.random.Generator) -> torch.Tensor:
-        """One sample -> one augmented clip (T, 3, crop, crop) float32: a random window of
-        clip_len_frames, a multi-scale corner crop, a random flip, normalisation."""
+        """One view of a sample -> (T, 3, crop, crop) uint8: a random window of
+        clip_len_frames, a multi-scale corner crop, a random flip (normalised later, on the
+        device, by `to_network_input`)."""
         cfg = self.config
         start = transforms.random_window_start(video.num_frames, cfg.clip_len_frames, rng)
         frames = read_frame_window(sample, start, cfg.clip_len_frames, video.num_frames)
         frames = transforms.multiscale_corner_crop(frames, cfg.crop_size, rng, cfg.scales)
         if cfg.flip:
             frames = transforms.random_flip(frames, rng)
-        return transforms.to_network_input(frames)
+        return transforms.channels_first(frames)
+
+
+def _count_congruent(stop: int, residue: int, modulus: int) -> int:
+    """How many g in [0, stop) have g % modulus == residue."""
+    return max(0, (stop - residue + modulus - 1) // modulus)
 
 
 class TrainLoader:
-    """One rank's endless training stream: (clips, labels) batches, epoch after epoch.
+    """One rank's endless training stream: (clips uint8, labels) batches, epoch after epoch.
 
     position: the StreamPosition after the batches handed out so far. skipped: every sample
     skipped so far (Skip records, sent by the workers with the batches). last_keys: the
-    video keys of the latest batch. Each epoch (or its rest) is one torch DataLoader over a
-    `stream_cls` dataset, built when its first batch is asked for.
+    video keys of the latest batch. to_network_input: what turns a batch's clips (moved to
+    the device) into the network's input. One torch DataLoader serves every epoch; it is
+    built when the first batch is asked for and rebuilt only by `checkpoint()`.
     """
 
     def __init__(self, config: TrainStreamConfig, videos: list[Video], rank: int, world_size: int,
                  position: StreamPosition, stream_cls: type[TrainStream]) -> None:
         self.config, self._videos, self._rank, self._world_size = config, videos, rank, world_size
         self._stream_cls = stream_cls
+        self.to_network_input = stream_cls.to_network_input
         self.position = position
         self.skipped: list[Skip] = []
         self.last_keys: list[str] = []
+        self.num_dataloaders = 0
+        """DataLoaders built so far: one, plus one per checkpoint() after a batch."""
         self._batches: Iterator[tuple[torch.Tensor, torch.Tensor]] | None = None
 
     def __iter__(self) -> TrainLoader:
@@ -294,23 +347,21 @@ class TrainLoader:
         Costs a refill of the shuffle buffers (and new worker processes) per checkpoint;
         skips found in the dropped read-ahead are not listed (no batch of theirs was used)."""
         if self._batches is not None:
-            self._batches.close()  # ends this epoch's DataLoader (and its worker processes)
+            self._batches.close()  # ends the DataLoader (and its worker processes)
             self._batches = None
         return self.position
 
     def _from_position(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config
-        while True:
-            start = self.position
-            num_batches = cfg.batches_per_epoch - start.samples // cfg.batch_size
-            dataset = self._stream_cls(cfg, self._videos, self._rank, self._world_size, start, num_batches)
-            dataloader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers,
-                                    prefetch_factor=2 if cfg.num_workers else None)
-            for clips, labels, keys, skipped in dataloader:
-                self.skipped.extend(skipped)
-                self.last_keys = list(keys)
-                self.position = _advanced(self.position, cfg)
-                yield clips, labels
+        dataset = self._stream_cls(cfg, self._videos, self._rank, self._world_size, self.position)
+        self.num_dataloaders += 1
+        dataloader = DataLoader(dataset, batch_size=None, num_workers=cfg.num_workers, pin_memory=cfg.pin_memory,
+                                prefetch_factor=cfg.prefetch_batches if cfg.num_workers else None)
+        for clips, labels, keys, skipped in dataloader:
+            self.skipped.extend(skipped)
+            self.last_keys = list(keys)
+            self.position = _advanced(self.position, cfg)
+            yield clips, labels
 
 
 def _advanced(position: StreamPosition, config: TrainStreamConfig) -> StreamPosition:
@@ -329,9 +380,12 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, posit
     Resampled shards: every DataLoader worker of every rank draws shards at random, with
     replacement, from its own slice of a per-epoch shard permutation (`shards_for_worker`),
     so ranks see different videos whenever there are at least world_size * num_workers
-    shards; then a shuffle buffer, a random window of clip_len_frames, a multi-scale corner
-    crop, a random flip and normalisation. Only manifest-selected videos are read, and
-    only shards holding them are opened. Batches: (B, T, 3, crop, crop) float32, (B,) int64.
+    shards; then a shuffle buffer, and per sample read `views_per_decode` clips, each a
+    random window of clip_len_frames, a multi-scale corner crop and a random flip (a second
+    shuffle buffer of views_per_decode x batch_size clips spreads one sample's views over
+    batches). Only manifest-selected videos are read, and only shards holding them are
+    opened. Batches: (B, T, 3, crop, crop) uint8, (B,) int64; `TrainLoader.to_network_input`
+    normalises them (on the device).
     An epoch is config.batches_per_epoch batches per rank. stream_cls: what a sample becomes
     (TrainStream: frames; flow_shards.FlowTrainStream: flows).
     """

@@ -173,6 +173,12 @@ def window_crops(
     return np.concatenate([c for c, _ in per_window]), np.concatenate([f for _, f in per_window])
 
 
+def channels_first(frames: np.ndarray) -> torch.Tensor:
+    """uint8 (..., H, W, 3) numpy -> uint8 torch (..., 3, H, W), contiguous: the training
+    stream's clip, normalised later (on the device) by `h2s_dist.frames.normalize`."""
+    return torch.from_numpy(np.ascontiguousarray(frames)).movedim(-1, -3).contiguous()
+
+
 def to_network_input(frames: np.ndarray) -> torch.Tensor:
     """uint8 (..., H, W, 3) numpy -> float32 torch (..., 3, H, W), (x - mean) / 255."""
     x = torch.from_numpy(np.ascontiguousarray(frames))

@@ -103,6 +103,14 @@ class DataSpec(Strict):
     """Clips per epoch on each worker; shards are re-drawn with a new seed every epoch."""
     cache_dir: str | None = None
     """Local folder to keep downloaded shards of a remote dataset; null streams every time."""
+    cache_max_bytes: PositiveInt | None = None
+    """Bound of `cache_dir` in bytes: least recently used shards are deleted beyond it; null =
+    unbounded. Either way a disk that fills up streams the shard instead of failing."""
+    views_per_decode: PositiveInt = 1
+    """Training clips made from one sample read, each its own random window, crop and flip:
+    k divides the shard bytes read per clip by k (more clips from fewer videos in a while)."""
+    prefetch_batches: PositiveInt = 2
+    """Batches each loader process prepares ahead of the training step."""
 
 
 class OptimSpec(Strict):

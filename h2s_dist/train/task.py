@@ -3,7 +3,7 @@ the weights it hands on, and `run_training`, the body of every training stage.""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -12,14 +12,16 @@ import torch
 from h2s_dist import frames as frame_conv
 from h2s_dist.data import storage
 from h2s_dist.data.flow_io import flow_to_color
-from h2s_dist.data.shards import StreamPosition, TrainLoader, TrainStreamConfig, train_loader
+from h2s_dist.data.shards import StreamPosition, TrainLoader, TrainStream, TrainStreamConfig, train_loader
 from h2s_dist.losses import reconstruction_images
 from h2s_dist.models import full_resolution_flow
 from h2s_dist.specs.common import DataSpec
 
 
-def stream_config(data: DataSpec, *, labeled: bool, seed: int, dataset_uri: str | None = None) -> TrainStreamConfig:
-    """The clip stream a stage's `data` describes, read from `dataset_uri` (default `data.dataset`)."""
+def stream_config(data: DataSpec, *, labeled: bool, seed: int, dataset_uri: str | None = None,
+                  pin_memory: bool = False) -> TrainStreamConfig:
+    """The clip stream a stage's `data` describes, read from `dataset_uri` (default `data.dataset`);
+    pin_memory when the batches go to a CUDA device."""
     return TrainStreamConfig(
         dataset_uri=dataset_uri or data.dataset,
         batch_size=data.batch_size,
@@ -34,20 +36,25 @@ def stream_config(data: DataSpec, *, labeled: bool, seed: int, dataset_uri: str 
         seed=seed,
         labeled=labeled,
         cache_dir=data.cache_dir,
+        cache_max_bytes=data.cache_max_bytes,
+        views_per_decode=data.views_per_decode,
+        prefetch_batches=data.prefetch_batches,
+        pin_memory=pin_memory,
     )
 
 
 class StreamTask:
-    """`batches` and `batch_size` of a Task that reads `self.spec.data` as a clip stream.
+    """`batches`, `batch_size` and `network_input` of a Task that reads `self.spec.data` as a
+    clip stream.
 
     Subclasses set `labeled` (False for MotionNet pretraining), and may point the stream
-    at another dataset (`dataset_uri`) or reader (`loader`: `shards.train_loader` for
-    frames, `flow_shards.flow_train_loader` for cached flows).
+    at another dataset (`dataset_uri`) or reader (`stream_cls`: `shards.TrainStream` for
+    frames, `flow_shards.FlowTrainStream` for cached flows).
     """
 
     spec: Any
     labeled: bool = True
-    loader: Callable[..., TrainLoader] = staticmethod(train_loader)
+    stream_cls: type[TrainStream] = TrainStream
 
     @property
     def dataset_uri(self) -> str:
@@ -55,8 +62,16 @@ class StreamTask:
 
     def batches(self, rank: int, world_size: int, position: StreamPosition | None, seed: int) -> TrainLoader:
         """This rank's endless clip stream, from `position` (a TrainLoader.checkpoint()) or the start."""
-        config = stream_config(self.spec.data, labeled=self.labeled, seed=seed, dataset_uri=self.dataset_uri)
-        return self.loader(config, rank=rank, world_size=world_size, position=position)
+        pin = bool(self.spec.scaling.use_gpu) and torch.cuda.is_available()
+        config = stream_config(self.spec.data, labeled=self.labeled, seed=seed, dataset_uri=self.dataset_uri,
+                               pin_memory=pin)
+        return train_loader(config, rank=rank, world_size=world_size, position=position, stream_cls=self.stream_cls)
+
+    def network_input(self, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
+        """A batch's uint8 clips -> the network's float input on `device`: the copy moves uint8
+        (4x fewer bytes than float32; asynchronous from pinned memory), the normalisation
+        runs there (`stream_cls.to_network_input`)."""
+        return self.stream_cls.to_network_input(clips.to(device, non_blocking=True))
 
     def batch_size(self, batch) -> int:
         return int(batch[0].shape[0])

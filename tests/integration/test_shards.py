@@ -62,11 +62,43 @@ def _eval_keys(dataset_uri: str, **kw) -> list[str]:
 
 def test_eval_assignment_partitions_keys_over_ranks_and_workers():
     keys = [f"k{i}" for i in range(11)]
-    slots = [
-        shards.eval_assignment(keys, rank=r, world_size=2, worker=w, num_workers=3) for r in range(2) for w in range(3)
-    ]
-    assert sorted(k for s in slots for k in s) == sorted(keys)
-    assert slots[0] == ["k0", "k2"]  # rank 0 holds k0, k2, ..., k10; worker 0 its first block
+    for shard_of in (["s0"] * 11, [f"s{i // 3}" for i in range(11)], [f"s{i}" for i in range(11)]):
+        slots = [shards.eval_assignment(keys, shard_of, rank=r, world_size=2, worker=w, num_workers=3)
+                 for r in range(2) for w in range(3)]
+        assert sorted(k for s in slots for k in s) == sorted(keys)
+        assert all(slots)  # 11 videos are enough for 6 slots, whatever the shards
+
+
+def test_eval_assignment_gives_each_shard_to_one_slot_when_shards_suffice():
+    keys = [f"k{i}" for i in range(20)]
+    shard_of = [f"s{i // 4}" for i in range(18)] + ["s5", "s5"]  # 6 shards of 4, 4, 4, 4, 2 + 2 videos
+    owners: dict[str, set] = {}
+    for r in range(2):
+        for w in range(2):
+            for k in shards.eval_assignment(keys, shard_of, rank=r, world_size=2, worker=w, num_workers=2):
+                owners.setdefault(shard_of[keys.index(k)], set()).add((r, w))
+    assert sorted(owners) == [f"s{i}" for i in range(6)] and all(len(o) == 1 for o in owners.values())
+    rank0 = shards.eval_assignment(keys, shard_of, rank=0, world_size=2, worker=0, num_workers=1)
+    assert rank0 == keys[:8] or rank0 == keys[:12]  # a shard boundary near the middle
+
+
+def test_eval_assignment_splits_a_shard_rather_than_leave_a_rank_idle():
+    keys = [f"k{i}" for i in range(9)]
+    shard_of = ["s0"] * 8 + ["s1"]  # the synthetic test split: one big shard and one video
+    sizes = [len(shards.eval_assignment(keys, shard_of, rank=r, world_size=2, worker=0, num_workers=1))
+             for r in range(2)]
+    assert sorted(sizes) == [4, 5]
+
+
+def test_eval_reads_each_test_shard_once_over_ranks(make_synthetic_dataset, monkeypatch):
+    from h2s_dist.data import shard_io
+
+    dataset = make_synthetic_dataset(shard_target_bytes=400_000)  # ~2 videos a shard: 5 test shards
+    opened, real_open = [], shard_io.open_shard
+    monkeypatch.setattr(shard_io, "open_shard", lambda uri, cache=None: opened.append(uri) or real_open(uri, cache))
+    keys = _eval_keys(dataset)  # 2 ranks, in this process
+    assert sorted(keys) == sorted(_keys(dataset, "test"))
+    assert len(opened) == _num_shards(dataset, "test") == len(set(opened)) >= 4
 
 
 def test_eval_stream_yields_every_test_video_exactly_once_over_2_ranks_x_2_workers(dataset):
@@ -93,7 +125,8 @@ def test_eval_stream_decodes_mp4_shards_too(make_synthetic_dataset):
     loader = eval_loader(uri, 1, "test", rank=0, world_size=3, clip_len_frames=CLIP_LEN, crop_size=CROP,
                          num_windows=2, num_crops=1)
     items = list(loader)
-    assert [i.key for i in items] == _keys(uri, "test")[0::3] and not loader.skipped
+    assert [i.key for i in items] == loader.keys and set(loader.keys) <= set(_keys(uri, "test"))
+    assert items and not loader.skipped
     assert items[0].clips.shape == (2, CLIP_LEN, 3, CROP, CROP)
 
 
@@ -139,12 +172,14 @@ def test_train_batches_have_shapes_dtypes_labels_and_normalised_range(dataset):
     label_of = dict(zip(table.column("key").to_pylist(), table.column("label").to_pylist()))
     train_keys = set(_keys(dataset, "train"))
     for clips, labels in itertools.islice(loader, 2):  # one epoch; the stream goes on
-        assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP) and clips.dtype == torch.float32
+        assert clips.shape == (4, CLIP_LEN, 3, CROP, CROP) and clips.dtype == torch.uint8
         assert labels.dtype == torch.int64
         assert labels.tolist() == [label_of[k] for k in loader.last_keys]
         assert set(loader.last_keys) <= train_keys
+        x = loader.to_network_input(clips)
         low = -max(MEAN_RGB_255) / 255
-        assert clips.min() >= low - 1e-6 and clips.max() <= (255 - min(MEAN_RGB_255)) / 255 + 1e-6
+        assert x.dtype == torch.float32 and x.shape == clips.shape
+        assert x.min() >= low - 1e-6 and x.max() <= (255 - min(MEAN_RGB_255)) / 255 + 1e-6
     assert loader.position == StreamPosition(epoch=1, samples=0, seed=0)
 
 
@@ -242,7 +277,7 @@ def test_s3_eval_stream_equals_the_local_one(dataset, s3_dataset):
                          num_windows=2, num_crops=1, num_workers=2)
     a = {i.key: i.clips for i in local}
     b = {i.key: i.clips for i in remote}  # two workers: the order interleaves, the set does not
-    assert sorted(a) == sorted(b) and len(a) == 4
+    assert sorted(a) == sorted(b) == sorted(local.keys) and len(a) in (4, 5)
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 

@@ -48,7 +48,7 @@ class FinetuneTask(StreamTask):
         return groups
 
     def loss(self, model, batch, device):
-        clips, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        clips, labels = self.network_input(batch[0], device), batch[1].to(device, non_blocking=True)
         out = model(clips)
         total, terms = action_loss(out.scores, labels, self.spec.label_smoothing)
         if dist.unwrap(model).uses_unsupervised_loss and self.spec.unsup_weight > 0:
@@ -63,7 +63,7 @@ class FinetuneTask(StreamTask):
         return total, terms
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
-        clips = batch[0][:1].to(device)
+        clips = self.network_input(batch[0][:1], device)
         out = model(clips)
         return {"flows": flow_picture(clips[0], out.flows[-1][0])}
 

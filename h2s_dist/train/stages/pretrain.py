@@ -63,7 +63,7 @@ class PretrainTask(StreamTask):
         return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "motionnet")
 
     def loss(self, model, batch, device):
-        clips = batch[0].to(device, non_blocking=True)
+        clips = self.network_input(batch[0], device)
         flows = model(clips)
         backward = None
         if self.loss_config.occlusion == "forward_backward":
@@ -75,7 +75,7 @@ class PretrainTask(StreamTask):
         return total, logged
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
-        clips = batch[0][:1].to(device)
+        clips = self.network_input(batch[0][:1], device)
         flows = model(clips)
         return {"flows": flow_picture(clips[0], flows[-1][0])}
 

@@ -33,7 +33,7 @@ class SpatialTask(StreamTask):
 
     def loss(self, model, batch, device):
         # The stream yields (B, T, 3, H, W); the spatial stream looks at each frame alone.
-        images = batch[0].to(device, non_blocking=True).flatten(0, 1)
+        images = self.network_input(batch[0], device).flatten(0, 1)
         labels = batch[1].to(device, non_blocking=True).repeat_interleave(batch[0].shape[1])
         return action_loss(model(images), labels, self.spec.label_smoothing)
 

@@ -28,7 +28,7 @@ from h2s_dist.train.task import StreamTask, labelled_row, run_training
 
 
 class TemporalFlowsTask(StreamTask):
-    loader = staticmethod(flow_shards.flow_train_loader)
+    stream_cls = flow_shards.FlowTrainStream
 
     def __init__(self, spec: TemporalFlowsSpec):
         self.spec = spec
@@ -49,11 +49,11 @@ class TemporalFlowsTask(StreamTask):
         return self.spec.flows
 
     def loss(self, model, batch, device):
-        flows, labels = batch[0].to(device, non_blocking=True), batch[1].to(device, non_blocking=True)
+        flows, labels = self.network_input(batch[0], device), batch[1].to(device, non_blocking=True)
         return action_loss(model(flows), labels, self.spec.label_smoothing)
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
-        return {"flows": flow_input_picture(batch[0][0], self.bound)}
+        return {"flows": flow_input_picture(self.network_input(batch[0][:1], device)[0], self.bound)}
 
     def final_weights(self, model) -> dict[str, dict[str, torch.Tensor]]:
         return {"tvl1_temporal": model.state_dict()}
