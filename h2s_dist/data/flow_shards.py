@@ -210,7 +210,7 @@ class FlowTrainStream(TrainStream):
         num_flows = max(video.num_frames - 1, 1)
         start = transforms.random_window_start(num_flows, length, rng)
         flows = read_flow_window(sample, start, length, num_flows)
-        flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales)
+        flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales, cfg.max_distort)
         if cfg.flip and rng.random() < 0.5:  # the draw transforms.random_flip makes
             flows = flip_quantized(flows)
         return to_network_input(stack_channels(flows))

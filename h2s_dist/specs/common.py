@@ -90,6 +90,10 @@ class DataSpec(Strict):
     """Frames per training window (11 -> 10 flow fields; 1 for the spatial stream)."""
     crop_size: PositiveInt = 224
     """Side of the square crop fed to the networks."""
+    max_distort: int = Field(0, ge=0, le=2)
+    """Multi-scale training crops: 0 = squares of side (1, .875, .75) x min(H, W) (the paper's text);
+    1 = the release's `max_distort: 1`: width and height drawn independently from neighbouring
+    scales, so crops may be non-square (both resized to crop_size)."""
     flip: bool = True
     """Random horizontal flips. Turn off where mirroring changes the class, as in the
     synthetic motion set (a mirrored `translate_left` video is a `translate_right` one)."""

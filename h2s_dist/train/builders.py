@@ -94,3 +94,19 @@ def build_stacked(motionnet: MotionNetSpec, clip_len_frames: int, vgg_flavour: s
 
 
 STACKED_CLASSIFIER = tuple(f"vgg.{name}" for name in VGG16_CLASSIFIER)
+
+
+def motionnet_param_groups(motionnet, lr: float, bias_mult: float, tag: str = "motionnet") -> list[dict]:
+    """MotionNet's optimiser groups as the release trains it: weights at `lr`, biases at
+    `lr * bias_mult`, and the deconv and flow-upsample weights at `lr` without weight decay
+    (decay_mult 0); the deconv and upsample biases are frozen at 0 (`requires_grad` False) and
+    in no group."""
+    from h2s_dist.train.loop import split_bias_groups
+
+    no_decay = set(motionnet.no_weight_decay_names())
+    named = list(motionnet.named_parameters())
+    groups = split_bias_groups([(n, p) for n, p in named if n not in no_decay], lr, bias_mult, tag)
+    decayless = [p for n, p in named if n in no_decay and p.requires_grad]
+    if decayless:
+        groups.append({"params": decayless, "lr": lr, "weight_decay": 0.0, "name": f"{tag}.deconv_weight"})
+    return groups

@@ -21,7 +21,13 @@ from h2s_dist.train import dist
 from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.specs.common import OptimSpec
 from h2s_dist.specs.training import FinetuneSpec
-from h2s_dist.train.builders import build_motionnet_from, build_stacked, build_temporal_vgg, unsup_loss_config
+from h2s_dist.train.builders import (
+    build_motionnet_from,
+    build_stacked,
+    build_temporal_vgg,
+    motionnet_param_groups,
+    unsup_loss_config,
+)
 from h2s_dist.train.task import StreamTask, flow_picture, run_training
 
 
@@ -45,9 +51,7 @@ class FinetuneTask(StreamTask):
     def param_groups(self, model: StackedTemporalStream, optim: OptimSpec) -> list[dict[str, Any]]:
         groups = split_bias_groups(model.vgg.named_parameters(), optim.lr, optim.bias_lr_multiplier, "vgg")
         if self.spec.mode is not FinetuneMode.FROZEN:
-            groups += split_bias_groups(
-                model.motionnet.named_parameters(), self.spec.motionnet_lr, optim.bias_lr_multiplier, "motionnet"
-            )
+            groups += motionnet_param_groups(model.motionnet, self.spec.motionnet_lr, optim.bias_lr_multiplier)
         return groups
 
     def loss(self, model, batch, device):

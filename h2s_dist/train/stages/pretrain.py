@@ -15,10 +15,9 @@ import torch
 from h2s_dist import frames as frame_conv
 from h2s_dist.losses import unsupervised_flow_loss
 from h2s_dist.train import dist
-from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.specs.common import OptimSpec
 from h2s_dist.specs.training import PretrainSpec
-from h2s_dist.train.builders import build_motionnet_from, unsup_loss_config
+from h2s_dist.train.builders import build_motionnet_from, motionnet_param_groups, unsup_loss_config
 from h2s_dist.train.task import StreamTask, flow_picture, run_training
 
 
@@ -60,7 +59,7 @@ class PretrainTask(StreamTask):
         return build_motionnet_from(self.spec.motionnet, self.spec.data.clip_len_frames, self.spec.init_weights)
 
     def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:
-        return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "motionnet")
+        return motionnet_param_groups(model, optim.lr, optim.bias_lr_multiplier)
 
     def loss(self, model, batch, device):
         clips = batch[0].to(device, non_blocking=True)
