@@ -313,3 +313,28 @@ def test_a_tvl1_temporal_net_on_other_stacks_does_not_start_the_stacked_vgg16(tm
 def test_a_whole_stacked_stream_excludes_its_parts(tmp_path):
     text = INPUTS.replace('    data: {dataset: "${data.dataset}"}', '    vgg_weights: s3://x.pt\n    data: {dataset: "${data.dataset}"}')
     assert "init_weights (a whole stacked stream) excludes motionnet_weights" in problems_for(tmp_path, text)
+
+
+TABLE3 = {  # variant: (motionnet switches off, loss terms off), the paper's Table 3 rows
+    "all": ((), ()),
+    "no_small_disp": (("small_displacement",), ()),
+    "no_ssim": ((), ("ssim_weight_scale",)),
+    "no_conv_between": (("conv_between_deconv",), ()),
+    "no_smooth": ((), ("smoothness_weight",)),
+    "none": (("small_displacement", "conv_between_deconv"), ("ssim_weight_scale", "smoothness_weight")),
+}
+
+
+@pytest.mark.parametrize("variant", TABLE3)
+def test_ablation_job_has_each_table3_chain_switching_only_its_practices(variant):
+    job = cfg.load_job(REPO / "jobs" / "ablation.yaml")
+    switches, terms = TABLE3[variant]
+    pretrain, finetune = job.stage(f"pretrain_{variant}"), job.stage(f"finetune_{variant}")
+    evaluate = job.stage(f"evaluate_{variant}")
+    for spec in (pretrain, finetune, evaluate):
+        assert {s for s in ("small_displacement", "conv_between_deconv") if not getattr(spec.motionnet, s)} == set(switches)
+    for spec in (pretrain, finetune):
+        assert {t for t in ("ssim_weight_scale", "smoothness_weight") if getattr(spec.loss, t) == 0} == set(terms)
+        assert spec.loss.normalisation == "release" and spec.loss.photometric == "charbonnier"
+    assert finetune.vgg_weights == "${temporal_tvl1.tvl1_temporal}" and finetune.mode.value == "action_plus_unsup"
+    assert evaluate.stacked_weights == f"${{finetune_{variant}.stacked_temporal}}"
