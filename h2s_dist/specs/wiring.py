@@ -59,6 +59,7 @@ CONSUMED: dict[str, dict[str, Callable[[Any], Signature]]] = {
     "train_spatial": {"init_weights": lambda s: {"vgg_flavour": s.vgg_flavour, "vgg_in_channels": 3}},
     "train_temporal_flows": {"vgg_weights": lambda s: {**_temporal_vgg(s.vgg_flavour, s.data.clip_len_frames),
                                                        **_clip(s.data.clip_len_frames)}},
+    "tvl1_flows": {"motionnet_weights": lambda s: {**_motionnet(s), **_clip(s.motionnet_frames)}},
     "evaluate": {
         "stacked_weights": lambda s: _stacked(s, s.clip_len_frames),
         "spatial_weights": lambda s: {"vgg_flavour": s.vgg_flavour, "vgg_in_channels": 3},

@@ -167,3 +167,36 @@ def test_eval_scores_cover_every_test_video_once_and_match_on_the_fly(computed, 
     assert live.num_pairs == 12  # windows start at 0, 4, 8 (step (16 - 5 + 1) // 3): pairs 0..11, each once
     assert live.tvl1_s > 0 and live.cnn_s > 0
     torch.testing.assert_close(live.scores, cached, atol=0.05 * float(cached.abs().max()) + 1e-4, rtol=0)
+
+
+def test_motionnet_source_writes_the_flow_shards_a_temporal_stream_trains_on(frames_uri, tmp_path):
+    from h2s_dist.baseline.motionnet_flows import video_flows
+    from h2s_dist.specs.common import DataSpec, LoopSpec, MotionNetSpec
+    from h2s_dist.specs.training import TemporalFlowsSpec
+    from h2s_dist.train.builders import build_motionnet_from
+    from h2s_dist.train.launch import launch
+    from h2s_dist.weights import save_state_dict
+
+    torch.manual_seed(0)
+    net = build_motionnet_from(MotionNetSpec(flavour="tiny", flow_head_init_std=0.05), 2).eval()
+    weights = str(tmp_path / "motionnet.pt")
+    save_state_dict(net.state_dict(), weights)
+    spec = _spec(frames_uri, source="motionnet", motionnet={"flavour": "tiny"}, motionnet_weights=weights)
+    outputs = tvl1_flows.run(spec, NullTracker(), str(tmp_path / "mn"))
+    assert flow_shards.read_flow_info(outputs["flows"])["source"] == "motionnet" and outputs["flow_ms_per_pair"] > 0
+    assert "tvl1_ms_per_pair" not in outputs
+    stored = _stored_flows(outputs["flows"])
+    frames = {k: codec.decode_frames(s) for k, s in _read_samples(frames_uri, set(stored)).items()}
+    assert len(stored) == 9
+    for key, flows in stored.items():
+        expected = video_flows(net, frames[key], bound=spec.bound)
+        # JPEG (quality 95) moves a quantised value by a few steps at most
+        assert flows.shape == expected.shape and np.abs(flows.astype(int) - expected).mean() < 1.0, key
+
+    train = TemporalFlowsSpec(
+        flows=outputs["flows"], vgg_flavour="tiny",
+        data=DataSpec(dataset="", split=1, subset="test", clip_len_frames=CLIP_LEN, crop_size=CROP, batch_size=4,
+                      loader_workers=0, shuffle_buffer=4, epoch_length_samples=8),
+        loop=LoopSpec(max_steps=2, log_every_steps=1, picture_every_steps=2, checkpoint_every_steps=2),
+    )
+    assert launch("train_temporal_flows", train, str(tmp_path / "train"))["steps"] == 2

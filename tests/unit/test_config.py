@@ -338,3 +338,18 @@ def test_ablation_job_has_each_table3_chain_switching_only_its_practices(variant
         assert spec.loss.normalisation == "release" and spec.loss.photometric == "charbonnier"
     assert finetune.vgg_weights == "${temporal_tvl1.tvl1_temporal}" and finetune.mode.value == "action_plus_unsup"
     assert evaluate.stacked_weights == f"${{finetune_{variant}.stacked_temporal}}"
+
+
+def test_motionnet_flows_need_the_frames_per_input_the_motionnet_was_trained_on(tmp_path):
+    text = BASE.split("  - name: finetune")[0] + """\
+  - name: flows
+    kind: tvl1_flows
+    needs: [data, pretrain]
+    dataset: "${data.dataset}"
+    source: motionnet
+    motionnet_weights: "${pretrain.motionnet}"
+"""
+    assert ("stages[2].motionnet_weights: pretrain.motionnet holds a network with clip_len_frames 11 (stages[1]), "
+            "but this stage builds one with clip_len_frames 2") in problems_for(tmp_path, text)
+    fixed = text.replace("    source: motionnet\n", "    source: motionnet\n    motionnet_frames: 11\n")
+    assert cfg.load_job(write(tmp_path, fixed)).stage("flows").motionnet_frames == 11
