@@ -221,6 +221,10 @@ class UnsupLossSpec(Strict):
     Second order leaves any linear (affine) flow unpenalised."""
     edge_weight: float = Field(150.0, ge=0)
     """UFlow's edge constant of the edge-aware smoothness (frames in [0, 1]); 0 = plain."""
+    proxy_weight: float = Field(0.0, ge=0)
+    """Proxy guidance (paper Table 4): weight of the end-point error (px, mean over the five
+    levels) of MotionNet's flow against cached TV-L1 flow, read alongside the frames from the
+    pretrain stage's `proxy_flows`. 0 = off: the paper's unsupervised MotionNet. Pretraining only."""
     occlusion: Literal["none", "forward_backward"] = "none"
     """`none` (the paper) or `forward_backward` (UnFlow): MotionNet also runs on the
     time-reversed clip, and pixels whose forward and backward flows disagree leave the

@@ -82,10 +82,19 @@ class PretrainSpec(Strict):
     """URI of MotionNet weights to start from (random MSRA init when null)."""
     validation: FlowValidationSpec | None = FlowValidationSpec()
     """Flow error on ground-truth pairs during training (`val/epe`); null = none."""
+    proxy_flows: str | None = None
+    """URI of a flow dataset of the same videos at the frames' size (a tvl1_flows stage's `flows`
+    with `size: null`), read alongside the frames (same window, crop and flip) as the proxy of
+    `loss.proxy_weight` (paper Table 4). Null = none."""
 
     @model_validator(mode="after")
     def _motionnet_accepts_the_clips(self) -> PretrainSpec:
-        raise_problems(_at("data.crop_size", motionnet_problems(self.data.crop_size, self.data.clip_len_frames)))
+        problems = _at("data.crop_size", motionnet_problems(self.data.crop_size, self.data.clip_len_frames))
+        if self.loss.proxy_weight > 0 and not self.proxy_flows:
+            problems.append(("proxy_flows", "loss.proxy_weight > 0 needs the proxy: a flow dataset (${tvl1.flows})"))
+        if self.proxy_flows and self.loss.proxy_weight == 0:
+            problems.append(("loss.proxy_weight", "proxy_flows is read only with loss.proxy_weight > 0"))
+        raise_problems(problems)
         return self
 
 
@@ -132,6 +141,9 @@ class FinetuneSpec(Strict):
 
     @model_validator(mode="after")
     def _networks_accept_the_clips(self) -> FinetuneSpec:
+        if self.loss.proxy_weight:
+            raise ValueError("loss.proxy_weight is a pretraining term (pretrain_motionnet with proxy_flows); "
+                             "set it to 0 here")
         if self.init_weights and (self.motionnet_weights or self.vgg_weights or self.vgg_rgb_weights):
             raise ValueError("init_weights (a whole stacked stream) excludes motionnet_weights, vgg_weights and "
                              "vgg_rgb_weights: give either the whole stream or its parts")

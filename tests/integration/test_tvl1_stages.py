@@ -200,3 +200,59 @@ def test_motionnet_source_writes_the_flow_shards_a_temporal_stream_trains_on(fra
         loop=LoopSpec(max_steps=2, log_every_steps=1, picture_every_steps=2, checkpoint_every_steps=2),
     )
     assert launch("train_temporal_flows", train, str(tmp_path / "train"))["steps"] == 2
+
+
+def test_proxy_stream_brings_each_clips_own_cached_flow_with_the_same_window_crop_and_flip(computed, frames_uri):
+    from h2s_dist.data.proxy_stream import ProxyStreamConfig, proxy_train_loader, unpack_proxy_batch
+    from h2s_dist.data.transforms import crop_offsets, to_network_input
+
+    _, outputs = computed
+    config = ProxyStreamConfig(dataset_uri=frames_uri, batch_size=3, split=1, subset="test", clip_len_frames=CLIP_LEN,
+                               crop_size=48, scales=(1.0,), flip=True, shuffle_buffer=4, epoch_length_samples=6,
+                               labeled=False, flows_uri=outputs["flows"])
+    stream = proxy_train_loader(config, rank=0, world_size=1)
+    frames = {k: codec.decode_frames(s) for k, s in _read_samples(frames_uri).items()}
+    flows = _stored_flows(outputs["flows"])
+    seen_flip = set()
+    for _ in range(6):
+        clips, proxy = unpack_proxy_batch(next(stream)[0], CLIP_LEN)
+        for clip, flow, key in zip(clips, proxy, stream.last_keys):
+            # The oracle: the one (window, crop position, flip) whose frames are the clip's ...
+            found = []
+            for start in range(len(frames[key]) - CLIP_LEN + 1):
+                for y0, x0 in crop_offsets(48, 64, 48):
+                    window = frames[key][start:start + CLIP_LEN, y0:y0 + 48, x0:x0 + 48]
+                    for flip in (False, True):
+                        candidate = window[:, :, ::-1] if flip else window
+                        if torch.equal(to_network_input(candidate), clip):
+                            found.append((start, y0, x0, flip))
+            assert len({f[3] for f in found}) == 1, (key, found)
+            start, y0, x0, flip = found[0]
+            seen_flip.add(flip)
+            # ... has as proxy the stored flows of that window, cropped, flipped with u negated.
+            q = flows[key][start:start + CLIP_LEN - 1, y0:y0 + 48, x0:x0 + 48]
+            expected = tvl1.dequantize_flow(q[:, :, ::-1] if flip else q)
+            if flip:
+                expected[..., 0] *= -1
+            expected = torch.from_numpy(np.ascontiguousarray(expected)).permute(0, 3, 1, 2).flatten(0, 1)
+            assert torch.allclose(flow, expected, atol=1e-5), key
+    assert seen_flip == {False, True}
+
+
+def test_proxy_guided_pretraining_logs_the_proxy_epe(computed, frames_uri, tmp_path):
+    from h2s_dist.specs.training import PretrainSpec
+    from h2s_dist.train.launch import launch
+
+    _, outputs = computed
+    spec = PretrainSpec(
+        motionnet={"flavour": "tiny"}, loss={"proxy_weight": 0.1}, proxy_flows=outputs["flows"], validation=None,
+        data={"dataset": frames_uri, "split": 1, "subset": "test", "clip_len_frames": CLIP_LEN, "crop_size": CROP,
+              "batch_size": 2, "loader_workers": 0, "shuffle_buffer": 4, "epoch_length_samples": 4},
+        optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "milestones": []},
+        loop={"max_steps": 2, "log_every_steps": 1, "picture_every_steps": 2, "checkpoint_every_steps": 2},
+    )
+    result = launch("pretrain_motionnet", spec, str(tmp_path / "proxy"))
+    metrics = result["metrics"]
+    assert metrics["loss/proxy_epe"] > 0 and metrics["loss/proxy"] == pytest.approx(0.1 * metrics["loss/proxy_epe"], rel=1e-4)
+    assert metrics["loss/total"] == pytest.approx(
+        metrics["loss/pixel"] + metrics["loss/smooth"] + metrics["loss/ssim"] + metrics["loss/proxy"], rel=1e-4)
