@@ -22,7 +22,8 @@ per window (crops are not frames), from the evaluate stage's timings: decode + C
 frame streams; for TV-L1 the cached-flow CNN time plus the TV-L1 time of the pairs the
 windows use (the tvl1_flows stage's ms per pair).
 
-    .venv/bin/python bench/accuracy.py --quick       # ~7-8 min on 2 cores
+    .venv/bin/python bench/accuracy.py --quick       # ~7-8 min on 2 cores before the Table 2/4 rows; they
+                                                     # add ~5 stages (not yet timed on an idle machine)
     .venv/bin/python bench/accuracy.py --quick --seeds 0 1 2   # three times that, means and spread
     .venv/bin/python bench/accuracy.py --num-videos 180 --pretrain-steps 1500 --finetune-steps 1000
 
@@ -218,7 +219,7 @@ def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict, dic
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="108 videos of 80x64, 500 pretrain / 400 finetune steps (~7-8 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="108 videos of 80x64, 500 pretrain / 400 finetune steps")
     p.add_argument("--num-videos", type=int, default=None, help="default 180 (--quick 108); 1/4 are test")
     p.add_argument("--num-frames", type=int, default=24)
     p.add_argument("--height", type=int, default=64)

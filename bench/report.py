@@ -207,9 +207,11 @@ TABLE_TITLES = {"table2": "Table 2 (accuracy)", "table3": "Table 3 (MotionNet pr
 def section_paper_tables(d: dict) -> str:
     """Tables 2-4 from bench/paper_tables.py (one run of jobs/paper_tables.yaml) beside the paper's."""
     overrides = d["settings"].get("overrides") or []
-    parts = [f"One run of `{pathlib.Path(d['settings']['job']).name}`"
-             + (f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else " as written (synthetic set, tiny "
-                "networks, CPU step budgets)")
+    how = " with `--quick` (54 videos, a fifth of the steps: the plumbing of every row, not their accuracy)" \
+        if d["settings"].get("quick") else ""
+    parts = [f"One run of `{pathlib.Path(d['settings']['job']).name}`" + how
+             + (f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else
+                ("" if how else " as written (synthetic set, tiny networks, CPU step budgets)"))
              + f"; {d['num_test_videos']} test videos. Stacked streams start their VGG16 from the TV-L1 temporal "
              "stream, as the paper. Paper: UCF101 split 1; `-` where PAPER.md has no figure (Table 4's)."]
     for table, rows in d["tables"].items():
