@@ -21,7 +21,6 @@ shard's samples need only a few of them.
 
 from __future__ import annotations
 
-import posixpath
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -30,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from h2s_dist.baseline.tvl1 import dequantize_flow
-from h2s_dist.data import manifest, storage, transforms
+from h2s_dist.data import manifest, transforms
 from h2s_dist.data.codec import ClipDecodeError
 from h2s_dist.data.flow_shards import read_flow_info, read_flow_window
 from h2s_dist.data.shard_io import Video, iter_samples, read_frame_window
@@ -79,8 +78,7 @@ class ProxyTrainStream(TrainStream):
                  position: StreamPosition, num_batches: int) -> None:
         super().__init__(config, videos, rank, world_size, position, num_batches)
         rows = manifest.read_manifest(config.flows_uri).select(["key", "shard"]).to_pylist()
-        self.flow_shard = {r["key"]: storage.join(config.flows_uri, "shards", posixpath.basename(r["shard"]))
-                           for r in rows}
+        self.flow_shard = {r["key"]: manifest.shard_uri(config.flows_uri, r["shard"]) for r in rows}
         self.bound = float(read_flow_info(config.flows_uri)["bound"])
         self._kept: OrderedDict[str, dict[str, dict]] = OrderedDict()
 
