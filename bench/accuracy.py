@@ -9,7 +9,10 @@ the fused row well above both); `--classes motion` is the set whose 9 classes di
 camera motion (the spatial stream then sits near chance, 1/9, and fusion can only break ties).
 Then it pretrains MotionNet, fine-tune the stacked temporal stream in modes (a) frozen, (b) action only,
 (c) action + unsupervised, train the spatial stream, compute TV-L1 flows and train the
-two-stage temporal stream on them, then evaluate each (a)/(b)/(c) with the test protocol
+two-stage temporal stream on them; Table 2's "MotionNet (2 frames) + temporal stream, flows
+cached" (a 2-frame MotionNet's flows cached by tvl1_flows `source: motionnet`, a temporal
+stream trained on them) and Table 4's proxy-guided MotionNet (pretrained with an EPE term
+against the cached TV-L1 flow, --proxy-weight, then fine-tuned in mode (c)); then evaluate each (a)/(b)/(c) with the test protocol
 (--num-windows windows x 5 unmirrored crops: the synthetic classes are mirror-sensitive) and late fusion. Everything is seeded (loop.seed,
 torch, numpy); with few test videos one video is several points of accuracy, so treat
 differences of a few points as noise.
@@ -19,7 +22,8 @@ per window (crops are not frames), from the evaluate stage's timings: decode + C
 frame streams; for TV-L1 the cached-flow CNN time plus the TV-L1 time of the pairs the
 windows use (the tvl1_flows stage's ms per pair).
 
-    .venv/bin/python bench/accuracy.py --quick       # ~7-8 min on 2 cores
+    .venv/bin/python bench/accuracy.py --quick       # ~7-8 min on 2 cores before the Table 2/4 rows; they
+                                                     # add ~5 stages (not yet timed on an idle machine)
     .venv/bin/python bench/accuracy.py --quick --seeds 0 1 2   # three times that, means and spread
     .venv/bin/python bench/accuracy.py --num-videos 180 --pretrain-steps 1500 --finetune-steps 1000
 
@@ -50,13 +54,15 @@ from h2s_dist.train.launch import launch  # noqa: E402
 
 MODES = {"a": "frozen", "b": "action_only", "c": "action_plus_unsup"}
 TINY = {"flavour": "tiny"}
-ROWS = ("spatial", "tvl1_two_stage", "stacked_a", "stacked_b", "stacked_c", "two_stream_tvl1",
-        "hidden_two_stream_a", "hidden_two_stream_b", "hidden_two_stream_c")
+ROWS = ("spatial", "tvl1_two_stage", "motionnet_cached", "stacked_a", "stacked_b", "stacked_c", "stacked_c_proxy",
+        "two_stream_tvl1", "hidden_two_stream_a", "hidden_two_stream_b", "hidden_two_stream_c")
 LABELS = {"spatial": "Spatial stream", "tvl1_two_stage": "TV-L1 two-stage temporal stream",
           "stacked_a": "Stacked temporal stream (a)", "stacked_b": "Stacked temporal stream (b)",
           "stacked_c": "Stacked temporal stream (c)", "two_stream_tvl1": "Two-stream (spatial + TV-L1)",
           "hidden_two_stream_a": "Hidden two-stream (a)", "hidden_two_stream_b": "Hidden two-stream (b)",
-          "hidden_two_stream_c": "Hidden two-stream (c)"}
+          "hidden_two_stream_c": "Hidden two-stream (c)",
+          "motionnet_cached": "MotionNet (2 frames) + temporal stream, flows cached",
+          "stacked_c_proxy": "Stacked temporal stream (c), proxy-guided MotionNet (Table 4)"}
 
 
 def seed_everything(seed: int) -> None:
@@ -133,6 +139,26 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
           tvl1={"num_scales": 3, "num_warps": 3})
     stage("temporal_tvl1", "train_temporal_flows", TemporalFlowsSpec, flows=out["tvl1"]["flows"], vgg_flavour="tiny",
           data=_clips("", args, batch_size=8), optim=classifier_optim, loop=_loop(args.temporal_steps, args.seed))
+    # Table 2: a 2-frame MotionNet's flows cached like TV-L1's, a temporal stream trained on them.
+    stage("pretrain_2f", "pretrain_motionnet", PretrainSpec, motionnet=TINY, loss=unsup,
+          data=_clips(dataset, args, clip_len_frames=2),
+          optim={"name": "adam", "lr": 1e-3, "weight_decay": 4e-4, "milestones": []},
+          loop=_loop(args.pretrain_steps, args.seed))
+    stage("motionnet_flows", "tvl1_flows", TVL1FlowsSpec, dataset=dataset, subset=None, videos_per_shard=32,
+          num_tasks=0, source="motionnet", motionnet=TINY, motionnet_weights=out["pretrain_2f"]["motionnet"],
+          motionnet_frames=2)
+    stage("temporal_motionnet", "train_temporal_flows", TemporalFlowsSpec, flows=out["motionnet_flows"]["flows"],
+          vgg_flavour="tiny", data=_clips("", args, batch_size=8), optim=classifier_optim,
+          loop=_loop(args.temporal_steps, args.seed))
+    # Table 4: MotionNet pretrained with the cached TV-L1 flow as a proxy, then the stacked stream (c).
+    stage("pretrain_proxy", "pretrain_motionnet", PretrainSpec, motionnet=TINY,
+          loss={**unsup, "proxy_weight": args.proxy_weight}, proxy_flows=out["tvl1"]["flows"],
+          data=_clips(dataset, args), optim={"name": "adam", "lr": 1e-3, "weight_decay": 4e-4, "milestones": []},
+          loop=_loop(args.pretrain_steps, args.seed))
+    stage("finetune_proxy", "finetune_stacked", FinetuneSpec, mode="action_plus_unsup", motionnet=TINY,
+          motionnet_weights=out["pretrain_proxy"]["motionnet"], motionnet_lr=args.motionnet_lr, loss=unsup,
+          vgg_flavour="tiny", data=_clips(dataset, args), optim=classifier_optim,
+          loop=_loop(args.finetune_steps, args.seed))
     for letter in MODES:
         stage(f"evaluate_{letter}", "evaluate", EvaluateSpec, dataset=dataset, crop_size=args.crop,
               num_windows=args.num_windows, num_crops=5, motionnet=TINY, vgg_flavour="tiny", loader_workers=0,
@@ -140,6 +166,13 @@ def run_stages(work: pathlib.Path, args: argparse.Namespace) -> dict:
               # TV-L1 streams do not depend on the mode: score them once, with (a).
               tvl1_weights=out["temporal_tvl1"]["tvl1_temporal"] if letter == "a" else None,
               tvl1_flows=out["tvl1"]["flows"] if letter == "a" else None)
+    # The two extra rows in one pass over the test videos: the MotionNet-cached stream scores
+    # through the cached-flow slot (`tvl1_*`), the proxy-guided stacked stream through `stacked_*`.
+    stage("evaluate_extra", "evaluate", EvaluateSpec, dataset=dataset, crop_size=args.crop,
+          num_windows=args.num_windows, num_crops=5, motionnet=TINY, vgg_flavour="tiny", loader_workers=0,
+          stacked_weights=out["finetune_proxy"]["stacked_temporal"],
+          tvl1_weights=out["temporal_motionnet"]["tvl1_temporal"], tvl1_flows=out["motionnet_flows"]["flows"],
+          tvl1_timed_videos=0)
     return {"outputs": out, "seconds": seconds}
 
 
@@ -171,12 +204,22 @@ def table_from(outputs: dict, args: argparse.Namespace) -> tuple[dict, dict, dic
             flow_s = m["eval/videos"] * pairs_per_video * tvl1_ms_per_pair / 1e3
             fps["tvl1_two_stage"] = frames / (sec["tvl1"] + flow_s)
             fps["two_stream_tvl1"] = frames / (sec["tvl1"] + flow_s + sec["decode"] + sec["spatial"])
+    extra = json.loads(storage.read_bytes(outputs["evaluate_extra"]["report"]))
+    m, sec = extra["metrics"], extra["seconds"]
+    frames = m["eval/videos"] * args.num_windows * 10
+    accuracy["stacked_c_proxy"] = 100 * m["accuracy/stacked/top1"]
+    fps["stacked_c_proxy"] = frames / (sec["decode"] + sec["stacked"])
+    confidence["stacked_c_proxy"] = m.get("confidence/stacked")
+    accuracy["motionnet_cached"] = 100 * m["accuracy/tvl1/top1"]
+    flow_s = m["eval/videos"] * pairs_per_video * outputs["motionnet_flows"]["flow_ms_per_pair"] / 1e3
+    fps["motionnet_cached"] = frames / (sec["tvl1"] + flow_s)
+    confidence["motionnet_cached"] = m.get("confidence/tvl1")
     return accuracy, fps, confidence
 
 
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--quick", action="store_true", help="108 videos of 80x64, 500 pretrain / 400 finetune steps (~7-8 min on 2 cores)")
+    p.add_argument("--quick", action="store_true", help="108 videos of 80x64, 500 pretrain / 400 finetune steps")
     p.add_argument("--num-videos", type=int, default=None, help="default 180 (--quick 108); 1/4 are test")
     p.add_argument("--num-frames", type=int, default=24)
     p.add_argument("--height", type=int, default=64)
@@ -189,6 +232,8 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--num-windows", type=int, default=None, help="test windows per video (default 25; --quick 5)")
     p.add_argument("--motionnet-lr", type=float, default=1e-5,
                    help="MotionNet's Adam learning rate in modes (b) and (c) (the VGG16's is 1e-3)")
+    p.add_argument("--proxy-weight", type=float, default=0.1,
+                   help="loss.proxy_weight of the proxy-guided MotionNet (Table 4): EPE against the cached TV-L1 flow")
     p.add_argument("--spatial-label-smoothing", type=float, default=0.0,
                    help="label smoothing of the spatial stream (default 0, the paper; 0.2 tames it with "
                         "--scenes per-video, see run_stages)")

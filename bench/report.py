@@ -200,9 +200,32 @@ def section_scaling(d: dict) -> str:
     return "\n\n".join(parts)
 
 
+TABLE_TITLES = {"table2": "Table 2 (accuracy)", "table3": "Table 3 (MotionNet practices, stacked temporal stream)",
+                "table4": "Table 4 (proxy-guided MotionNet)"}
+
+
+def section_paper_tables(d: dict) -> str:
+    """Tables 2-4 from bench/paper_tables.py (one run of jobs/paper_tables.yaml) beside the paper's."""
+    overrides = d["settings"].get("overrides") or []
+    how = " with `--quick` (54 videos, a fifth of the steps: the plumbing of every row, not their accuracy)" \
+        if d["settings"].get("quick") else ""
+    parts = [f"One run of `{pathlib.Path(d['settings']['job']).name}`" + how
+             + (f" with {', '.join(f'`{o}`' for o in overrides)}" if overrides else
+                ("" if how else " as written (synthetic set, tiny networks, CPU step budgets)"))
+             + f"; {d['num_test_videos']} test videos. Stacked streams start their VGG16 from the TV-L1 temporal "
+             "stream, as the paper. Paper: UCF101 split 1; `-` where PAPER.md has no figure (Table 4's)."]
+    for table, rows in d["tables"].items():
+        paper = d["paper"].get(table, {})
+        parts += [f"**{TABLE_TITLES.get(table, table)}**",
+                  md_table(["method", "top-1 % (this run)", "paper top-1 %"],
+                           [[r["label"], r["accuracy"], paper.get(r["key"])] for r in rows])]
+    return "\n\n".join(parts + [provenance(d)])
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict], str]]] = [
     ("Speed (paper Table 2, fps)", "speed", "bench/speed.py", section_speed),
     ("Accuracy (paper Table 2 shape, synthetic benchmark)", "accuracy", "bench/accuracy.py", section_accuracy),
+    ("Paper Tables 2-4 (jobs/paper_tables.yaml)", "paper_tables", "bench/paper_tables.py", section_paper_tables),
     ("Flow quality (EPE)", "flow_quality", "bench/flow_quality.py", section_flow),
     ("Storage", "storage", "bench/storage.py", section_storage),
     ("Scaling", "scaling", "bench/scaling.py", section_scaling),

@@ -10,7 +10,12 @@ may refer to an output of a stage it needs:
     motionnet_weights: ${pretrain.motionnet}                 # short form, same thing
 
 A value that is one reference becomes the output's value (any type); a reference inside a
-longer string is replaced by the output's text. `KEY` may be dotted (`metrics.loss/total`).
+longer string is replaced by the output's text. A job's `inputs` (values from outside the job,
+such as another job's models) are read as `${inputs.NAME}` and replaced when the job loads:
+
+    inputs: {ucf101_stacked: "models:/stacked_temporal/3"}       # --set inputs.ucf101_stacked=...
+    init_weights: ${inputs.ucf101_stacked}
+ `KEY` may be dotted (`metrics.loss/total`).
 References are resolved by the runner from the finished stage's `outputs.json`.
 
 Everything is checked once, loudly, before anything runs: every error names the file and
@@ -35,6 +40,8 @@ ENTRY_FIELDS = ("name", "needs")
 _NAME_RE = r"^[A-Za-z0-9_-]+$"
 # ${stages.NAME.outputs.KEY} or ${NAME.KEY}; KEY may hold dots and slashes (metric names).
 REFERENCE_RE = re.compile(r"\$\{\s*(?:stages\.([A-Za-z0-9_-]+)\.outputs|([A-Za-z0-9_-]+))\.([^}\s]+)\s*\}")
+# ${inputs.NAME}: a job input, replaced at load time (so no stage may be called `inputs`).
+INPUT_RE = re.compile(r"\$\{\s*inputs\.([A-Za-z0-9_-]+)\s*\}")
 
 
 class JobSpecError(ValueError):
@@ -129,6 +136,19 @@ class _JobBase(BaseModel):
     ray_address: str | None = None
     """Ray cluster for stages with `scaling.num_workers >= 1` (`ray://host:10001`, `auto`);
     null = $RAY_ADDRESS, else an embedded local Ray."""
+    inputs: dict[str, str] = {}
+    """Values the job takes from outside, e.g. another job's models as a URI or a registered
+    version `models:/NAME/VERSION`; stage fields read them as `${inputs.NAME}`, a user sets
+    them with `--set inputs.NAME=VALUE`. Each has a documented default in the job file."""
+
+    @model_validator(mode="before")
+    @classmethod
+    def _replace_inputs(cls, data):
+        if isinstance(data, dict) and isinstance(data.get("stages"), list):
+            inputs = data.get("inputs") or {}
+            stages = [replace_inputs(stage, inputs, f"stages[{i}]") for i, stage in enumerate(data["stages"])]
+            data = {**data, "stages": stages}
+        return data
 
     @model_validator(mode="after")
     def _defaults_and_graph(self):
@@ -268,6 +288,28 @@ def topological_order(entries: Sequence[BaseModel]) -> list[BaseModel]:
         done.add(ready.name)
         ordered.append(by_name[ready.name])
     return ordered
+
+
+def replace_inputs(data: Any, inputs: Mapping[str, Any], where: str = "") -> Any:
+    """`data` with every `${inputs.NAME}` replaced from the job's `inputs` (a whole reference by
+    the value, one inside a longer string by its text); JobSpecError names an unknown input."""
+    if isinstance(data, Mapping):
+        if where.count(".") == 0 and data.get("name") == "inputs":
+            raise JobSpecError([(f"{where}.name", "`inputs` is reserved for ${inputs.NAME}: rename the stage")])
+        return {k: replace_inputs(v, inputs, f"{where}.{k}" if where else str(k)) for k, v in data.items()}
+    if isinstance(data, list):
+        return [replace_inputs(v, inputs, f"{where}[{i}]") for i, v in enumerate(data)]
+    if not isinstance(data, str) or "${" not in data:
+        return data
+    for name in INPUT_RE.findall(data):
+        if name not in inputs:
+            known = ", ".join(sorted(inputs)) or "none"
+            raise JobSpecError([(where, f"unknown job input {name!r}; the job's inputs are: {known} "
+                                        "(declare it under `inputs:` or --set inputs.NAME=VALUE)")])
+    whole = INPUT_RE.fullmatch(data.strip())
+    if whole:
+        return inputs[whole[1]]
+    return INPUT_RE.sub(lambda m: str(inputs[m[1]]), data)
 
 
 def resolve_references(data: Any, outputs: Mapping[str, Mapping[str, Any]], where: str = "") -> Any:

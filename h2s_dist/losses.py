@@ -557,6 +557,32 @@ def _total(
     return total, terms
 
 
+def proxy_flow_loss(flows: list[torch.Tensor], proxy: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """End-point error of MotionNet's flow against a proxy flow (paper Table 4: cached TV-L1 flow
+    as a supervised proxy) -> (total, terms).
+
+    flows: MotionNet's raw outputs, coarsest first, each (B, 2(T-1), h_k, w_k) = flow / 20 in
+    full-resolution pixels. proxy: (B, 2(T-1), H, W) full-resolution pixels, u0, v0, u1, ...
+    (flow i maps frame i to frame i+1, as MotionNet's). At each level the proxy is
+    area-averaged to the level's size (staying in full-resolution pixels, the unit of raw x 20)
+    and the EPE sqrt(du^2 + dv^2) averaged over pixels, flows and samples; total = the mean of
+    the levels' EPEs (px). terms: "proxy_epe" (= total) and "proxy_epe/flow6", ... (detached).
+    No gradient flows into the proxy; computed in fp32 with autocast off."""
+    if proxy.dim() != 4 or proxy.shape[1] != flows[-1].shape[1]:
+        raise ValueError(f"proxy flow must be (B, {flows[-1].shape[1]}, H, W) like MotionNet's, got {tuple(proxy.shape)}")
+    with torch.autocast(proxy.device.type, enabled=False):
+        target = proxy.detach().float()
+        levels = []
+        for raw in flows:
+            level_target = F.interpolate(target, size=raw.shape[-2:], mode="area")
+            diff = split_flows(raw.float() * RAW_FLOW_SCALE - level_target)  # (B, T-1, 2, h, w)
+            levels.append(torch.sqrt(diff.square().sum(dim=2) + 1e-12).mean())  # eps: a finite gradient at 0
+        total = torch.stack(levels).mean()
+    terms = {f"proxy_epe/{name}": value.detach() for name, value in zip(_level_names(len(flows)), levels)}
+    terms["proxy_epe"] = total.detach()
+    return total, terms
+
+
 def reconstruction_images(frames01: torch.Tensor, flow2_raw: torch.Tensor) -> torch.Tensor:
     """Frames rebuilt by warping, for logging pictures: (B, T-1, 3, H, W) in [0, 1].
 

@@ -61,12 +61,13 @@ def run_tasks(
     max_retries: int = 1,
     name: Callable[[J], str] | None = None,
     address: str | None = None,
+    num_gpus: float = 0.0,
 ) -> None:
     """`fn(job)` for every job, `on_done(job, result)` in this process as each ends (see the
     module doc). on_crash(job, error): a job whose task process died after `max_retries`
     retries (None: raise the error). name(job): the task's name in Ray's dashboard and logs.
     address: the cluster to connect to when Ray is not initialised yet (None: $RAY_ADDRESS,
-    else a local Ray). fn must be importable by the workers (a module-level function)."""
+    else a local Ray). num_gpus: GPUs each task reserves (a network inside `fn`). fn must be importable by the workers (a module-level function)."""
     if num_tasks is not None and num_tasks < 0:
         raise ValueError(f"num_tasks must be >= 0 (0 = in this process) or None (every CPU), got {num_tasks}")
     if num_tasks == 0:
@@ -77,7 +78,7 @@ def run_tasks(
 
     ensure_ray(address)
     limit = num_tasks or max(1, 2 * int(ray.cluster_resources().get("CPU", 1)))
-    remote = ray.remote(num_cpus=1, max_retries=max_retries)(fn)
+    remote = ray.remote(num_cpus=1, num_gpus=num_gpus, max_retries=max_retries)(fn)
     pending: dict[Any, J] = {}
     todo = list(jobs)[::-1]
     try:

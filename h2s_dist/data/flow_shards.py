@@ -1,4 +1,4 @@
-"""Flow datasets: precomputed, quantised TV-L1 flow in WebDataset shards, and their readers.
+"""Flow datasets: precomputed, quantised flow (TV-L1, or a MotionNet's) in WebDataset shards, and their readers.
 
 A flow dataset has the layout of a frame dataset (docs/data.md), one sample per video:
   URI/manifest.parquet   the frame manifest's columns; `shard` = the flow shard, `width`,
@@ -6,7 +6,8 @@ A flow dataset has the layout of a frame dataset (docs/data.md), one sample per 
                          member, `encoding` = "tvl1_jpeg"; `num_frames` stays the video's
                          frame count T (it holds T - 1 flow fields)
   URI/classes.json       copied from the frame dataset
-  URI/flow_info.json     {"bound", "quality", "source_dataset", "size", "tvl1"}
+  URI/flow_info.json     {"bound", "quality", "source_dataset", "size", "source" (tvl1 or motionnet),
+                         and the method's settings: "tvl1", or "motionnet", "motionnet_weights", ...}
   URI/shards/shard-NNNNNN.tar   members <key>.flows and <key>.json
 
 <key>.flows is an "H2SF" flow stack: the "H2SJ" container of h2s_dist.data.codec with
@@ -156,7 +157,7 @@ def write_flow_info(flows_uri: str, info: dict[str, Any]) -> None:
 
 
 def read_flow_info(flows_uri: str) -> dict[str, Any]:
-    """URI/flow_info.json: {"bound", "quality", "source_dataset", "size", "tvl1"}."""
+    """URI/flow_info.json: {"bound", "quality", "source_dataset", "size", "source", the method's settings}."""
     uri = storage.join(flows_uri, FLOW_INFO_NAME)
     if not storage.exists(uri):
         raise ValueError(f"{uri} not found: is {flows_uri} a flow dataset? (run the tvl1_flows stage)")
@@ -216,7 +217,7 @@ class FlowTrainStream(TrainStream):
         num_flows = max(video.num_frames - 1, 1)
         start = transforms.random_window_start(num_flows, length, rng)
         flows = read_flow_window(sample, start, length, num_flows)
-        flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales)
+        flows = transforms.multiscale_corner_crop(flows, cfg.crop_size, rng, cfg.scales, cfg.max_distort)
         if cfg.flip and rng.random() < 0.5:  # the draw transforms.random_flip makes
             flows = flip_quantized(flows)
         return torch.from_numpy(np.ascontiguousarray(stack_channels(flows)))

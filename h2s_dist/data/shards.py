@@ -89,6 +89,8 @@ class TrainStreamConfig:
     """Side of the square training crop after the multi-scale corner crop."""
     scales: tuple[float, ...] = transforms.PAPER_SCALES
     """Crop side = scale * min(H, W), scale drawn from these."""
+    max_distort: int = 0
+    """0: square crops; d: width and height drawn from scales at most d apart (transforms.multiscale_crop_box)."""
     flip: bool = True
     """Random horizontal flip with probability 1/2."""
     num_workers: int = 0
@@ -298,7 +300,7 @@ class TrainStream(IterableDataset):
         cfg = self.config
         start = transforms.random_window_start(video.num_frames, cfg.clip_len_frames, rng)
         frames = read_frame_window(sample, start, cfg.clip_len_frames, video.num_frames)
-        frames = transforms.multiscale_corner_crop(frames, cfg.crop_size, rng, cfg.scales)
+        frames = transforms.multiscale_corner_crop(frames, cfg.crop_size, rng, cfg.scales, cfg.max_distort)
         if cfg.flip:
             frames = transforms.random_flip(frames, rng)
         return transforms.channels_first(frames)

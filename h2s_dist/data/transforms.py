@@ -108,23 +108,42 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(y.permute(0, 2, 3, 1).numpy())
 
 
+def multiscale_crop_box(
+    height: int, width: int, rng: np.random.Generator, scales: tuple[float, ...] = PAPER_SCALES, max_distort: int = 0,
+) -> tuple[int, int, int, int]:
+    """(y0, x0, crop height, crop width) of a training crop in an H x W frame.
+
+    Sides are round(scale * min(H, W)) for each scale. With max_distort 0 the crop is a square
+    of one side drawn uniformly; with max_distort d (the release's `max_distort: 1`, TSN's
+    multi-scale crop) the (width, height) pair is drawn uniformly from the pairs of sides whose
+    indices in `scales` differ by at most d, so neighbouring scales give non-square crops.
+    The position is a random one of the 5 CROP_POSITIONS."""
+    sides = [max(1, int(round(scale * min(height, width)))) for scale in scales]
+    pairs = [(w, h) for i, h in enumerate(sides) for j, w in enumerate(sides) if abs(i - j) <= max_distort]
+    crop_w, crop_h = pairs[int(rng.integers(len(pairs)))]  # with max_distort 0: the draw of one scale
+    dy, dx = height - crop_h, width - crop_w
+    if dy < 0 or dx < 0:
+        raise ValueError(f"crop {crop_h}x{crop_w} does not fit a {height}x{width} frame")
+    offsets = [(0, 0), (0, dx), (dy, 0), (dy, dx), (dy // 2, dx // 2)]
+    y0, x0 = offsets[int(rng.integers(len(CROP_POSITIONS)))]
+    return y0, x0, crop_h, crop_w
+
+
 def multiscale_corner_crop(
     frames: np.ndarray,
     crop_size: int,
     rng: np.random.Generator,
     scales: tuple[float, ...] = PAPER_SCALES,
+    max_distort: int = 0,
 ) -> np.ndarray:
-    """Training crop: a square of side round(scale * min(H, W)) at a random one of the
-    5 CROP_POSITIONS, scale drawn uniformly from `scales`, resized to crop_size.
+    """Training crop: the `multiscale_crop_box` (a square of side round(scale * min(H, W)) with
+    max_distort 0, else possibly non-square), resized to crop_size x crop_size.
 
-    (T, H, W, 3) uint8 -> (T, crop_size, crop_size, 3) uint8. The same crop for every
-    frame of the clip (the flows between frames must stay consistent).
+    (T, H, W, 3) uint8 -> (T, crop_size, crop_size, 3) uint8 (any trailing channel count). The
+    same crop for every frame of the clip (the flows between frames must stay consistent).
     """
-    height, width = frames.shape[1:3]
-    scale = scales[int(rng.integers(len(scales)))]
-    side = max(1, int(round(scale * min(height, width))))
-    y0, x0 = crop_offsets(height, width, side)[int(rng.integers(len(CROP_POSITIONS)))]
-    return resize_frames(crop(frames, y0, x0, side, side), (crop_size, crop_size))
+    y0, x0, crop_h, crop_w = multiscale_crop_box(frames.shape[1], frames.shape[2], rng, scales, max_distort)
+    return resize_frames(crop(frames, y0, x0, crop_h, crop_w), (crop_size, crop_size))
 
 
 def horizontal_flip(frames: np.ndarray) -> np.ndarray:

@@ -20,6 +20,7 @@ _WHERE = {
     "FinetuneMode": "limits",
     "VGG16": "vgg",
     "VGG16Config": "vgg",
+    "VGG16_CLASSIFIER": "vgg",
     "build_vgg16": "vgg",
     "cross_modality_conv1": "vgg",
     "temporal_from_rgb": "vgg",

@@ -176,6 +176,20 @@ class MotionNet(nn.Module):
                 prev = concat
             self.decoder[f"predict_flow{level}"] = nn.Conv2d(prev, nf, 3, padding=1)
         self.reset_parameters()
+        # The release fixes the biases of deconvK and upsample_flowK+1toK at 0 (lr_mult 0). They
+        # stay parameters, frozen, rather than being removed, so that every state dict written
+        # before keeps loading strictly (one whose biases were trained keeps them, fixed).
+        for name in self.transposed_conv_names():
+            self.decoder[name].bias.requires_grad_(False)
+
+    def transposed_conv_names(self) -> list[str]:
+        """Decoder modules that are transposed convolutions: deconvK and upsample_flowK+1toK."""
+        return [name for name, m in self.decoder.items() if isinstance(m, nn.ConvTranspose2d)]
+
+    def no_weight_decay_names(self) -> list[str]:
+        """Parameter names the release trains without weight decay (decay_mult 0): the weights of
+        deconvK and upsample_flowK+1toK (their biases are frozen at 0)."""
+        return [f"decoder.{name}.weight" for name in self.transposed_conv_names()]
 
     def reset_parameters(self) -> None:
         """MSRA init as Caffe's "msra" filler (std sqrt(2 / fan_in)), biases 0; the

@@ -25,6 +25,9 @@ from h2s_dist.models.limits import VGG_MIN_INPUT_SIZE
 # Convolutions per block (2, 2, 3, 3, 3 = 13), each block ends with a 2x2 max pool.
 _CONVS_PER_BLOCK = (2, 2, 3, 3, 3)
 MIN_INPUT_SIZE = VGG_MIN_INPUT_SIZE
+# The classifier a network trained on another class count cannot hand on (UCF101 101 ->
+# HMDB51 51, ImageNet 1000 -> UCF101 101): weights.load_weights(..., new_head=) leaves it at its init.
+VGG16_CLASSIFIER = ("classifier.fc8.weight", "classifier.fc8.bias")
 
 
 @dataclass(frozen=True)

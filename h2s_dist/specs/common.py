@@ -90,6 +90,10 @@ class DataSpec(Strict):
     """Frames per training window (11 -> 10 flow fields; 1 for the spatial stream)."""
     crop_size: PositiveInt = 224
     """Side of the square crop fed to the networks."""
+    max_distort: int = Field(0, ge=0, le=2)
+    """Multi-scale training crops: 0 = squares of side (1, .875, .75) x min(H, W) (the paper's text);
+    1 = the release's `max_distort: 1`: width and height drawn independently from neighbouring
+    scales, so crops may be non-square (both resized to crop_size)."""
     flip: bool = True
     """Random horizontal flips. Turn off where mirroring changes the class, as in the
     synthetic motion set (a mirrored `translate_left` video is a `translate_right` one)."""
@@ -225,6 +229,10 @@ class UnsupLossSpec(Strict):
     Second order leaves any linear (affine) flow unpenalised."""
     edge_weight: float = Field(150.0, ge=0)
     """UFlow's edge constant of the edge-aware smoothness (frames in [0, 1]); 0 = plain."""
+    proxy_weight: float = Field(0.0, ge=0)
+    """Proxy guidance (paper Table 4): weight of the end-point error (px, mean over the five
+    levels) of MotionNet's flow against cached TV-L1 flow, read alongside the frames from the
+    pretrain stage's `proxy_flows`. 0 = off: the paper's unsupervised MotionNet. Pretraining only."""
     occlusion: Literal["none", "forward_backward"] = "none"
     """`none` (the paper) or `forward_backward` (UnFlow): MotionNet also runs on the
     time-reversed clip, and pixels whose forward and backward flows disagree leave the

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from h2s_dist import tune_spaces
-from h2s_dist.specs.common import PositiveFloat, PositiveInt, Strict
+from h2s_dist.specs.common import MotionNetSpec, PositiveFloat, PositiveInt, Strict
 from h2s_dist.specs.training import FinetuneSpec, PretrainSpec
 
 # The stage kinds a tune stage can search over, and their specs.
@@ -126,7 +126,8 @@ class TVL1Spec(Strict):
 
 
 class TVL1FlowsSpec(Strict):
-    """Precompute TV-L1 flow of a frame dataset (the baseline's first stage)."""
+    """Precompute the flow of a frame dataset (a two-stage pipeline's first stage): TV-L1 (the
+    baseline), or a trained MotionNet (paper Table 2, "MotionNet + temporal stream, flows cached")."""
 
     kind: Literal["tvl1_flows"] = "tvl1_flows"
     """Stage kind."""
@@ -148,6 +149,28 @@ class TVL1FlowsSpec(Strict):
     """Ray tasks in flight (one CPU each); 0 computes in this process without Ray."""
     tvl1: TVL1Spec = TVL1Spec()
     """TV-L1 solver settings."""
+    source: Literal["tvl1", "motionnet"] = "tvl1"
+    """Flow method: `tvl1` (OpenCV's Dual TV-L1) or `motionnet` (a trained MotionNet,
+    `motionnet_weights`); either is quantised with `bound` into the same flow shards."""
+    motionnet: MotionNetSpec = MotionNetSpec()
+    """source motionnet: the network inside `motionnet_weights`."""
+    motionnet_weights: str | None = None
+    """source motionnet: URI of its weights (a pretrain stage's `motionnet`)."""
+    motionnet_frames: int = Field(2, ge=2)
+    """source motionnet: frames per network input (the pretrain stage's data.clip_len_frames; the
+    paper's row uses 2). A video's flows come from consecutive windows of this many frames."""
+    motionnet_batch_windows: PositiveInt = 8
+    """source motionnet: windows per forward pass."""
+    gpus_per_task: float = Field(0.0, ge=0)
+    """source motionnet: GPUs each Ray task reserves (the network runs on CUDA when > 0)."""
+
+    @model_validator(mode="after")
+    def _source_has_its_settings(self) -> TVL1FlowsSpec:
+        if self.source == "motionnet" and not self.motionnet_weights:
+            raise ValueError("source motionnet needs motionnet_weights (e.g. ${pretrain.motionnet})")
+        if self.source == "tvl1" and self.motionnet_weights:
+            raise ValueError("motionnet_weights is read only with source: motionnet")
+        return self
 
 
 TrialSpec = Annotated[

@@ -82,10 +82,19 @@ class PretrainSpec(Strict):
     """URI of MotionNet weights to start from (random MSRA init when null)."""
     validation: FlowValidationSpec | None = FlowValidationSpec()
     """Flow error on ground-truth pairs during training (`val/epe`); null = none."""
+    proxy_flows: str | None = None
+    """URI of a flow dataset of the same videos at the frames' size (a tvl1_flows stage's `flows`
+    with `size: null`), read alongside the frames (same window, crop and flip) as the proxy of
+    `loss.proxy_weight` (paper Table 4). Null = none."""
 
     @model_validator(mode="after")
     def _motionnet_accepts_the_clips(self) -> PretrainSpec:
-        raise_problems(_at("data.crop_size", motionnet_problems(self.data.crop_size, self.data.clip_len_frames)))
+        problems = _at("data.crop_size", motionnet_problems(self.data.crop_size, self.data.clip_len_frames))
+        if self.loss.proxy_weight > 0 and not self.proxy_flows:
+            problems.append(("proxy_flows", "loss.proxy_weight > 0 needs the proxy: a flow dataset (${tvl1.flows})"))
+        if self.proxy_flows and self.loss.proxy_weight == 0:
+            problems.append(("loss.proxy_weight", "proxy_flows is read only with loss.proxy_weight > 0"))
+        raise_problems(problems)
         return self
 
 
@@ -103,9 +112,14 @@ class FinetuneSpec(Strict):
     vgg_flavour: Flavour = "paper"
     """Temporal VGG16 flavour."""
     vgg_weights: str | None = None
-    """URI of temporal VGG16 weights to start from (e.g. a TV-L1 temporal stream)."""
+    """URI of temporal VGG16 weights to start from: the paper's start, a temporal stream trained on
+    TV-L1 flow (`${temporal_tvl1.tvl1_temporal}`); fc8 is re-initialised when their class count differs."""
     vgg_rgb_weights: str | None = None
     """URI of RGB VGG16 weights (e.g. ImageNet) turned into a 20-channel VGG16 by cross-modality init."""
+    init_weights: str | None = None
+    """URI (or `models:/NAME/VERSION`) of a whole stacked temporal stream to start from, MotionNet and
+    VGG16: a finetune stage's `stacked_temporal`, e.g. UCF101's for HMDB51 (the paper). fc8 is
+    re-initialised when its class count differs (101 -> 51). Excludes the three fields above."""
     motionnet_lr: PositiveFloat = 1e-6
     """MotionNet's learning rate (the VGG16's is optim.lr)."""
     unsup_weight: float = Field(1.0, ge=0)
@@ -127,6 +141,12 @@ class FinetuneSpec(Strict):
 
     @model_validator(mode="after")
     def _networks_accept_the_clips(self) -> FinetuneSpec:
+        if self.loss.proxy_weight:
+            raise ValueError("loss.proxy_weight is a pretraining term (pretrain_motionnet with proxy_flows); "
+                             "set it to 0 here")
+        if self.init_weights and (self.motionnet_weights or self.vgg_weights or self.vgg_rgb_weights):
+            raise ValueError("init_weights (a whole stacked stream) excludes motionnet_weights, vgg_weights and "
+                             "vgg_rgb_weights: give either the whole stream or its parts")
         data = self.data
         raise_problems(_at("data.crop_size", motionnet_problems(data.crop_size, data.clip_len_frames)
                            + vgg_problems(data.crop_size)))
@@ -141,8 +161,9 @@ class SpatialSpec(Strict):
     vgg_flavour: Flavour = "paper"
     """VGG16 flavour."""
     init_weights: str | None = None
-    """URI of RGB VGG16 weights to start from (e.g. your ImageNet weights); layers whose
-    shape differs (fc8 for another class count) stay random. Null = random init."""
+    """URI (or `models:/NAME/VERSION`) of RGB VGG16 weights to start from: your ImageNet weights, or
+    UCF101's spatial stream for HMDB51 (the paper). fc8 stays at its init when the class count
+    differs; every other tensor must fit. Null = random init."""
     data: DataSpec = Field(default_factory=lambda: DataSpec(dataset="", batch_size=128, clip_len_frames=1))
     """Labeled videos; one random frame per sample (clip_len_frames 1)."""
     optim: OptimSpec = OptimSpec(name="sgd", lr=1e-3, momentum=0.9, weight_decay=5e-4, milestones=[4000, 8000])

@@ -28,13 +28,21 @@ def _clip(length: int) -> dict[str, Any]:
     return {"clip_len_frames": length}
 
 
+def _temporal_vgg(flavour: str, clip_len_frames: int) -> dict[str, Any]:
+    """A VGG16 on the flow stack of a clip: 2 (clip_len_frames - 1) input channels."""
+    return {"vgg_flavour": flavour, "vgg_in_channels": 2 * (clip_len_frames - 1)}
+
+
+def _stacked(spec, clip_len_frames: int) -> dict[str, Any]:
+    return {**_motionnet(spec), **_clip(clip_len_frames), **_temporal_vgg(spec.vgg_flavour, clip_len_frames)}
+
+
 # Stage kind -> {weights output: what the network it wrote looks like}.
 PRODUCED: dict[str, dict[str, Callable[[Any], Signature]]] = {
     "pretrain_motionnet": {"motionnet": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames)}},
-    "finetune_stacked": {"stacked_temporal": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames),
-                                                        "vgg_flavour": s.vgg_flavour}},
-    "train_spatial": {"spatial": lambda s: {"vgg_flavour": s.vgg_flavour}},
-    "train_temporal_flows": {"tvl1_temporal": lambda s: {"vgg_flavour": s.vgg_flavour,
+    "finetune_stacked": {"stacked_temporal": lambda s: _stacked(s, s.data.clip_len_frames)},
+    "train_spatial": {"spatial": lambda s: {"vgg_flavour": s.vgg_flavour, "vgg_in_channels": 3}},
+    "train_temporal_flows": {"tvl1_temporal": lambda s: {**_temporal_vgg(s.vgg_flavour, s.data.clip_len_frames),
                                                          **_clip(s.data.clip_len_frames)}},
 }
 
@@ -43,14 +51,19 @@ CONSUMED: dict[str, dict[str, Callable[[Any], Signature]]] = {
     "pretrain_motionnet": {"init_weights": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames)}},
     "finetune_stacked": {
         "motionnet_weights": lambda s: {**_motionnet(s), **_clip(s.data.clip_len_frames)},
-        "vgg_weights": lambda s: {"vgg_flavour": s.vgg_flavour, **_clip(s.data.clip_len_frames)},
+        # The paper's start: a temporal VGG16 trained on TV-L1 stacks of the same length.
+        "vgg_weights": lambda s: {**_temporal_vgg(s.vgg_flavour, s.data.clip_len_frames),
+                                  **_clip(s.data.clip_len_frames)},
+        "init_weights": lambda s: _stacked(s, s.data.clip_len_frames),
     },
-    "train_spatial": {"init_weights": lambda s: {"vgg_flavour": s.vgg_flavour}},
-    "train_temporal_flows": {"vgg_weights": lambda s: {"vgg_flavour": s.vgg_flavour, **_clip(s.data.clip_len_frames)}},
+    "train_spatial": {"init_weights": lambda s: {"vgg_flavour": s.vgg_flavour, "vgg_in_channels": 3}},
+    "train_temporal_flows": {"vgg_weights": lambda s: {**_temporal_vgg(s.vgg_flavour, s.data.clip_len_frames),
+                                                       **_clip(s.data.clip_len_frames)}},
+    "tvl1_flows": {"motionnet_weights": lambda s: {**_motionnet(s), **_clip(s.motionnet_frames)}},
     "evaluate": {
-        "stacked_weights": lambda s: {**_motionnet(s), **_clip(s.clip_len_frames), "vgg_flavour": s.vgg_flavour},
-        "spatial_weights": lambda s: {"vgg_flavour": s.vgg_flavour},
-        "tvl1_weights": lambda s: {"vgg_flavour": s.vgg_flavour, **_clip(s.clip_len_frames)},
+        "stacked_weights": lambda s: _stacked(s, s.clip_len_frames),
+        "spatial_weights": lambda s: {"vgg_flavour": s.vgg_flavour, "vgg_in_channels": 3},
+        "tvl1_weights": lambda s: {**_temporal_vgg(s.vgg_flavour, s.clip_len_frames), **_clip(s.clip_len_frames)},
     },
 }
 

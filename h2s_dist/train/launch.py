@@ -42,12 +42,17 @@ class Tracking:
 
 
 def _name_stage(tracking: Tracking) -> None:
-    """Set $H2S_STAGE in this process (the driver, or a Ray Train worker) for progress lines;
-    an env var because it reaches every bar (fit, evaluate, ingest) without a new argument."""
+    """Set $H2S_STAGE in this process (the driver, or a Ray Train worker) for progress lines, and
+    $H2S_TRACKING_URI for weights in the model registry; env vars because they reach every bar
+    (fit, evaluate, ingest) and every weights load without a new argument."""
     from h2s_dist.progress import STAGE_ENV
 
     if tracking.stage:
         os.environ[STAGE_ENV] = tracking.stage
+    if tracking.uri:  # where weights.load_state_dict resolves `models:/NAME/VERSION` URIs
+        from h2s_dist.weights import TRACKING_URI_ENV
+
+        os.environ[TRACKING_URI_ENV] = tracking.uri
 
 
 def hash_of(spec: BaseModel) -> str:

@@ -29,6 +29,7 @@ def stream_config(data: DataSpec, *, labeled: bool, seed: int, dataset_uri: str 
         subset=data.subset,
         clip_len_frames=data.clip_len_frames,
         crop_size=data.crop_size,
+        max_distort=data.max_distort,
         flip=data.flip,
         num_workers=data.loader_workers,
         shuffle_buffer=max(data.shuffle_buffer, 1),

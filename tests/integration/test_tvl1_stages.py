@@ -167,3 +167,92 @@ def test_eval_scores_cover_every_test_video_once_and_match_on_the_fly(computed, 
     assert live.num_pairs == 12  # windows start at 0, 4, 8 (step (16 - 5 + 1) // 3): pairs 0..11, each once
     assert live.tvl1_s > 0 and live.cnn_s > 0
     torch.testing.assert_close(live.scores, cached, atol=0.05 * float(cached.abs().max()) + 1e-4, rtol=0)
+
+
+def test_motionnet_source_writes_the_flow_shards_a_temporal_stream_trains_on(frames_uri, tmp_path):
+    from h2s_dist.baseline.motionnet_flows import video_flows
+    from h2s_dist.specs.common import DataSpec, LoopSpec, MotionNetSpec
+    from h2s_dist.specs.training import TemporalFlowsSpec
+    from h2s_dist.train.builders import build_motionnet_from
+    from h2s_dist.train.launch import launch
+    from h2s_dist.weights import save_state_dict
+
+    torch.manual_seed(0)
+    net = build_motionnet_from(MotionNetSpec(flavour="tiny", flow_head_init_std=0.05), 2).eval()
+    weights = str(tmp_path / "motionnet.pt")
+    save_state_dict(net.state_dict(), weights)
+    spec = _spec(frames_uri, source="motionnet", motionnet={"flavour": "tiny"}, motionnet_weights=weights)
+    outputs = tvl1_flows.run(spec, NullTracker(), str(tmp_path / "mn"))
+    assert flow_shards.read_flow_info(outputs["flows"])["source"] == "motionnet" and outputs["flow_ms_per_pair"] > 0
+    assert "tvl1_ms_per_pair" not in outputs
+    stored = _stored_flows(outputs["flows"])
+    frames = {k: codec.decode_frames(s) for k, s in _read_samples(frames_uri, set(stored)).items()}
+    assert len(stored) == 9
+    for key, flows in stored.items():
+        expected = video_flows(net, frames[key], bound=spec.bound)
+        # JPEG (quality 95) moves a quantised value by a few steps at most
+        assert flows.shape == expected.shape and np.abs(flows.astype(int) - expected).mean() < 1.0, key
+
+    train = TemporalFlowsSpec(
+        flows=outputs["flows"], vgg_flavour="tiny",
+        data=DataSpec(dataset="", split=1, subset="test", clip_len_frames=CLIP_LEN, crop_size=CROP, batch_size=4,
+                      loader_workers=0, shuffle_buffer=4, epoch_length_samples=8),
+        loop=LoopSpec(max_steps=2, log_every_steps=1, picture_every_steps=2, checkpoint_every_steps=2),
+    )
+    assert launch("train_temporal_flows", train, str(tmp_path / "train"))["steps"] == 2
+
+
+def test_proxy_stream_brings_each_clips_own_cached_flow_with_the_same_window_crop_and_flip(computed, frames_uri):
+    from h2s_dist.data.proxy_stream import ProxyStreamConfig, normalize_packed, proxy_train_loader, unpack_proxy_batch
+    from h2s_dist.data.transforms import crop_offsets, to_network_input
+
+    _, outputs = computed
+    config = ProxyStreamConfig(dataset_uri=frames_uri, batch_size=3, split=1, subset="test", clip_len_frames=CLIP_LEN,
+                               crop_size=48, scales=(1.0,), flip=True, shuffle_buffer=4, epoch_length_samples=6,
+                               labeled=False, flows_uri=outputs["flows"])
+    stream = proxy_train_loader(config, rank=0, world_size=1)
+    frames = {k: codec.decode_frames(s) for k, s in _read_samples(frames_uri).items()}
+    flows = _stored_flows(outputs["flows"])
+    seen_flip = set()
+    for _ in range(6):
+        clips, proxy = unpack_proxy_batch(normalize_packed(next(stream)[0]), CLIP_LEN)
+        for clip, flow, key in zip(clips, proxy, stream.last_keys):
+            # The oracle: the one (window, crop position, flip) whose frames are the clip's ...
+            found = []
+            for start in range(len(frames[key]) - CLIP_LEN + 1):
+                for y0, x0 in crop_offsets(48, 64, 48):
+                    window = frames[key][start:start + CLIP_LEN, y0:y0 + 48, x0:x0 + 48]
+                    for flip in (False, True):
+                        candidate = window[:, :, ::-1] if flip else window
+                        if torch.equal(to_network_input(candidate), clip):
+                            found.append((start, y0, x0, flip))
+            assert len({f[3] for f in found}) == 1, (key, found)
+            start, y0, x0, flip = found[0]
+            seen_flip.add(flip)
+            # ... has as proxy the stored flows of that window, cropped, flipped with u negated.
+            q = flows[key][start:start + CLIP_LEN - 1, y0:y0 + 48, x0:x0 + 48]
+            expected = tvl1.dequantize_flow(q[:, :, ::-1] if flip else q)
+            if flip:
+                expected[..., 0] *= -1
+            expected = torch.from_numpy(np.ascontiguousarray(expected)).permute(0, 3, 1, 2).flatten(0, 1)
+            assert torch.allclose(flow, expected, atol=1e-5), key
+    assert seen_flip == {False, True}
+
+
+def test_proxy_guided_pretraining_logs_the_proxy_epe(computed, frames_uri, tmp_path):
+    from h2s_dist.specs.training import PretrainSpec
+    from h2s_dist.train.launch import launch
+
+    _, outputs = computed
+    spec = PretrainSpec(
+        motionnet={"flavour": "tiny"}, loss={"proxy_weight": 0.1}, proxy_flows=outputs["flows"], validation=None,
+        data={"dataset": frames_uri, "split": 1, "subset": "test", "clip_len_frames": CLIP_LEN, "crop_size": CROP,
+              "batch_size": 2, "loader_workers": 0, "shuffle_buffer": 4, "epoch_length_samples": 4},
+        optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0, "milestones": []},
+        loop={"max_steps": 2, "log_every_steps": 1, "picture_every_steps": 2, "checkpoint_every_steps": 2},
+    )
+    result = launch("pretrain_motionnet", spec, str(tmp_path / "proxy"))
+    metrics = result["metrics"]
+    assert metrics["loss/proxy_epe"] > 0 and metrics["loss/proxy"] == pytest.approx(0.1 * metrics["loss/proxy_epe"], rel=1e-4)
+    assert metrics["loss/total"] == pytest.approx(
+        metrics["loss/pixel"] + metrics["loss/smooth"] + metrics["loss/ssim"] + metrics["loss/proxy"], rel=1e-4)

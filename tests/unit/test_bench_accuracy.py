@@ -52,3 +52,16 @@ def test_report_of_scene_x_motion_weighs_fusion_against_the_better_single_stream
     assert "3 scene types x 3 camera motions" in text and "told apart only by camera motion" not in text
     assert "better of spatial and stacked (c), points per seed: +25.0, +5.0 (mean +15.0)" in text
     assert "1/3 = 0.33" in text
+
+
+def test_report_has_the_table2_cached_row_and_the_table4_proxy_row_beside_the_others(tmp_path):
+    per_seed = {0: _seed({"motionnet_cached": 40.0, "stacked_c_proxy": 45.0})}
+    data = {**accuracy.summarise(per_seed, num_test=20), "per_seed": per_seed, "labels": accuracy.LABELS,
+            "num_test_videos": 20, "chance_percent": 100 / 9, "machine": {}, "command": "x",
+            "settings": {"num_videos": 80, "pretrain_steps": 1, "finetune_steps": 1, "spatial_steps": 1,
+                         "temporal_steps": 1, "num_windows": 5, "num_crops": 5, "scenes": "shared"}}
+    (tmp_path / "accuracy.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "| MotionNet (2 frames) + temporal stream, flows cached | 40.00 | - | 10.00 | 84.09 | 48.54 |" in text
+    assert "| Stacked temporal stream (c), proxy-guided MotionNet (Table 4) | 45.00 | - | 10.00 | - | - |" in text
+    assert "| TV-L1 two-stage temporal stream | 50.00 |" in text

@@ -50,3 +50,37 @@ def test_flow_quality_section_adds_original_pixels_and_motionnet_input_when_resi
     text = report.render(tmp_path)
     assert "| zero | 0.800 | 4.000 |" in text and "| zero | 0.800 | 9.700 |" in text
     assert "kitti: 1242x375 -> 512x155" in text and "kitti: the pair itself (2-frame network)" in text
+
+
+def test_paper_tables_put_each_evaluate_metric_in_its_row_beside_the_paper(tmp_path):
+    import json
+
+    from bench import paper_tables, report
+
+    metrics = {"evaluate_a": {"accuracy/spatial/top1": 0.5, "accuracy/tvl1/top1": 0.25, "eval/videos": 27},
+               "evaluate_cached": {"accuracy/tvl1/top1": 0.75, "accuracy/stacked/top1": 0.6},
+               "evaluate_c": {"accuracy/stacked/top1": 0.4, "eval/videos": 27},
+               "evaluate_none": {"accuracy/stacked/top1": 0.2}}
+    tables = paper_tables.tables_from(metrics)
+    rows = {(t, r["key"]): r["accuracy"] for t, rs in tables.items() for r in rs}
+    assert rows[("table2", "motionnet_cached")] == 75.0 and rows[("table2", "tvl1_two_stage")] == 25.0
+    assert rows[("table3", "all")] == rows[("table4", "unsupervised")] == 40.0
+    assert rows[("table3", "none")] == 20.0 and rows[("table4", "proxy_guided")] == 60.0
+    assert rows[("table2", "stacked_b")] is None  # its stage did not run
+    data = {"tables": tables, "paper": paper_tables.PAPER, "num_test_videos": 27, "machine": {}, "command": "x",
+            "settings": {"job": "jobs/paper_tables.yaml", "overrides": []}}
+    (tmp_path / "paper_tables.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "| MotionNet (2 frames) + temporal stream, flows cached | 75.00 | 84.09 |" in text
+    assert "| None of them | 20.00 | 77.79 |" in text
+    assert "| Stacked (c), MotionNet guided by TV-L1 flow (EPE proxy) | 60.00 | - |" in text
+
+
+def test_quick_paper_tables_cut_every_training_stage_of_the_job():
+    from bench import paper_tables
+    from h2s_dist.config import load_job
+
+    sets = paper_tables.quick_overrides(str(paper_tables.JOB))
+    job = load_job(paper_tables.JOB, sets)
+    assert job.stage("pretrain").loop.max_steps == 100 and job.stage("finetune_none").loop.max_steps == 80
+    assert job.stage("data").synthetic.num_videos == 54

@@ -56,7 +56,8 @@ def test_every_job_spec_in_jobs_validates(path):
 
 def test_jobs_folder_has_the_documented_specs():
     names = {p.name for p in JOBS}
-    assert {"quickstart.yaml", "ucf101_split1.yaml", "hmdb51_split1.yaml", "pretrain_unlabeled.yaml", "ablation.yaml"} <= names
+    assert {"quickstart.yaml", "ucf101_split1.yaml", "hmdb51_split1.yaml", "pretrain_unlabeled.yaml", "ablation.yaml",
+            "paper_tables.yaml"} <= names
 
 
 def test_valid_job_gets_defaults(tmp_path):
@@ -255,3 +256,101 @@ def test_every_command_has_help_with_examples(capsys):
             "s3-serve"} <= set(commands)
     for name, sub in commands.items():
         assert "example" in (sub.epilog or ""), f"h2s {name} --help has no examples"
+
+
+INPUTS = """\
+name: t
+inputs: {ucf101_stacked: s3://models/ucf101/stacked_temporal.pt}
+stages:
+  - name: data
+    kind: ingest
+    source: synthetic
+  - name: finetune
+    kind: finetune_stacked
+    needs: [data]
+    init_weights: "${inputs.ucf101_stacked}"
+    data: {dataset: "${data.dataset}"}
+"""
+
+
+def test_job_inputs_are_replaced_at_load_and_set_from_the_command_line(tmp_path):
+    path = write(tmp_path, INPUTS)
+    assert cfg.load_job(path).stage("finetune").init_weights == "s3://models/ucf101/stacked_temporal.pt"
+    job = cfg.load_job(path, ["inputs.ucf101_stacked=models:/stacked_temporal/3"])
+    assert job.stage("finetune").init_weights == "models:/stacked_temporal/3"
+    assert job.inputs == {"ucf101_stacked": "models:/stacked_temporal/3"}
+
+
+def test_an_unknown_job_input_names_the_field_and_the_known_inputs(tmp_path):
+    message = problems_for(tmp_path, INPUTS.replace("${inputs.ucf101_stacked}", "${inputs.ucf101_stackd}"))
+    assert message.startswith("jobs/x.yaml: stages[1].init_weights: unknown job input 'ucf101_stackd'; "
+                              "the job's inputs are: ucf101_stacked")
+
+
+def test_hmdb51_starts_both_streams_from_ucf101_inputs_without_the_ucf101_run():
+    job = cfg.load_job(REPO / "jobs" / "hmdb51_split1.yaml")
+    assert job.stage("finetune").init_weights == job.inputs["ucf101_stacked"]
+    assert job.stage("spatial").init_weights == job.inputs["ucf101_spatial"]
+    assert not job.stage("finetune").motionnet_weights and not job.stage("finetune").vgg_rgb_weights
+    registered = cfg.load_job(REPO / "jobs" / "hmdb51_split1.yaml", ["inputs.ucf101_spatial=models:/spatial/2"])
+    assert registered.stage("spatial").init_weights == "models:/spatial/2"
+
+
+def test_ucf101_finetune_starts_its_vgg16_from_the_tvl1_temporal_stream():
+    job = cfg.load_job(REPO / "jobs" / "ucf101_split1.yaml")
+    finetune = job.stage("finetune")
+    assert "temporal_tvl1" in finetune.needs and finetune.vgg_weights == "${temporal_tvl1.tvl1_temporal}"
+    assert not finetune.vgg_rgb_weights  # cross-modality init stays with the TV-L1 net
+    assert job.stage("temporal_tvl1").vgg_rgb_weights
+
+
+def test_a_tvl1_temporal_net_on_other_stacks_does_not_start_the_stacked_vgg16(tmp_path):
+    message = problems_for(tmp_path, (REPO / "jobs" / "ucf101_split1.yaml").read_text(),
+                           ["stages.temporal_tvl1.data.clip_len_frames=6"])
+    assert ("stages[2].vgg_weights: temporal_tvl1.tvl1_temporal holds a network with vgg_in_channels 10 "
+            "(stages[5]), but this stage builds one with vgg_in_channels 20") in message
+
+
+def test_a_whole_stacked_stream_excludes_its_parts(tmp_path):
+    text = INPUTS.replace('    data: {dataset: "${data.dataset}"}', '    vgg_weights: s3://x.pt\n    data: {dataset: "${data.dataset}"}')
+    assert "init_weights (a whole stacked stream) excludes motionnet_weights" in problems_for(tmp_path, text)
+
+
+TABLE3 = {  # variant: (motionnet switches off, loss terms off), the paper's Table 3 rows
+    "all": ((), ()),
+    "no_small_disp": (("small_displacement",), ()),
+    "no_ssim": ((), ("ssim_weight_scale",)),
+    "no_conv_between": (("conv_between_deconv",), ()),
+    "no_smooth": ((), ("smoothness_weight",)),
+    "none": (("small_displacement", "conv_between_deconv"), ("ssim_weight_scale", "smoothness_weight")),
+}
+
+
+@pytest.mark.parametrize("variant", TABLE3)
+def test_ablation_job_has_each_table3_chain_switching_only_its_practices(variant):
+    job = cfg.load_job(REPO / "jobs" / "ablation.yaml")
+    switches, terms = TABLE3[variant]
+    pretrain, finetune = job.stage(f"pretrain_{variant}"), job.stage(f"finetune_{variant}")
+    evaluate = job.stage(f"evaluate_{variant}")
+    for spec in (pretrain, finetune, evaluate):
+        assert {s for s in ("small_displacement", "conv_between_deconv") if not getattr(spec.motionnet, s)} == set(switches)
+    for spec in (pretrain, finetune):
+        assert {t for t in ("ssim_weight_scale", "smoothness_weight") if getattr(spec.loss, t) == 0} == set(terms)
+        assert spec.loss.normalisation == "release" and spec.loss.photometric == "charbonnier"
+    assert finetune.vgg_weights == "${temporal_tvl1.tvl1_temporal}" and finetune.mode.value == "action_plus_unsup"
+    assert evaluate.stacked_weights == f"${{finetune_{variant}.stacked_temporal}}"
+
+
+def test_motionnet_flows_need_the_frames_per_input_the_motionnet_was_trained_on(tmp_path):
+    text = BASE.split("  - name: finetune")[0] + """\
+  - name: flows
+    kind: tvl1_flows
+    needs: [data, pretrain]
+    dataset: "${data.dataset}"
+    source: motionnet
+    motionnet_weights: "${pretrain.motionnet}"
+"""
+    assert ("stages[2].motionnet_weights: pretrain.motionnet holds a network with clip_len_frames 11 (stages[1]), "
+            "but this stage builds one with clip_len_frames 2") in problems_for(tmp_path, text)
+    fixed = text.replace("    source: motionnet\n", "    source: motionnet\n    motionnet_frames: 11\n")
+    assert cfg.load_job(write(tmp_path, fixed)).stage("flows").motionnet_frames == 11

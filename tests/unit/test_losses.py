@@ -612,3 +612,49 @@ def test_occluded_pixels_leave_the_photometric_mean_by_hand():
         num, den = num + (rho * mask).sum(), den + 3 * mask.sum()
     torch.testing.assert_close(terms["pixel/flow2"], num / den)
     torch.testing.assert_close(terms["occluded/flow2"], torch.tensor((2 * 8 + 9) / (2 * 64)))
+
+
+def _levels(batch: int, channels: int, size: int, value_px: tuple[float, float] = (0.0, 0.0)) -> list[torch.Tensor]:
+    """Raw MotionNet-like outputs at strides 32 ... 2 of a size x size input, a constant flow in px."""
+    flows = []
+    for stride in (32, 16, 8, 4, 2):
+        raw = torch.zeros(batch, channels, size // stride, size // stride)
+        raw[:, 0::2], raw[:, 1::2] = value_px[0] / 20.0, value_px[1] / 20.0
+        flows.append(raw.requires_grad_())
+    return flows
+
+
+def test_proxy_epe_of_a_constant_3_4_px_proxy_against_zero_flow_is_5_at_every_level():
+    from h2s_dist.losses import proxy_flow_loss
+
+    proxy = torch.zeros(2, 4, 64, 64)
+    proxy[:, 0::2], proxy[:, 1::2] = 3.0, 4.0
+    total, terms = proxy_flow_loss(_levels(2, 4, 64), proxy)
+    assert float(total) == pytest.approx(5.0, abs=1e-5)
+    assert all(float(terms[f"proxy_epe/flow{k}"]) == pytest.approx(5.0, abs=1e-5) for k in range(2, 7))
+
+
+def test_proxy_epe_is_zero_when_motionnet_predicts_the_proxy_and_its_gradient_points_to_it():
+    from h2s_dist.losses import proxy_flow_loss
+
+    proxy = torch.zeros(1, 2, 64, 64)
+    proxy[:, 0], proxy[:, 1] = -2.0, 1.5
+    total, _ = proxy_flow_loss(_levels(1, 2, 64, (-2.0, 1.5)), proxy)
+    assert float(total) == pytest.approx(0.0, abs=1e-4)
+    flows = _levels(1, 2, 64)
+    proxy_flow_loss(flows, proxy)[0].backward()
+    grad = flows[-1].grad  # descending it moves u towards -2, v towards +1.5
+    assert (grad[:, 0] > 0).all() and (grad[:, 1] < 0).all()
+
+
+def test_proxy_is_averaged_over_each_levels_area():
+    from h2s_dist.losses import proxy_flow_loss
+
+    # u = 4 px on the left half, 0 on the right: at flow6 (2x2 of a 64 input) each cell sees its own half
+    proxy = torch.zeros(1, 2, 64, 64)
+    proxy[:, 0, :, :32] = 4.0
+    flows = _levels(1, 2, 64)
+    flows[0].data[:, 0, :, 0] = 4.0 / 20.0
+    _, terms = proxy_flow_loss(flows, proxy)
+    assert float(terms["proxy_epe/flow6"]) == pytest.approx(0.0, abs=1e-4)
+    assert float(terms["proxy_epe/flow2"]) == pytest.approx(2.0, abs=1e-4)

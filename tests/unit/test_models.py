@@ -341,3 +341,50 @@ def test_models_import_neither_ray_nor_mlflow():
 def test_default_motionnet_is_the_paper_flavour():
     with torch.device("meta"):
         assert MotionNet().config == build_motionnet("paper").config
+
+
+def test_deconv_and_upsample_biases_are_frozen_at_zero_through_training_steps():
+    from h2s_dist.specs.common import OptimSpec
+    from h2s_dist.train.builders import motionnet_param_groups
+    from h2s_dist.train.loop import build_optimizer
+
+    torch.manual_seed(0)
+    net = build_motionnet("tiny", num_frames=2)
+    frozen = [f"decoder.{n}.bias" for n in net.transposed_conv_names()]
+    assert len(frozen) == 8  # deconv5..2 and upsample_flow6to5..3to2
+    params = dict(net.named_parameters())
+    assert all(not params[n].requires_grad for n in frozen)
+    optim = OptimSpec(name="adam", lr=1e-2, weight_decay=4e-4)
+    optimizer = build_optimizer(motionnet_param_groups(net, optim.lr, 2.0), optim)
+    for _ in range(2):
+        optimizer.zero_grad()
+        sum(f.square().mean() for f in net(torch.randn(2, 2, 3, 64, 64))).backward()
+        optimizer.step()
+    assert all(not params[n].detach().any() for n in frozen)
+    assert params["decoder.deconv5.weight"].grad is not None  # their weights still learn
+
+
+def test_deconv_weights_have_no_weight_decay_and_every_other_trainable_parameter_is_in_one_group():
+    from h2s_dist.specs.common import OptimSpec
+    from h2s_dist.train.builders import motionnet_param_groups
+    from h2s_dist.train.loop import build_optimizer
+
+    net = build_motionnet("tiny", num_frames=3)
+    optim = OptimSpec(name="sgd", lr=1e-3, weight_decay=5e-4)
+    optimizer = build_optimizer(motionnet_param_groups(net, optim.lr, 2.0), optim)
+    names = {id(p): n for n, p in net.named_parameters()}
+    decay = {names[id(p)]: g["weight_decay"] for g in optimizer.param_groups for p in g["params"]}
+    assert {n for n, wd in decay.items() if wd == 0} == set(net.no_weight_decay_names())
+    assert sorted(net.no_weight_decay_names())[:2] == ["decoder.deconv2.weight", "decoder.deconv3.weight"]
+    assert all(wd == 5e-4 for n, wd in decay.items() if n not in net.no_weight_decay_names())
+    trainable = {n for n, p in net.named_parameters() if p.requires_grad}
+    assert sorted(decay) == sorted(trainable) and len(decay) == sum(len(g["params"]) for g in optimizer.param_groups)
+
+
+def test_a_state_dict_with_trained_deconv_biases_still_loads_strictly_and_keeps_them():
+    old = build_motionnet("tiny", num_frames=2).state_dict()
+    old["decoder.deconv5.bias"] = torch.full_like(old["decoder.deconv5.bias"], 0.25)  # trained before the freeze
+    net = build_motionnet("tiny", num_frames=2)
+    net.load_state_dict(old, strict=True)
+    assert torch.equal(net.decoder["deconv5"].bias.detach(), old["decoder.deconv5.bias"])
+    assert not net.decoder["deconv5"].bias.requires_grad

@@ -51,3 +51,11 @@ def test_motionnet_spec_takes_the_small_flavour_and_vgg_fields_still_refuse_it()
     assert SpatialSpec.model_validate({"data": {"dataset": "x"}, "vgg_flavour": "tiny"}).vgg_flavour == "tiny"
     with pytest.raises(ValidationError, match="vgg_flavour"):
         SpatialSpec.model_validate({"data": {"dataset": "x"}, "vgg_flavour": "small"})
+
+
+def test_non_square_crops_are_off_by_default_and_reach_the_clip_stream():
+    from h2s_dist.specs.common import DataSpec
+    from h2s_dist.train.task import stream_config
+
+    assert DataSpec(dataset="x").max_distort == 0
+    assert stream_config(DataSpec(dataset="x", max_distort=1), labeled=True, seed=0).max_distort == 1

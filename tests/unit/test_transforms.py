@@ -155,3 +155,44 @@ def test_resize_is_within_one_grey_level_of_float_bilinear(size):
     out = T.resize_frames(frames, size)
     assert out.shape == (2, *size, 3) and out.dtype == np.uint8 and out.flags.c_contiguous
     assert np.abs(out.astype(int) - oracle).max() <= 1
+
+
+# The release's max_distort 1 on its 340x256 frames: sides 256, 224, 192; (w, h) pairs whose
+# scale indices differ by at most 1 (TSN's GroupMultiScaleCrop without more_fix_crop).
+RELEASE_PAIRS = {(256, 256), (224, 256), (256, 224), (224, 224), (192, 224), (224, 192), (192, 192)}
+
+
+@pytest.mark.parametrize("max_distort, pairs", [
+    (0, {(256, 256), (224, 224), (192, 192)}),
+    (1, RELEASE_PAIRS),
+    (2, RELEASE_PAIRS | {(192, 256), (256, 192)}),
+])
+def test_multiscale_crop_box_draws_exactly_the_neighbouring_scale_pairs(max_distort, pairs):
+    rng = np.random.default_rng(3)
+    seen = set()
+    for _ in range(600):
+        y0, x0, h, w = T.multiscale_crop_box(256, 340, rng, max_distort=max_distort)
+        assert (y0, x0) in [(0, 0), (0, 340 - w), (256 - h, 0), (256 - h, 340 - w), ((256 - h) // 2, (340 - w) // 2)]
+        seen.add((w, h))
+    assert seen == pairs
+
+
+def test_square_crops_draw_what_they_drew_before_the_non_square_option():
+    # max_distort 0 spends the random stream as the square-only crop did: one scale index, then a position.
+    a, b = np.random.default_rng(7), np.random.default_rng(7)
+    for _ in range(50):
+        y0, x0, h, w = T.multiscale_crop_box(256, 340, a)
+        side = int(round(T.PAPER_SCALES[int(b.integers(3))] * 256))
+        assert (h, w) == (side, side) and (y0, x0) == T.crop_offsets(256, 340, side)[int(b.integers(5))]
+
+
+def test_a_non_square_crop_is_resized_to_the_square_input_from_its_own_pixels():
+    frames = _ramp(num_frames=1, height=16, width=16)
+    rng = np.random.default_rng(5)
+    for _ in range(40):
+        state = rng.bit_generator.state
+        out = T.multiscale_corner_crop(frames, 12, rng, scales=(1.0, 0.75), max_distort=1)
+        rng_copy = np.random.default_rng()
+        rng_copy.bit_generator.state = state
+        y0, x0, h, w = T.multiscale_crop_box(16, 16, rng_copy, (1.0, 0.75), 1)
+        assert np.array_equal(out, T.resize_frames(frames[:, y0:y0 + h, x0:x0 + w], (12, 12)))

@@ -21,7 +21,13 @@ from h2s_dist.train import dist
 from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.specs.common import OptimSpec
 from h2s_dist.specs.training import FinetuneSpec
-from h2s_dist.train.builders import build_motionnet_from, build_temporal_vgg, unsup_loss_config
+from h2s_dist.train.builders import (
+    build_motionnet_from,
+    build_stacked,
+    build_temporal_vgg,
+    motionnet_param_groups,
+    unsup_loss_config,
+)
 from h2s_dist.train.task import StreamTask, flow_picture, run_training
 
 
@@ -33,6 +39,9 @@ class FinetuneTask(StreamTask):
 
     def build_model(self) -> StackedTemporalStream:
         spec = self.spec
+        if spec.init_weights:  # a whole stacked stream (HMDB51 from UCF101's): fc8 fresh if the classes differ
+            return build_stacked(spec.motionnet, spec.data.clip_len_frames, spec.vgg_flavour, self.num_classes,
+                                 spec.mode, weights=spec.init_weights)
         motionnet = build_motionnet_from(spec.motionnet, spec.data.clip_len_frames, spec.motionnet_weights)
         vgg = build_temporal_vgg(
             spec.vgg_flavour, self.num_classes, motionnet.config.flow_channels, spec.vgg_weights, spec.vgg_rgb_weights
@@ -42,9 +51,7 @@ class FinetuneTask(StreamTask):
     def param_groups(self, model: StackedTemporalStream, optim: OptimSpec) -> list[dict[str, Any]]:
         groups = split_bias_groups(model.vgg.named_parameters(), optim.lr, optim.bias_lr_multiplier, "vgg")
         if self.spec.mode is not FinetuneMode.FROZEN:
-            groups += split_bias_groups(
-                model.motionnet.named_parameters(), self.spec.motionnet_lr, optim.bias_lr_multiplier, "motionnet"
-            )
+            groups += motionnet_param_groups(model.motionnet, self.spec.motionnet_lr, optim.bias_lr_multiplier)
         return groups
 
     def loss(self, model, batch, device):

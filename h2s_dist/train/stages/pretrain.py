@@ -7,19 +7,20 @@ works, labeled or not: labels are ignored.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
 import torch
 
 from h2s_dist import frames as frame_conv
-from h2s_dist.losses import unsupervised_flow_loss
+from h2s_dist.losses import proxy_flow_loss, unsupervised_flow_loss
 from h2s_dist.train import dist
-from h2s_dist.train.loop import split_bias_groups
 from h2s_dist.specs.common import OptimSpec
 from h2s_dist.specs.training import PretrainSpec
-from h2s_dist.train.builders import build_motionnet_from, unsup_loss_config
-from h2s_dist.train.task import StreamTask, flow_picture, run_training
+from h2s_dist.train.builders import build_motionnet_from, motionnet_param_groups, unsup_loss_config
+from h2s_dist.data.shards import TrainStream
+from h2s_dist.train.task import StreamTask, flow_picture, run_training, stream_config
 
 
 class PretrainTask(StreamTask):
@@ -60,22 +61,54 @@ class PretrainTask(StreamTask):
         return build_motionnet_from(self.spec.motionnet, self.spec.data.clip_len_frames, self.spec.init_weights)
 
     def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:
-        return split_bias_groups(model.named_parameters(), optim.lr, optim.bias_lr_multiplier, "motionnet")
+        return motionnet_param_groups(model, optim.lr, optim.bias_lr_multiplier)
+
+    @property
+    def stream_cls(self):
+        """Frames, or with proxy guidance frames packed with their cached flow (ProxyTrainStream,
+        whose `to_network_input` the Task's `network_input` then applies)."""
+        if not self.spec.proxy_flows:
+            return TrainStream
+        from h2s_dist.data.proxy_stream import ProxyTrainStream
+
+        return ProxyTrainStream
+
+    def batches(self, rank: int, world_size: int, position, seed: int):
+        if not self.spec.proxy_flows:
+            return super().batches(rank, world_size, position, seed)
+        # Proxy guidance: each clip brings its cached flow along (packed; unpacked in `clips`).
+        from h2s_dist.data.proxy_stream import ProxyStreamConfig, proxy_train_loader
+
+        frames = stream_config(self.spec.data, labeled=self.labeled, seed=seed)
+        config = ProxyStreamConfig(**dataclasses.asdict(frames), flows_uri=self.spec.proxy_flows)
+        return proxy_train_loader(config, rank=rank, world_size=world_size, position=position)
+
+    def clips(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """A batch's network input -> (clips (B, T, 3, H, W), proxy flow (B, 2(T-1), H, W) px or None)."""
+        if not self.spec.proxy_flows:
+            return packed, None
+        from h2s_dist.data.proxy_stream import unpack_proxy_batch
+
+        return unpack_proxy_batch(packed, self.spec.data.clip_len_frames)
 
     def loss(self, model, batch, device):
-        clips = self.network_input(batch[0], device)
+        clips, proxy = self.clips(self.network_input(batch[0], device))
         flows = model(clips)
         backward = None
         if self.loss_config.occlusion == "forward_backward":
             with torch.no_grad():  # the flows of the time-reversed clip only shape the occlusion mask
                 backward = dist.unwrap(model)(clips.flip(1))
         total, terms = unsupervised_flow_loss(frame_conv.denormalize(clips), flows, self.loss_config, backward)
+        if proxy is not None:
+            proxy_total, proxy_terms = proxy_flow_loss(flows, proxy)
+            total = total + self.spec.loss.proxy_weight * proxy_total
+            terms.update(proxy_terms, proxy=self.spec.loss.proxy_weight * proxy_total.detach())
         logged = {f"loss/{name}": value for name, value in terms.items()}  # detached, on the device
         logged["loss/total"] = total.detach()
         return total, logged
 
     def pictures(self, model, batch, device) -> dict[str, np.ndarray]:
-        clips = self.network_input(batch[0][:1], device)
+        clips = self.clips(self.network_input(batch[0][:1], device))[0]
         flows = model(clips)
         return {"flows": flow_picture(clips[0], flows[-1][0])}
 

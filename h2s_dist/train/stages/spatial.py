@@ -22,10 +22,11 @@ class SpatialTask(StreamTask):
 
     def build_model(self) -> torch.nn.Module:
         model = build_vgg16(self.spec.vgg_flavour, in_channels=3, num_classes=self.num_classes)
-        if self.spec.init_weights:
+        if self.spec.init_weights:  # ImageNet's 1000 or UCF101's 101 classes: fc8 stays at its init
+            from h2s_dist.models import VGG16_CLASSIFIER
             from h2s_dist.weights import load_weights
 
-            load_weights(model, self.spec.init_weights, strict=False)
+            load_weights(model, self.spec.init_weights, new_head=VGG16_CLASSIFIER)
         return model
 
     def param_groups(self, model, optim: OptimSpec) -> list[dict[str, Any]]:

@@ -1,8 +1,10 @@
-"""Stage `tvl1_flows`: the first stage of the TV-L1 two-stage baseline (precomputed flow).
+"""Stage `tvl1_flows`: the first stage of a two-stage pipeline (precomputed flow).
 
-Reads a frame dataset, computes quantised Dual TV-L1 flow of every frame pair of every
-selected video (h2s_dist.baseline.tvl1) and writes a flow dataset (h2s_dist.data.flow_shards)
-to `output_uri/flows`. Not a training loop: `run` ignores the session.
+Reads a frame dataset, computes quantised flow of every frame pair of every selected video,
+Dual TV-L1 (h2s_dist.baseline.tvl1, the baseline) or a trained MotionNet's with `source:
+motionnet` (h2s_dist.baseline.motionnet_flows, paper Table 2's "flows cached" row), and writes
+a flow dataset (h2s_dist.data.flow_shards) to `output_uri/flows`. Not a training loop: `run`
+ignores the session.
 
 Work is cut into chunks: consecutive selected videos of one frame shard, at most
 `videos_per_shard` each; chunk i becomes flow shard i (so flow shards stay pure per split-1
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import posixpath
 import time
+from collections.abc import Callable
 from typing import Any
 
 from h2s_dist import progress
@@ -65,8 +68,18 @@ def plan_fingerprint(spec: TVL1FlowsSpec, chunks: list[list[dict[str, Any]]]) ->
                    for chunk in chunks],
         "size": spec.size, "bound": spec.bound, "quality": spec.quality, "tvl1": spec.tvl1.model_dump(),
     }
+    if spec.source != "tvl1":  # only then: TV-L1 caches written before `source` keep their fingerprint
+        plan.update(source=spec.source, **flow_method(spec))
     # 16 hex digits, as flow caches written before resumable.py carry: they still resume.
     return resumable.plan_fingerprint(plan)[:16]
+
+
+def flow_method(spec: TVL1FlowsSpec) -> dict[str, Any]:
+    """The flow method's settings for a chunk job and flow_info.json: TV-L1's, or the MotionNet's."""
+    if spec.source == "tvl1":
+        return {"tvl1": spec.tvl1.model_dump()}
+    return {"motionnet": spec.motionnet.model_dump(mode="json"), "motionnet_weights": spec.motionnet_weights,
+            "motionnet_frames": spec.motionnet_frames}
 
 
 def flow_dataset(flows_uri: str, fingerprint: str) -> resumable.ResumableDataset:
@@ -81,16 +94,15 @@ def flow_dataset(flows_uri: str, fingerprint: str) -> resumable.ResumableDataset
 def compute_chunk(job: dict[str, Any]) -> UnitRecord:
     """Flows of one chunk -> its flow shard (written here) and its record (returned).
 
-    job: {"frame_shard", "flow_shard", "rows", "size", "bound", "quality", "params", "num_threads"}.
-    Record: rows = flow-manifest rows, skipped, extra = {"pairs", "tvl1_s", "shard_bytes"}.
+    job: {"frame_shard", "flow_shard", "rows", "size", "bound", "quality", "params", "num_threads",
+    "source", "method"}. Record: rows = flow-manifest rows, skipped, extra = {"pairs", "tvl1_s"
+    (seconds in the flow method, TV-L1 or MotionNet), "shard_bytes"}.
     A video that fails to decode is skipped and listed, never fatal."""
-    from h2s_dist.baseline import tvl1
     from h2s_dist.data import codec, flow_shards, transforms
     from h2s_dist.data.shard_io import iter_samples
     from h2s_dist.data.skips import SkipRecorder
 
-    if job["num_threads"] is not None:
-        tvl1.set_num_threads(job["num_threads"])
+    compute = _flow_function(job)
     by_key = {r["key"]: r for r in job["rows"]}
     recorder, done, tvl1_s, pairs = SkipRecorder(), {}, 0.0, 0
     for sample in iter_samples([job["frame_shard"]], set(by_key), recorder, None):
@@ -102,7 +114,7 @@ def compute_chunk(job: dict[str, Any]) -> UnitRecord:
             if job["size"]:
                 frames = transforms.resize_frames(frames, (job["size"][1], job["size"][0]))
             started = time.perf_counter()
-            flows = tvl1.window_flows(frames, job["bound"], job["params"])
+            flows = compute(frames)
             tvl1_s += time.perf_counter() - started
         except Exception as exn:  # one bad video is a listed skip, not a failed stage
             recorder.record(key, job["frame_shard"], exn)
@@ -121,6 +133,26 @@ def compute_chunk(job: dict[str, Any]) -> UnitRecord:
     shard_bytes = flow_shards.write_flow_shard(job["flow_shard"], [(m["key"], p, m) for p, m, _ in ordered])
     return UnitRecord([r for _, _, r in ordered], recorder.skipped,
                       {"pairs": pairs, "tvl1_s": round(tvl1_s, 4), "shard_bytes": shard_bytes})
+
+
+def _flow_function(job: dict[str, Any]) -> Callable:
+    """frames (T, H, W, 3) uint8 -> quantised flows (T-1, H, W, 2), by the job's flow method."""
+    if job.get("source", "tvl1") == "tvl1":
+        from h2s_dist.baseline import tvl1
+
+        if job["num_threads"] is not None:
+            tvl1.set_num_threads(job["num_threads"])
+        return lambda frames: tvl1.window_flows(frames, job["bound"], job["params"])
+    import torch
+
+    from h2s_dist.baseline.motionnet_flows import load_motionnet, video_flows
+
+    if job["num_threads"] is not None:
+        torch.set_num_threads(job["num_threads"])
+    method = job["method"]
+    model = load_motionnet(method["motionnet"], method["motionnet_weights"], method["motionnet_frames"])
+    model.to("cuda" if job.get("use_cuda") else "cpu")
+    return lambda frames: video_flows(model, frames, job["bound"], job["batch_windows"])
 
 
 # ----------------------------------------------------------------------------- the stage
@@ -143,7 +175,8 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
         {"index": i, "rows": chunk, "flow_shard": out.unit_uri(i),
          "frame_shard": manifest.shard_uri(spec.dataset, chunk[0]["shard"]),
          "size": spec.size, "bound": spec.bound, "quality": spec.quality, "params": spec.tvl1.params(),
-         "num_threads": 1 if spec.num_tasks else None}
+         "num_threads": 1 if spec.num_tasks else None, "source": spec.source, "method": flow_method(spec),
+         "batch_windows": spec.motionnet_batch_windows, "use_cuda": spec.gpus_per_task > 0}
         for i, chunk in enumerate(chunks) if i not in records
     ]
     reused, computed_pairs = len(records), 0
@@ -158,7 +191,8 @@ def run(spec: TVL1FlowsSpec, tracker, output_uri: str) -> dict[str, Any]:
                             step=len(records))
         bar.update(len(records), pairs=computed_pairs)
 
-    run_tasks(compute_chunk, jobs, spec.num_tasks, on_done, name=lambda job: f"tvl1-chunk-{job['index']}")
+    run_tasks(compute_chunk, jobs, spec.num_tasks, on_done, name=lambda job: f"tvl1-chunk-{job['index']}",
+              num_gpus=spec.gpus_per_task if spec.source == "motionnet" else 0.0)
     bar.close()
     seconds = time.perf_counter() - started
     outputs = _finish(spec, out, records, rows)
@@ -177,7 +211,7 @@ def _finish(spec: TVL1FlowsSpec, out: resumable.ResumableDataset, records: dict[
                nothing_done="no video gave flows")
     flows_uri = out.output_uri
     write_flow_info(flows_uri, {"bound": spec.bound, "quality": spec.quality, "source_dataset": spec.dataset,
-                                "size": spec.size, "tvl1": spec.tvl1.model_dump()})
+                                "size": spec.size, "source": spec.source, **flow_method(spec)})
     kept = {r["key"] for r in rows}
     pairs = sum(r.extra["pairs"] for r in records.values())
     tvl1_s = sum(r.extra["tvl1_s"] for r in records.values())
@@ -189,5 +223,7 @@ def _finish(spec: TVL1FlowsSpec, out: resumable.ResumableDataset, records: dict[
         "num_videos": len(rows),
         "num_skipped": len(skipped),
         "num_pairs": pairs,
-        "tvl1_ms_per_pair": round(1000 * tvl1_s / pairs, 3) if pairs else 0.0,
+        # ms per pair in the flow method (TV-L1 or MotionNet), for a two-stage pipeline's fps
+        "flow_ms_per_pair": round(1000 * tvl1_s / pairs, 3) if pairs else 0.0,
+        **({"tvl1_ms_per_pair": round(1000 * tvl1_s / pairs, 3) if pairs else 0.0} if spec.source == "tvl1" else {}),
     }
