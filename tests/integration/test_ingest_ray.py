@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import pathlib
 
 import numpy as np
@@ -56,6 +57,10 @@ def s3_ray(s3_server, tmp_path_factory):
         storage.write_bytes(storage.join(corpus, "bad/truncated.mp4"), long_video[: len(long_video) // 2])
         storage.write_bytes(storage.join(corpus, "bad/notes.mp4"), b"this is not a video\n")
         ray.init(num_cpus=4, include_dashboard=False)
+        # Start the worker processes before the ingest: on a loaded machine Ray starts them
+        # lazily and one fast worker can take every shard before a second one is up.
+        warm = ray.remote(num_cpus=1)(lambda: (time.sleep(1.0), os.getpid())[1])
+        assert len(set(ray.get([warm.remote() for _ in range(4)]))) > 1
         try:
             yield prefix
         finally:
@@ -64,7 +69,7 @@ def s3_ray(s3_server, tmp_path_factory):
 
 def _cli(prefix: str, out: str, *extra: str) -> int:
     return ingest_cli(["videos", storage.join(prefix, "corpus/**/*.mp4"), "--output", out, "--size", "64x48",
-                       "--segment-frames", str(SEGMENT), "--shard-size-mb", "0.03", "--no-progress", *extra])
+                       "--segment-frames", str(SEGMENT), "--shard-size-mb", "0.004", "--no-progress", *extra])
 
 
 def test_s3_glob_ingests_on_several_workers_cuts_long_videos_and_reports_bad_files(s3_ray, capsys):
@@ -74,7 +79,7 @@ def test_s3_glob_ingests_on_several_workers_cuts_long_videos_and_reports_bad_fil
     assert "ingested 9 of 11 videos as 10 samples" in printed and "skipped 2" in printed
 
     report = json.loads(storage.read_bytes(storage.join(out, "ingest_report.json")))
-    assert len(report["workers"]) > 1, report["workers"]  # shards came from several processes
+    assert len(report["workers"]) > 1, (report["workers"], report["num_shards"])  # shards came from several processes
     assert report["num_shards"] > 2
     reasons = {pathlib.PurePosixPath(s["source"]).name: s["reason"] for s in report["skipped"]}
     assert set(reasons) == {"truncated.mp4", "notes.mp4"}
@@ -96,7 +101,7 @@ def test_s3_glob_ingests_on_several_workers_cuts_long_videos_and_reports_bad_fil
         frames = codec.decode_frames(sample)
         expected = source[row["start_frame"]: row["start_frame"] + row["num_frames"]]
         assert frames.shape == expected.shape
-        assert np.abs(frames.astype(int) - expected).mean() < 4  # JPEG q90
+        assert np.abs(frames.astype(int) - expected).mean() < 4  # the default h264 at CRF 23
     assert not recorder.skipped
 
     # The training stream reads the unlabeled segments like any sample.
@@ -115,7 +120,7 @@ class _Killed(RuntimeError):
 def test_an_ingest_killed_after_two_shards_resumes_without_rewriting_finished_ones(s3_ray, s3_server):
     out = storage.join(s3_ray, "killed")
     listing = sources.unlabeled_entries(storage.join(s3_ray, "corpus/**/*.mp4"))
-    kwargs = dict(size=SMALL, segment_frames=SEGMENT, shard_target_bytes=30_000, num_tasks=2, progress=False)
+    kwargs = dict(size=SMALL, segment_frames=SEGMENT, shard_target_bytes=4_000, num_tasks=2, progress=False)
     seen: list[int] = []
 
     def kill_after_two(index: int) -> None:
