@@ -8,8 +8,8 @@ sees the same methods either way.
 Both keep the latest `keep` checkpoints (Ray Train through CheckpointConfig(num_to_keep))
 plus, with a `BestRule`, the best one by a metric in `<output>/checkpoints/best/`. Neither
 blocks the step on storage: the state is serialised in the step (a snapshot of tensors that
-change at the next one), then written by a background thread (`BackgroundWriter`, or Ray's
-CheckpointUploadMode.ASYNC). `wait()` returns once every write has landed; `fit` calls it at
+change at the next one), then written by a background thread (`BackgroundWriter`; under Ray Train rank 0 hands Ray
+a local temporary folder, uploaded in the report, SYNC: see RayTrainSession). `wait()` returns once every write has landed; `fit` calls it at
 the end, also when a step fails, so a resume finds what was reported.
 """
 
@@ -196,10 +196,9 @@ class RayTrainSession:
     """Inside a Ray Train worker: checkpoints through `ray.train.report`.
 
     Every rank calls `report` equally often (Ray's report is a barrier); only rank 0 hands a
-    checkpoint (the others None), so only rank 0 uploads model state. Uploads are Ray's
-    CheckpointUploadMode.ASYNC: the state is written to a local temporary folder, Ray uploads
-    it in a background thread and deletes it; reports keep their order, and Ray waits for the
-    uploads when the training function returns. Ray keeps the newest `num_to_keep` (built
+    checkpoint (the others None), so only rank 0 uploads model state. The state is written to
+    a local temporary folder that Ray uploads within the report (CheckpointUploadMode.SYNC;
+    ASYNC left a two-node run that lost a node unable to resume). Ray keeps the newest `num_to_keep` (built
     into the trainer's CheckpointConfig by train.launch); the best is copied by rank 0 to
     `best_folder` by this session's own writer.
 
@@ -253,10 +252,11 @@ class RayTrainSession:
             folder = tempfile.mkdtemp(prefix="h2s-ckpt-")  # Ray deletes it once uploaded
             (pathlib.Path(folder) / CHECKPOINT_FILE).write_bytes(data)
             checkpoint = ray.train.Checkpoint.from_directory(folder)
-        # ASYNC for metrics-only reports too: Ray hands reports on in call order, so a SYNC one
-        # would wait for the upload of the checkpoint before it.
+        # SYNC: with ASYNC uploads a run that lost a node mid-run did not come back
+        # (test_cluster's two-node resume hung after the restart); ASYNC waits for that to be
+        # understood. Rank 0's upload of a local temporary folder is one file copy here.
         ray.train.report(clean, checkpoint=checkpoint, checkpoint_dir_name=_checkpoint_name(step),
-                         checkpoint_upload_mode=CheckpointUploadMode.ASYNC)
+                         checkpoint_upload_mode=CheckpointUploadMode.SYNC)
 
     def wait(self) -> None:
         # Ray's own uploads are awaited by Ray when the training function returns.
