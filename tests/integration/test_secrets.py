@@ -71,7 +71,7 @@ def test_no_aws_credential_reaches_params_tags_artefacts_or_logs(credentialed_s3
     job = cfg.validate_job({
         "name": "leakcheck", "workspace": "s3://leakcheck/ws", "tracking_uri": tracking_uri,
         "stages": [
-            {"name": "data", "kind": "ingest", "source": "synthetic", "decode_workers": 0,
+            {"name": "data", "kind": "ingest", "source": "synthetic", "num_tasks": 0,
              "synthetic": {"num_videos": 36, "num_frames": 12, "height": 64, "width": 80}},
             {"name": "pretrain", "kind": "pretrain_motionnet", "needs": ["data"], "motionnet": {"flavour": "tiny"},
              "data": CLIPS, "optim": {"name": "adam", "lr": 1e-3},
