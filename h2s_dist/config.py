@@ -37,6 +37,9 @@ from pydantic import BaseModel, ConfigDict, Discriminator, Field, Tag, Validatio
 from h2s_dist.specs.common import SpecProblems
 
 ENTRY_FIELDS = ("name", "needs")
+JOBS_ROOT = ".h2s/jobs"
+"""Where jobs without a `workspace` keep their stage folders (`<JOBS_ROOT>/<name>`); h2s predict
+resolves a bare job name there."""
 _NAME_RE = r"^[A-Za-z0-9_-]+$"
 # ${stages.NAME.outputs.KEY} or ${NAME.KEY}; KEY may hold dots and slashes (metric names).
 REFERENCE_RE = re.compile(r"\$\{\s*(?:stages\.([A-Za-z0-9_-]+)\.outputs|([A-Za-z0-9_-]+))\.([^}\s]+)\s*\}")
@@ -153,7 +156,7 @@ class _JobBase(BaseModel):
     @model_validator(mode="after")
     def _defaults_and_graph(self):
         if self.workspace is None:
-            self.workspace = f".h2s/jobs/{self.name}"
+            self.workspace = f"{JOBS_ROOT}/{self.name}"
         if self.experiment is None:
             self.experiment = self.name
         problems = graph_problems(self.stages)  # type: ignore[attr-defined]

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from h2s_dist.config import JOBS_ROOT
 from h2s_dist.data import storage, transforms
 from h2s_dist.data.video import VideoDecodeError, read_video
 
@@ -87,7 +88,7 @@ class VideoPrediction:
 # ----------------------------------------------------------------------------- the model
 
 
-def resolve_stage(model: str, tracking_uri: str | None = None, jobs_root: str = ".h2s/jobs") -> str:
+def resolve_stage(model: str, tracking_uri: str | None = None, jobs_root: str = JOBS_ROOT) -> str:
     """The stage folder `model` names, tried in this order:
 
     1. a folder (path or URI) holding outputs.json: that stage;
@@ -155,7 +156,7 @@ def dataset_frame_size(dataset_uri: str) -> tuple[int, int]:
     return sizes.most_common(1)[0][0]
 
 
-def load_model(model: str, *, tracking_uri: str | None = None, device: str = "auto", jobs_root: str = ".h2s/jobs",
+def load_model(model: str, *, tracking_uri: str | None = None, device: str = "auto", jobs_root: str = JOBS_ROOT,
                num_windows: int | None = None, num_crops: int | None = None) -> PredictModel:
     """The networks of the stage `model` names (`resolve_stage`), weights loaded, in eval mode.
     num_windows / num_crops override the protocol (evaluate: its own; otherwise the paper's 25 x 10)."""

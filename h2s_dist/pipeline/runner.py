@@ -102,7 +102,7 @@ def workspace_uri(job: BaseModel) -> str:
 def _model_name(job: BaseModel, workspace: str) -> str:
     """What `h2s predict --model` needs to find this job's models: its name for the default
     workspace (resolved from the current folder), else the workspace itself."""
-    return job.name if job.workspace == f".h2s/jobs/{job.name}" else workspace
+    return job.name if job.workspace == f"{cfg.JOBS_ROOT}/{job.name}" else workspace
 
 
 def stage_output_uri(workspace: str, stage_name: str, spec_hash: str) -> str:
