@@ -3,8 +3,9 @@ a local head on 127.0.0.1 with the dashboard (Jobs API) and Ray token authentica
 refuses requests without the token or with a wrong one (`h2s submit` among them), accepts a
 tiny job spec submitted with it, followed with `h2s status` / `h2s logs` to success, and the
 head's processes gone afterwards; and
-a two-node Ray cluster on this machine running pretraining with one worker per node, which
-loses its second node mid-run and resumes from the last checkpoint when the node is back.
+a two-node Ray cluster on this machine running a job through the job runner (its workspace on
+the loopback S3 server, its runs on an MLflow tracking server), whose pretraining has one worker
+per node, loses its second node mid-run and resumes from the last checkpoint when the node is back.
 
 The head is started with `ray start --block` in its own process group and a private temp
 dir, and stopped by signalling that group: `ray stop` would stop every Ray on this machine,
