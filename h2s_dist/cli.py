@@ -21,14 +21,8 @@ import subprocess
 import sys
 from collections.abc import Mapping, Sequence
 
-# Environment forwarded to Ray jobs when set here (never credentials: see `--env`). Not
-# RAY_AUTH_MODE: the job runs under the cluster's own mode and token, whatever this shell has.
-FORWARDED_ENV = (
-    "MLFLOW_TRACKING_URI", "AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_REGION", "AWS_DEFAULT_REGION",
-    "H2S_S3_ENDPOINT_URL", "AWS_PROFILE", "H2S_PROGRESS", "H2S_PROGRESS_EVERY_S",
-)
-# Never shipped: a job's runtime_env is shown by the dashboard and `ray job list`.
-NEVER_FORWARDED = ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+from h2s_dist.ray_env import NEVER_FORWARDED, forwarded_env  # what a job's runtime_env carries
+
 WORKING_DIR_EXCLUDES = [".git", ".venv", ".h2s", "mlruns", "mlartifacts", "**/__pycache__", "*.tar", "*.pt"]
 
 
@@ -107,7 +101,7 @@ def submission(spec: str, overrides: Sequence[str], extra_env: Sequence[str], fr
     if refused:
         raise ValueError(f"--env {refused[0]}: secrets are never shipped with a job (its runtime_env is shown "
                          "by the dashboard); the cluster's nodes get them from a Kubernetes secret or their role")
-    env = {name: os.environ[name] for name in (*FORWARDED_ENV, *extra_env) if name in os.environ}
+    env = forwarded_env(extra_env)
     runtime_env = {"working_dir": str(root), "excludes": WORKING_DIR_EXCLUDES, "env_vars": env}
     return shlex.join(words), runtime_env
 

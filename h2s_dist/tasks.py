@@ -11,8 +11,9 @@ in completion order. A task whose process dies (a decoder crash, the OOM killer,
 is retried by Ray `max_retries` times, then handed to `on_crash`; an exception of `fn` itself
 or of a callback cancels the tasks in flight and propagates.
 
-`ensure_ray` connects to a cluster ($RAY_ADDRESS or an address) or starts a local Ray; the
-launcher uses it for Ray Train and Tune too. Imports nothing heavy: `h2s ingest` uses this
+`ensure_ray` connects to a cluster ($RAY_ADDRESS or an address), handing its workers this
+process's S3 endpoint and MLflow server (ray_env.py), or starts a local Ray; the launcher
+uses it for Ray Train and Tune too. Imports nothing heavy: `h2s ingest` uses this
 without torch.
 """
 
@@ -38,7 +39,11 @@ def ensure_ray(address: str | None = None) -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        from h2s_dist.ray_env import connect_runtime_env
+
+        # The cluster's workers were not started from this process: the S3 endpoint and the
+        # MLflow server it uses reach them only through the job's runtime_env (ray_env.py).
+        ray.init(address=address, log_to_driver=True, runtime_env=connect_runtime_env())
     else:
         # The dashboard (on 127.0.0.1 only) serves Ray's State API, which Ray Train's placement
         # group cleaner polls: without it every training stage prints "Failed to query Ray Train

@@ -3,8 +3,9 @@ a local head on 127.0.0.1 with the dashboard (Jobs API) and Ray token authentica
 refuses requests without the token or with a wrong one (`h2s submit` among them), accepts a
 tiny job spec submitted with it, followed with `h2s status` / `h2s logs` to success, and the
 head's processes gone afterwards; and
-a two-node Ray cluster on this machine running pretraining with one worker per node, which
-loses its second node mid-run and resumes from the last checkpoint when the node is back.
+a two-node Ray cluster on this machine running a job through the job runner (its workspace on
+the loopback S3 server, its runs on an MLflow tracking server), whose pretraining has one worker
+per node, loses its second node mid-run and resumes from the last checkpoint when the node is back.
 
 The head is started with `ray start --block` in its own process group and a private temp
 dir, and stopped by signalling that group: `ray stop` would stop every Ray on this machine,
@@ -13,6 +14,7 @@ including other people's.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -238,89 +240,140 @@ def test_a_local_workspace_is_refused_on_a_two_node_cluster_before_any_work(tmp_
     assert list(tmp_path.iterdir()) == []  # refused before any work: no store, no stage folder
 
 
-
-def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(make_synthetic_dataset, tmp_path, stage_run):
-    """Two Ray nodes (ray.cluster_utils.Cluster) of one CPU each, two workers of one CPU:
-    one worker lands on each node. The second node is removed after a checkpoint and added
-    back: the run restarts (max_failures) from that checkpoint on both nodes again."""
+def test_pretraining_spans_two_nodes_and_resumes_after_losing_one(s3_env, tracking_server, tmp_path, monkeypatch):
+    """The job runner, connected by address to two Ray nodes (ray.cluster_utils.Cluster) of one
+    CPU each, runs a job whose workspace is on the loopback S3 server and whose MLflow store is
+    a tracking server: the layout check passes, the ingest writes to S3, and the pretraining's
+    two workers of one CPU land one on each node. The second node is removed after a
+    checkpoint and added back: the run restarts (max_failures) from that checkpoint on both
+    nodes again. The nodes know the S3 credentials (a cluster's own) but not this process's
+    endpoint or region, which reach their workers only through the job's runtime_env
+    (ray_env.py); rank 0, on either node, logs over HTTP. Nothing is written locally."""
     import threading
 
     import ray
     from mlflow.tracking import MlflowClient
     from ray.cluster_utils import Cluster
 
-    from h2s_dist.train.launch import hash_of, launch
-    from h2s_dist.specs.training import PretrainSpec
+    from h2s_dist.config import validate_job
+    from h2s_dist.data import storage
+    from h2s_dist.pipeline.runner import run_job
+    from h2s_dist.tasks import ensure_ray
+    from tests.conftest_parts.data import TINY_VIDEO
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    for name in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)  # a stray relative write (./mlruns, .h2s/jobs) would land here
+    workspace = s3_env
+    job = validate_job({
+        "name": "two-nodes", "workspace": workspace, "tracking_uri": tracking_server,
+        "stages": [
+            # 36 tiny videos, ~6 shards of ~190 kB: each worker reads shards of its own.
+            {"name": "data", "kind": "ingest", "source": "synthetic", "num_tasks": 0, "encoding": "jpeg",
+             "size": None, "shard_size_mb": 0.19, "synthetic": {"num_videos": 36, **TINY_VIDEO}},
+            {"name": "pretrain", "kind": "pretrain_motionnet", "needs": ["data"], "motionnet": {"flavour": "tiny"},
+             "data": {"dataset": "${data.dataset}", "crop_size": 32, "batch_size": 2, "loader_workers": 0,
+                      "shuffle_buffer": 4, "epoch_length_samples": 32},
+             "optim": {"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
+             # Long enough that the node goes before the run ends (30 steps sometimes finished first).
+             "loop": {"max_steps": STEPS, "log_every_steps": 5, "picture_every_steps": STEPS,
+                      "checkpoint_every_steps": 5},
+             "scaling": {"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1}},
+        ],
+    })
     assert not ray.is_initialized(), "another test left Ray running in this process"
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
-    second = cluster.add_node(num_cpus=1, resources={"node_b": 1})
-    ray.init(address=cluster.address)
+    with _node_env():
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "resources": {"node_a": 1}})
+        second = cluster.add_node(num_cpus=1, resources={"node_b": 1})
     events: list[str] = []
+    lines: list[str] = []
     # Nodes are added and removed from this (the main) thread: starting a node installs
-    # signal handlers, which only the main thread may do. The run goes in a thread instead.
+    # signal handlers, which only the main thread may do. The job goes in a thread instead;
+    # it connects here first, as run_job's launch would (ensure_ray, with the runtime_env).
     try:
+        ensure_ray(cluster.address)
+        on_b = ray.remote(os.getenv).options(num_cpus=0, resources={"node_b": 0.01})
+        assert ray.get(on_b.remote("H2S_S3_ENDPOINT_URL")) == os.environ["H2S_S3_ENDPOINT_URL"]
         assert {n["Resources"].get("node_b", 0) for n in ray.nodes() if n["Alive"]} == {0, 1}
-        spec = PretrainSpec(
-            motionnet={"flavour": "tiny"},
-            data={"dataset": make_synthetic_dataset(shard_target_bytes=200_000), "crop_size": 32, "batch_size": 2,
-                  "loader_workers": 0, "shuffle_buffer": 4, "epoch_length_samples": 32},
-            optim={"name": "adam", "lr": 1e-3, "weight_decay": 0.0},
-            # Long enough that the node goes before the run ends (30 steps sometimes finished first).
-            loop={"max_steps": STEPS, "log_every_steps": 5, "picture_every_steps": STEPS, "checkpoint_every_steps": 5},
-            scaling={"num_workers": 2, "cpus_per_worker": 1, "max_failures": 1},
-        )
-        output = tmp_path / "pretrain"
-        tracking = stage_run("pretrain-two-nodes")
         done: dict = {}
 
-        def fit() -> None:
+        def run() -> None:
             try:
-                done["outputs"] = launch("pretrain_motionnet", spec, str(output), tracking)
+                done["result"] = run_job(job, ray_address=cluster.address, echo=lines.append)
             except BaseException as err:  # noqa: BLE001 - re-raised below, in the test's thread
                 done["error"] = err
 
-        runner = threading.Thread(target=fit)
+        runner = threading.Thread(target=run)
         runner.start()
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + 240
         # Lose the node only once Ray's controller has registered a checkpoint: a step_N folder
-        # on disk is written by the worker before the controller records it, and a node lost in
+        # is written by the worker before the controller records it, and a node lost in
         # between leaves the restarted run nothing to resume from (it starts again at step 0).
-        while time.monotonic() < deadline and not _registered_checkpoint(output / "ray") and runner.is_alive():
-            time.sleep(0.1)
+        while time.monotonic() < deadline and not _registered_checkpoint(workspace) and runner.is_alive():
+            time.sleep(0.5)
         cluster.remove_node(second)
         events.append("removed")
         time.sleep(3)  # the run notices, and cannot place its second worker on one CPU
-        cluster.add_node(num_cpus=1, resources={"node_b": 1})
+        with _node_env():
+            cluster.add_node(num_cpus=1, resources={"node_b": 1})
         events.append("added")
-        runner.join(timeout=240)
+        runner.join(timeout=300)
         assert not runner.is_alive(), "the run did not finish after the node came back"
         if "error" in done:
             raise done["error"]
-        outputs = done["outputs"]
+        result = done["result"]
     finally:
         ray.shutdown()
         cluster.shutdown()
 
     assert events == ["removed", "added"]
-    assert outputs["steps"] == STEPS and outputs["resumed_from_step"] in range(5, STEPS, 5)
+    stage = result.stages["pretrain"]
+    outputs = stage.outputs
+    assert outputs["steps"] == STEPS and outputs["resumed_from_step"] in range(5, STEPS, 5), "\n".join(lines)
     first = outputs["first_batch_checksums"]
     assert len(first) == 2 and first[0] != first[1]  # each node's worker read its own shard
-    assert pathlib.Path(outputs["motionnet"]).is_file()
-    assert (output / "ray" / f"pretrain_motionnet-{hash_of(spec)}" / f"step_{STEPS:09d}" / "state.pt").is_file()
-    run = MlflowClient(tracking.uri).get_run(tracking.run_id)
+    # Everything the stage wrote is an object on the S3 server, nothing a local file.
+    assert stage.output_uri.startswith(f"{workspace}/pretrain-") and outputs["motionnet"].startswith(stage.output_uri)
+    objects = storage.list_uris(stage.output_uri)
+    final_state = storage.join(stage.output_uri, "ray", f"pretrain_motionnet-{stage.spec_hash}",
+                               f"step_{STEPS:09d}", "state.pt")
+    assert {outputs["motionnet"], final_state, storage.join(stage.output_uri, "_SUCCESS")} <= set(objects)
+    assert storage.size(outputs["motionnet"]) > 0 and storage.size(final_state) > 0
+    assert list(tmp_path.iterdir()) == []
+    # The runs, logged over HTTP by the driver and by rank 0 on either node, read back through the server.
+    assert result.tracking_uri == tracking_server
+    client = MlflowClient(tracking_server)
+    run = client.get_run(stage.run_id)
+    assert run.info.status == "FINISHED" and run.data.tags["mlflow.parentRunId"] == result.run_id
     assert run.data.tags["h2s.resumed_from_step"] == str(outputs["resumed_from_step"])
-    steps = [m.step for m in MlflowClient(tracking.uri).get_metric_history(tracking.run_id, "loss/total")]
+    steps = [m.step for m in client.get_metric_history(stage.run_id, "loss/total")]
     assert max(steps) == STEPS
+    assert client.get_run(result.run_id).info.status == "FINISHED"
 
 
-def _registered_checkpoint(ray_storage: pathlib.Path) -> bool:
-    """Whether Ray Train's controller has recorded a checkpoint (its manager snapshot names one)."""
-    for snapshot in ray_storage.glob("**/checkpoint_manager_snapshot.json"):
+@contextlib.contextmanager
+def _node_env():
+    """The environment a node of the cluster starts with: this process's, less what ray_env
+    forwards (the S3 endpoint and region, the MLflow server). A real cluster's nodes have
+    their own credentials but not a driver's endpoint; its workers get it from the job."""
+    from h2s_dist.ray_env import FORWARDED_ENV
+
+    saved = {name: os.environ.pop(name) for name in FORWARDED_ENV if name in os.environ}
+    try:
+        yield
+    finally:
+        os.environ.update(saved)
+
+
+def _registered_checkpoint(workspace: str) -> bool:
+    """Whether Ray Train's controller has recorded a checkpoint (its manager snapshot, an S3
+    object under the workspace, names one)."""
+    from h2s_dist.data import storage
+
+    for snapshot in storage.list_uris(workspace, suffix="checkpoint_manager_snapshot.json"):
         try:
-            if "step_" in snapshot.read_text():
+            if "step_" in storage.read_bytes(snapshot).decode():
                 return True
-        except OSError:  # being written: look again
+        except FileNotFoundError:  # replaced between the listing and the read: look again
             pass
     return False
