@@ -185,3 +185,34 @@ def export_program(model: HiddenTwoStream, example: torch.Tensor) -> torch.expor
     num_inputs = torch.export.Dim("num_inputs", min=1, max=4096)
     with torch.no_grad():
         return torch.export.export(model, (example,), dynamic_shapes=({0: num_inputs},))
+
+
+PROGRAM_FILE, METADATA_FILE = "hidden_two_stream.pt2", "model.json"
+
+
+def export_model(model, out_dir: str) -> dict:
+    """Write a `predict.load_model` result's hidden two-stream to out_dir: PROGRAM_FILE (torch.export,
+    fp32 CPU) and METADATA_FILE (classes, input shape, what the output is); returns the metadata."""
+    import json
+    import pathlib
+
+    network = hidden_two_stream(model).cpu()
+    shape = (model.clip_len_frames, 3, model.crop_size, model.crop_size)
+    example = torch.randint(0, 256, (2, *shape), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    program = export_program(network, example)
+    out = pathlib.Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    torch.export.save(program, str(out / PROGRAM_FILE))
+    w_spatial, w_stacked = network.fusion_weights
+    metadata = {
+        "program": PROGRAM_FILE, "source_stage": model.stage_uri, "classes": model.classes,
+        "input": {"shape": ["num_inputs", *shape], "dtype": "uint8", "layout": "N, T, RGB, H, W",
+                  "what": f"a video's {model.num_windows} windows x {model.num_crops} crops of decoded frames "
+                          f"resized to {model.frame_size[1]}x{model.frame_size[0]} (h2s_dist.data.transforms)"},
+        "output": {"shape": [len(model.classes)], "dtype": "float32",
+                   "what": f"{network.fusion_rule} fusion, spatial {w_spatial:g} : stacked {w_stacked:g}, of each "
+                           "stream's scores averaged over the inputs; argmax is the predicted class"},
+        "usage": "torch.export.load(path).module()(clips)",
+    }
+    (out / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
+    return metadata
