@@ -87,3 +87,15 @@ def test_exported_program_equals_eager_and_loads_without_h2s(tmp_path):
     result = json.loads(done.stdout.strip().splitlines()[-1])
     assert not result["h2s"]
     torch.testing.assert_close(torch.tensor(result["scores"]), expected)
+
+
+def test_a_stage_without_both_streams_is_refused_with_what_to_pass():
+    from h2s_dist.inference import hidden_two_stream
+    from h2s_dist.predict import PredictError, PredictModel
+
+    model = tiny_model()
+    only_stacked = PredictModel(stage_uri="/x/finetune-1", kind="finetune_stacked", classes=list("abcde"),
+                                frame_size=(32, 32), clip_len_frames=11, crop_size=32, num_windows=1, num_crops=1,
+                                networks={"stacked": model.stacked})
+    with pytest.raises(PredictError, match="spatial weights.*evaluate stage"):
+        hidden_two_stream(only_stacked)
