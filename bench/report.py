@@ -66,8 +66,26 @@ def section_speed(d: dict) -> str:
         f"**Hidden two-stream / TV-L1 two-stream: {r['hidden_two_stream_over_tvl1_two_stage']:.2f}x** "
         f"(paper: {d['paper_ratio_hidden_over_tvl1_two_stream']:.2f}x = 120.48 / 12.8); stacked temporal / "
         f"TV-L1 temporal: {r['stacked_temporal_over_tvl1_temporal']:.2f}x (paper: 11.5x = 169.49 / 14.75).",
+        *_fast_path(d.get("fast_path") or {}),
         provenance(d),
     ])
+
+
+def _fast_path(fast: dict) -> list[str]:
+    """The fast-path table (h2s_dist.inference vs TV-L1 two-stage per size) when the run measured it."""
+    if not fast.get("rows"):
+        return []
+    agreement = fast.get("agreement")
+    guard = (f"top-1 agreement with fp32 of the trained quickstart hidden two-stream on its "
+             f"{agreement['num_videos']} test videos (a variant below {agreement['min_agreement']:.0%} is not shipped)"
+             if agreement else "no trained job here, so agreement was not measured")
+    rows = [[r["size"], r["method"], r["windows"], r["fps"], f"{r['ratio_vs_tvl1']:.2f}x",
+             None if r.get("agreement_vs_fp32") is None else f"{100 * r['agreement_vs_fp32']:.1f}%"]
+            for r in fast["rows"]]
+    return [f"Fast path (`h2s_dist.inference`, one forward per {fast['video_windows']} windows, fused scores of "
+            f"the video; `torch.export` is the program `h2s export` writes) against TV-L1 two-stage at its fastest "
+            f"threading, same run; {guard}.",
+            md_table(["size", "method", "windows / forward", "fps", "x TV-L1 two-stage", "top-1 agreement"], rows)]
 
 
 def section_accuracy(d: dict) -> str:

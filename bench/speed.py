@@ -307,17 +307,55 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--tolerance", type=float, default=0.05, help="max relative L2 error of scores vs fp32")
     p.add_argument("--protocol-frames", type=int, default=175, help="video length for the 25x10 throughput")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--fast-sizes", default=None, help="sides of the fast-path section, comma-separated "
+                   "(default 224,128; --quick 128,224; 'none' skips it)")
+    p.add_argument("--video-windows", type=int, default=None,
+                   help="windows per forward of the fast path (a video's 25; --quick 4)")
+    p.add_argument("--agreement-model", default=None, metavar="JOB|URI",
+                   help="finished job whose trained hidden two-stream guards the fast path's top-1 agreement "
+                        "(default the quickstart job under config.JOBS_ROOT when there; 'none' skips)")
+    p.add_argument("--agreement-videos", type=int, default=None, help="at most this many test videos (default all)")
     args = p.parse_args(argv)
     args.size = args.size or (128 if args.quick else 224)
     args.batch = args.batch or (2 if args.quick else 4)
     args.repeats = args.repeats or (2 if args.quick else 3)
     args.threads = args.threads or os.cpu_count()
     args.cv_threads = args.cv_threads or os.cpu_count()
+    sizes = args.fast_sizes or ("128,224" if args.quick else "224,128")
+    args.fast_sizes = [] if sizes == "none" else [int(s) for s in sizes.split(",")]
+    args.video_windows = args.video_windows or (4 if args.quick else 25)
     if args.size % 32:
         p.error(f"--size must be a multiple of 32 (MotionNet), got {args.size}")
     device = torch.device(args.device)
     args.compile = args.compile == "on" or (args.compile == "auto" and (device.type == "cuda" or not args.quick))
     return args
+
+
+def fast_path_section(args: argparse.Namespace, tvl1_two_stage: Callable[[np.ndarray], torch.Tensor]) -> dict:
+    """bench/fast_path.py's rows at each --fast-sizes side, and the agreement of its variants on trained weights."""
+    from bench import fast_path
+
+    if not args.fast_sizes:
+        return {}
+    print(f"\nfast path (h2s_dist.inference, {args.video_windows} windows per forward) vs TV-L1 two-stage:", flush=True)
+    rows = [row for size in args.fast_sizes for row in fast_path.measure_size(size, tvl1_two_stage, synthetic_windows, args)]
+    model = fast_path.default_agreement_model() if args.agreement_model is None else args.agreement_model
+    agreement = None
+    if model and model != "none":
+        print(f"top-1 agreement with fp32 on the test videos of {model} (trained weights):", flush=True)
+        agreement = fast_path.stage_agreement(model, args.agreement_videos)
+        for name, share in agreement["agreement"].items():
+            print(f"  {name:36s} {100 * share:6.1f}% of {agreement['num_videos']} videos"
+                  f"{'  (rejected)' if name in agreement['rejected'] else ''}", flush=True)
+    for row in rows:
+        name = row["method"].removeprefix("h2s ")
+        share = agreement["agreement"].get(name) if agreement else None
+        row["agreement_vs_fp32"] = 1.0 if name == "fp32" else share
+    print()
+    print(format_table(["size", "method", "windows/forward", "fps", "x TV-L1 two-stage", "top-1 agreement vs fp32"],
+                       [[r["size"], r["method"], r["windows"], r["fps"], r["ratio_vs_tvl1"], r["agreement_vs_fp32"]]
+                        for r in rows]))
+    return {"rows": rows, "agreement": agreement, "video_windows": args.video_windows}
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -357,8 +395,6 @@ def main(argv: list[str] | None = None) -> dict:
         ms_window[name] = 1e3 * seconds / args.batch
         fps[name] = args.batch * FRAMES_PER_WINDOW / seconds
         print(f"  {name:20s} {fps[name]:8.2f} fps", flush=True)
-    for engine in engines.values():
-        engine.close()
 
     chosen = {r["network"]: r for r in config_rows if r.get("chosen")}
     ms_cnn = {n: chosen[n]["ms_per_window"] for n in builders}
@@ -384,7 +420,9 @@ def main(argv: list[str] | None = None) -> dict:
           f"(paper: {paper_ratio:.2f}x); stacked / TV-L1 temporal: "
           f"{ratios['stacked_temporal_over_tvl1_temporal']:.2f}x (paper: "
           f"{PAPER_FPS['stacked_temporal'] / PAPER_FPS['tvl1_temporal']:.2f}x)")
+    fast = fast_path_section(args, methods["tvl1_two_stage"])
     payload = {
+        "fast_path": fast,
         "fps": fps, "ms_per_window": ms_window, "protocol_fps": proto, "ratios": ratios,
         "paper_fps": PAPER_FPS, "paper_ratio_hidden_over_tvl1_two_stream": paper_ratio,
         "configuration": configuration, "configs": config_rows, "flow_engines": flow_rows,
@@ -394,6 +432,8 @@ def main(argv: list[str] | None = None) -> dict:
                      "protocol_frames": args.protocol_frames, "weights": "random init",
                      "fps_counting": "10 frames per 11-frame window; decode excluded; single window, centre crop"},
     }
+    for engine in engines.values():
+        engine.close()
     path = write_results("speed", payload)
     print(f"wrote {path}")
     return payload

@@ -362,6 +362,18 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 2 if failed else 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from h2s_dist.inference import PROGRAM_FILE, export_model
+    from h2s_dist.predict import load_model
+
+    model = load_model(args.model, tracking_uri=args.tracking_uri, device="cpu")
+    metadata = export_model(model, args.out)
+    print(f"wrote {args.out}/{PROGRAM_FILE} (torch.export of {model.kind} stage {model.stage_uri}: uint8 clips "
+          f"{metadata['input']['shape']} -> fused scores over {len(model.classes)} classes) and model.json; "
+          "load it with torch.export.load(path).module()")
+    return 0
+
+
 # ----------------------------------------------------------------------------- parser
 
 _RUN_EXAMPLES = """examples:
@@ -561,6 +573,13 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
     predict.add_argument("--tracking-uri", help="MLflow store for a run id (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
     predict.set_defaults(func=cmd_predict)
+
+    export = commands.add_parser("export", help="write a finished job's hidden two-stream model as a torch.export program")
+    export.add_argument("--model", required=True, metavar="JOB|RUN|URI",
+                        help="as for predict: job name, workspace, evaluate stage folder or MLflow run id")
+    export.add_argument("--out", required=True, metavar="DIR", help="folder for hidden_two_stream.pt2 and model.json")
+    export.add_argument("--tracking-uri", help="MLflow store for a run id (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
+    export.set_defaults(func=cmd_export)
 
     s3 = commands.add_parser("s3-serve", help="a local S3-compatible server over a folder", **_fmt({"epilog": _S3_EXAMPLES}))
     s3.add_argument("directory", help="folder whose sub-folders are the buckets")

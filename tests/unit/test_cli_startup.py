@@ -24,7 +24,7 @@ def imported_modules(*argv: str) -> set[str]:
 
 
 @pytest.mark.parametrize("argv", [["--help"], ["ingest", "synthetic", "--help"], ["weights", "convert", "--help"],
-                                  ["predict", "--help"]])
+                                  ["predict", "--help"], ["export", "--help"]])
 def test_help_imports_no_heavy_package(argv):
     heavy = {name for name in imported_modules(*argv) if name.split(".")[0] in HEAVY}
     assert not heavy, f"h2s {' '.join(argv)} imports {sorted(heavy)[:8]}: move them into the command functions"
