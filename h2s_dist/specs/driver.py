@@ -55,7 +55,8 @@ class IngestSpec(Strict):
     synthetic: SyntheticSourceSpec = SyntheticSourceSpec()
     """Options of the synthetic source."""
     output: str | None = None
-    """Dataset URI to write (path, file:// or s3://); null = this stage's output folder."""
+    """Dataset URI to write (path, file:// or s3://); null = this stage's output folder. A job
+    that may span nodes needs s3:// here (or a shared filesystem and `workspace_shared: true`)."""
     encoding: Literal["h264", "jpeg", "mp4"] = "h264"
     """h264: H.264 with a keyframe every 8 frames and a frame index (below the source's bytes,
     a window decodes from the keyframe before it); jpeg: JPEG frame stack (several times the
