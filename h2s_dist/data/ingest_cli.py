@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from h2s_dist.data.ingest_defaults import (
     DEFAULT_ENCODING,
     DEFAULT_SEGMENT_FRAMES,
+    DEFAULT_SEGMENT_OVERLAP_FRAMES,
     DEFAULT_SHARD_TARGET_BYTES,
     ENCODINGS,
 )
@@ -97,7 +98,11 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--address", help="Ray cluster to run on (default $RAY_ADDRESS, else a local Ray)")
     common.add_argument("--segment-frames", type=_parse_segment,
                         help="a longer video becomes several samples of this many frames, or 'whole' "
-                             f"(default {DEFAULT_SEGMENT_FRAMES.get('videos')} for videos, whole for the others)")
+                             f"(default {DEFAULT_SEGMENT_FRAMES.get('videos')} for videos, whole for the others); "
+                             "a test video of any split stays whole")
+    common.add_argument("--segment-overlap-frames", type=int, default=DEFAULT_SEGMENT_OVERLAP_FRAMES,
+                        help="frames consecutive segments share, so training windows of up to this + 1 frames "
+                             "are never lost at a cut (default %(default)s: the paper's 11-frame clips)")
     common.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_TARGET_BYTES / 2**20,
                         help="target shard size in MiB (default %(default)g)")
     common.add_argument("--no-resume", action="store_true", help="start over, deleting shards of an earlier run")
@@ -164,7 +169,8 @@ def run_ingest_command(args: argparse.Namespace) -> int:
     report = ingest_lib.ingest(
         listing_from_args(args), args.output, encoding=args.encoding, size=size, min_frames=args.min_frames,
         quality=args.quality, shard_target_bytes=int(args.shard_size_mb * 2**20), segment_frames=segment_frames,
-        num_tasks=args.num_tasks, address=args.address, resume=not args.no_resume, progress=not args.no_progress,
+        segment_overlap_frames=args.segment_overlap_frames, num_tasks=args.num_tasks, address=args.address,
+        resume=not args.no_resume, progress=not args.no_progress,
     )
     print(report.summary())
     return 0
