@@ -188,8 +188,8 @@ def encode_video(entry: VideoEntry, options: IngestOptions, spool: str) -> Encod
         with _decoded(entry, options) as (frames, fps, digest, source_bytes):
             fps = fps if fps and fps > 0 else _DEFAULT_FPS
             done.fps, done.sha256, done.source_bytes = float(fps), digest, source_bytes
-            cut = segments(frames, segment_frames_of(entry, options), options.min_frames, options.segment_overlap_frames)
-            for segment in cut:
+            length, overlap = segment_frames_of(entry, options), options.segment_overlap_frames
+            for segment in segments(frames, length, options.min_frames, overlap):
                 if len(segment.frames) < options.min_frames:  # only a whole video can be this short
                     done.reason = f"too short: {len(segment.frames)} frames, need {options.min_frames}"
                     break

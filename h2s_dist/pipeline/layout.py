@@ -74,12 +74,14 @@ def effective_tracking_uri(tracking_uri: str | None) -> str:
     return tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
 
 
-def multi_node_reason(ray_address: str | None, num_nodes: int, submitted_to: str | None = None) -> str | None:
-    """Why the job's processes may run on more than one node, or None when they cannot."""
+def multi_node_reason(
+    ray_address: str | None, num_nodes: int, submitted_to: str | None = None, what: str = "the job"
+) -> str | None:
+    """Why `what`'s processes may run on more than one node, or None when they cannot."""
     if submitted_to:
-        return f"the job is submitted to the Ray cluster at {submitted_to} (h2s submit)"
+        return f"{what} is submitted to the Ray cluster at {submitted_to} (h2s submit)"
     if ray_address and ray_address != "local":  # "local" starts a new single-node Ray
-        return f"the job runs on the Ray cluster at {ray_address}"
+        return f"{what} runs on the Ray cluster at {ray_address}"
     if num_nodes > 1:
         return f"the Ray cluster this process is connected to has {num_nodes} nodes"
     return None
@@ -125,11 +127,13 @@ def _tracking_origin(job: BaseModel) -> str:
     return "unset, so the default: "
 
 
-def current_reason(ray_address: str | None = None, submitted_to: str | None = None) -> str | None:
+def current_reason(
+    ray_address: str | None = None, submitted_to: str | None = None, what: str = "the job"
+) -> str | None:
     """multi_node_reason of a run from this process: `ray_address` (None: $RAY_ADDRESS, else an
     embedded Ray), the cluster it is connected to already, or an `h2s submit` address."""
     address = ray_address or os.environ.get("RAY_ADDRESS")
-    return multi_node_reason(address, connected_num_nodes(), submitted_to)
+    return multi_node_reason(address, connected_num_nodes(), submitted_to, what)
 
 
 def stage_outputs(job: BaseModel) -> list[tuple[str, str]]:
@@ -155,12 +159,14 @@ def check_layout(
         raise JobSpecError(problems, source)
 
 
-def check_output(uri: str, *, ray_address: str | None, shared: bool, field: str, fix: str) -> None:
+def check_output(
+    uri: str, *, ray_address: str | None, shared: bool, field: str, fix: str, what: str = "the ingest"
+) -> None:
     """Raise ValueError ("FIELD: URI is a path on this node only, but ...; FIX") when a
     dataset written by Ray tasks of a run from this process (ray_address as check_layout's)
     would land on the disks of the nodes that run them. shared: the user declared the path
     to be on a filesystem every node mounts at the same place."""
-    reason = current_reason(ray_address)
+    reason = current_reason(ray_address, what=what)
     if stranded(uri, reason, shared=shared):
         raise ValueError(f"{field}: {uri} is a path on this node only, but {reason}, whose tasks would write "
                          f"their part on their own node's disk; {fix}")
