@@ -126,9 +126,9 @@ class _JobBase(BaseModel):
     null = `.h2s/jobs/<name>` in the working directory. A job on more than one node needs
     s3:// here (or a shared filesystem and `workspace_shared: true`)."""
     workspace_shared: bool = False
-    """The job's local paths (a path or file:// `workspace`, a sqlite:/// or file:// `tracking_uri`)
-    are on a filesystem every Ray node mounts at the same place (NFS, or a cluster of one
-    machine). Without it, a job that may span nodes (`h2s submit`, a Ray address, a cluster of
+    """The job's local paths (a path or file:// `workspace` or ingest `output`, a sqlite:/// or
+    file:// `tracking_uri`) are on a filesystem every Ray node mounts at the same place (NFS,
+    or a cluster of one machine). Without it, a job that may span nodes (`h2s submit`, a Ray address, a cluster of
     more than one node) is refused unless its workspace is s3:// and its tracking URI a server."""
     tracking_uri: str | None = None
     """MLflow tracking URI (`http://host:5000` or `sqlite:///path.db`); null = $MLFLOW_TRACKING_URI,

@@ -20,7 +20,9 @@ Steps (docs/data.md has the layout and the encoding numbers):
    h2s_dist.tasks: Ray tasks of one CPU each over every CPU of the cluster (a local Ray by
    default, `address` or $RAY_ADDRESS for a cluster), or a plain loop in this process with
    `num_tasks=0`. A task stream-decodes its videos (one segment of frames in memory at a
-   time; a video longer than `segment_frames` becomes several samples), writes the shard tar
+   time; a video longer than `segment_frames` becomes several samples, consecutive ones
+   sharing `segment_overlap_frames` frames, so no training window is lost at a cut; a test
+   video stays whole, for evaluation), writes the shard tar
    through `storage.atomic_write` and then URI/_ingest/shard-NNNNNN.json (its manifest rows
    and skipped videos), the shard's "done" record. A bad video (undecodable, truncated,
    empty, shorter than `min_frames`) and an entry whose key cannot name a sample are skipped
@@ -46,7 +48,7 @@ from typing import Any
 
 from h2s_dist import progress as progress_lines
 from h2s_dist.data import codec, manifest, shard_tar, sources, storage
-from h2s_dist.data.ingest_defaults import DEFAULT_SHARD_TARGET_BYTES
+from h2s_dist.data.ingest_defaults import DEFAULT_SEGMENT_OVERLAP_FRAMES, DEFAULT_SHARD_TARGET_BYTES
 from h2s_dist.data.ingest_shard import DEFAULT_SIZE, IngestOptions, encode_shard, probe_entry
 from h2s_dist.data.resumable import ResumableDataset, UnitRecord, gather, plan_fingerprint
 from h2s_dist.data.skips import Skip, count_kinds
@@ -167,7 +169,9 @@ def _plan(shards: list[list[VideoEntry]], options: IngestOptions) -> dict[str, A
     """What decides the shards' bytes, saved in _ingest/plan.json beside its fingerprint."""
     settings = asdict(options)
     if settings["segment_frames"] is None:  # whole videos: the plan of ingests before segments, which still resume
-        del settings["segment_frames"]
+        del settings["segment_frames"], settings["segment_overlap_frames"]
+    # A segmented ingest from before overlaps (and whole test videos) made other samples: its plan
+    # lacks segment_overlap_frames, so it differs, and resuming it is refused rather than mixed.
     return {
         "version": _PLAN_VERSION,
         "options": settings,
@@ -241,6 +245,7 @@ def ingest(
     quality: int | None = None,
     shard_target_bytes: int = DEFAULT_SHARD_TARGET_BYTES,
     segment_frames: int | None = None,
+    segment_overlap_frames: int = DEFAULT_SEGMENT_OVERLAP_FRAMES,
     num_tasks: int | None = None,
     address: str | None = None,
     resume: bool = True,
@@ -251,7 +256,9 @@ def ingest(
 
     entries: a SourceListing (sources.ucf101_entries, ...) or VideoEntry records.
     size: (width, height) or None (keep source size). segment_frames: a longer video becomes
-    several samples (None: whole videos). num_tasks: shards in flight as Ray tasks of one CPU
+    several samples (None: whole videos; a test video of any split is never cut), consecutive
+    ones sharing segment_overlap_frames frames (windows of up to that + 1 frames are never
+    lost at a cut). num_tasks: shards in flight as Ray tasks of one CPU
     (None: twice the cluster's CPUs; 0: one shard after another in this process, without Ray).
     address: the Ray cluster (None: $RAY_ADDRESS, else a local Ray). resume: skip shards an
     earlier run finished (False: start over). progress: videos done on stderr
@@ -265,10 +272,13 @@ def ingest(
         raise ValueError(f"need min_frames >= 1 and shard_target_bytes >= 1, got {min_frames}, {shard_target_bytes}")
     if segment_frames is not None and segment_frames < min_frames:
         raise ValueError(f"segment_frames {segment_frames} < min_frames {min_frames}: a segment must hold a clip")
+    if segment_frames is not None and not 0 <= segment_overlap_frames < segment_frames:
+        raise ValueError(f"segment_overlap_frames {segment_overlap_frames}: need 0 <= overlap < segment_frames "
+                         f"{segment_frames}")
     if size is not None and encoding == "mp4" and (size[0] % 2 or size[1] % 2):
         raise ValueError(f"size {size[0]}x{size[1]}: mp4 (yuv420p) needs an even width and height")
     options = IngestOptions(encoding, tuple(size) if size else None, min_frames, quality, int(shard_target_bytes),
-                            segment_frames)
+                            segment_frames, segment_overlap_frames)
     listing = _as_listing(entries)
     if not listing.entries:
         raise ValueError(f"no videos to ingest from {listing.name} (check the root folder and its layout)")

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING
 from h2s_dist.data.ingest_defaults import (
     DEFAULT_ENCODING,
     DEFAULT_SEGMENT_FRAMES,
+    DEFAULT_SEGMENT_OVERLAP_FRAMES,
     DEFAULT_SHARD_TARGET_BYTES,
     ENCODINGS,
 )
@@ -40,9 +41,13 @@ _EXAMPLES = """examples:
   h2s ingest synthetic --output /tmp/h2s/scenes --classes scene_x_motion --shared-scenes
 
 Shards are Ray tasks of one CPU over every CPU of the cluster (--address or $RAY_ADDRESS,
-else a local Ray); --num-tasks 0 works in this process without Ray.
+else a local Ray); --num-tasks 0 works in this process without Ray. On a cluster each task
+writes its shards from its own node: --output must be s3://, or a path every node mounts
+at the same place, declared with --output-shared.
 A rerun with the same arguments resumes: finished shards are kept, the rest is written.
 """
+_FIX_OUTPUT = ("write to an object store every node reaches (--output s3://bucket/prefix), or, if that path is on "
+               "a filesystem every node mounts at the same place (NFS), say so with --output-shared")
 
 
 def _parse_segment(text: str) -> int | str:
@@ -75,7 +80,11 @@ def add_ingest_parser(subparsers: argparse._SubParsersAction) -> argparse.Argume
 def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     sources = parser.add_subparsers(dest="source", required=True, metavar="{videos,ucf101,hmdb51,synthetic}")
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--output", required=True, help="dataset URI to write: a path, file:// or s3://bucket/prefix")
+    common.add_argument("--output", required=True, help="dataset URI to write: a path, file:// or s3://bucket/prefix "
+                        "(on a Ray cluster: s3://, or a shared filesystem and --output-shared)")
+    common.add_argument("--output-shared", action="store_true",
+                        help="--output is a path on a filesystem every Ray node mounts at the same place (NFS): "
+                             "allow it on a cluster, where each task writes its shards from its own node")
     common.add_argument("--encoding", choices=ENCODINGS, default=DEFAULT_ENCODING,
                         help="h264: H.264, keyframe every 8 frames + frame index (default); "
                         "jpeg: JPEG frame stack, several times larger; mp4: H.264 decoded from frame 0")
@@ -89,7 +98,11 @@ def _fill_ingest_parser(parser: argparse.ArgumentParser) -> None:
     common.add_argument("--address", help="Ray cluster to run on (default $RAY_ADDRESS, else a local Ray)")
     common.add_argument("--segment-frames", type=_parse_segment,
                         help="a longer video becomes several samples of this many frames, or 'whole' "
-                             f"(default {DEFAULT_SEGMENT_FRAMES.get('videos')} for videos, whole for the others)")
+                             f"(default {DEFAULT_SEGMENT_FRAMES.get('videos')} for videos, whole for the others); "
+                             "a test video of any split stays whole")
+    common.add_argument("--segment-overlap-frames", type=int, default=DEFAULT_SEGMENT_OVERLAP_FRAMES,
+                        help="frames consecutive segments share, so training windows of up to this + 1 frames "
+                             "are never lost at a cut (default %(default)s: the paper's 11-frame clips)")
     common.add_argument("--shard-size-mb", type=float, default=DEFAULT_SHARD_TARGET_BYTES / 2**20,
                         help="target shard size in MiB (default %(default)g)")
     common.add_argument("--no-resume", action="store_true", help="start over, deleting shards of an earlier run")
@@ -129,8 +142,20 @@ def listing_from_args(args: argparse.Namespace) -> SourceListing:
     return ingest_lib.build_listing(args.source, getattr(args, "root", None), getattr(args, "splits", None), synthetic)
 
 
+def check_output_reachable(args: argparse.Namespace) -> None:
+    """Refuse (ValueError naming --output and the fix) a node-local --output when the shards'
+    Ray tasks may run on other nodes: each would write its shards to its own node's disk. The
+    rule is the job runner's (pipeline.layout); --num-tasks 0 writes from this process only."""
+    from h2s_dist.pipeline.layout import check_output
+
+    if args.num_tasks == 0:
+        return
+    check_output(args.output, ray_address=args.address, shared=args.output_shared, field="--output", fix=_FIX_OUTPUT)
+
+
 def run_ingest_command(args: argparse.Namespace) -> int:
     """Handler of `h2s ingest ...`: runs the ingest and prints its summary; returns the exit code."""
+    check_output_reachable(args)  # before any listing, planning or Ray
     from h2s_dist.data import ingest as ingest_lib
 
     if args.size is None:  # not given: the paper's 340x256, but synthetic videos keep their size
@@ -144,7 +169,8 @@ def run_ingest_command(args: argparse.Namespace) -> int:
     report = ingest_lib.ingest(
         listing_from_args(args), args.output, encoding=args.encoding, size=size, min_frames=args.min_frames,
         quality=args.quality, shard_target_bytes=int(args.shard_size_mb * 2**20), segment_frames=segment_frames,
-        num_tasks=args.num_tasks, address=args.address, resume=not args.no_resume, progress=not args.no_progress,
+        segment_overlap_frames=args.segment_overlap_frames, num_tasks=args.num_tasks, address=args.address,
+        resume=not args.no_resume, progress=not args.no_progress,
     )
     print(report.summary())
     return 0

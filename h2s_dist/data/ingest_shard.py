@@ -14,14 +14,16 @@ locally by `storage.atomic_write`, uploaded whole), and once the tar is in place
 done record is written here, in the task, so a finished shard is never redone, even when the
 driver dies before it hears of it.
 
-Memory per task is bounded by one segment of decoded frames (segment_frames + min_frames - 1
-frames; 300 frames at 340x256 are 78 MB) and one encoded segment, whatever the length of the
-videos; local disk by one source video, one video's encoded segments and one shard.
+Memory per task is bounded by one segment of decoded frames (about segment_frames frames,
+`segments` has the exact bound; 300 frames at 340x256 are 78 MB) and one encoded segment,
+whatever the length of the videos (a test video, never cut, is held whole); local disk by
+one source video, one video's encoded segments and one shard.
 
 A video longer than `segment_frames` becomes several samples: keys `<key>_f<start frame:06d>`,
-each row of the manifest naming its `source_key` and `start_frame`. A video of one segment
-keeps its key. The last segment takes the tail, so every segment holds at least `min_frames`
-(a tail shorter than that joins the segment before it).
+each row of the manifest naming its `source_key` and `start_frame`. Consecutive segments
+share `segment_overlap_frames` frames, so a training window that straddles a cut still lies
+whole inside one segment. A video of one segment keeps its key, and a test video (of any
+split) is never cut: evaluation scores each sample as a whole video.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from typing import Any
 import numpy as np
 
 from h2s_dist.data import codec, shard_tar, storage
-from h2s_dist.data.ingest_defaults import DEFAULT_SHARD_TARGET_BYTES
+from h2s_dist.data.ingest_defaults import DEFAULT_SEGMENT_OVERLAP_FRAMES, DEFAULT_SHARD_TARGET_BYTES
 from h2s_dist.data.resumable import UnitRecord
 from h2s_dist.data.skips import Skip
 from h2s_dist.data.sources import VideoEntry
@@ -65,7 +67,10 @@ class IngestOptions:
     """About how many stored bytes per shard (planned from estimates)."""
     segment_frames: int | None = None
     """A longer video becomes several samples of this many frames (the last one takes the
-    tail); None keeps every video whole (memory then grows with the longest video)."""
+    tail); None keeps every video whole (memory then grows with the longest video). A test
+    video is never cut (`segment_frames_of`)."""
+    segment_overlap_frames: int = DEFAULT_SEGMENT_OVERLAP_FRAMES
+    """Frames consecutive segments share: windows of up to this + 1 frames are never lost at a cut."""
 
 
 @dataclass(frozen=True)
@@ -79,23 +84,40 @@ class Segment:
     """True when this segment is the entire video."""
 
 
-def segments(frames: Iterable[np.ndarray], segment_frames: int | None, min_frames: int) -> Iterator[Segment]:
-    """Cut a stream of frames (H, W, 3) into consecutive segments, holding at most
-    segment_frames + min_frames - 1 frames at a time.
+def segments(
+    frames: Iterable[np.ndarray], segment_frames: int | None, min_frames: int, overlap_frames: int = 0
+) -> Iterator[Segment]:
+    """Cut a stream of frames (H, W, 3) into segments of `segment_frames` frames that overlap
+    by `overlap_frames`; None: one segment, the whole video.
 
-    Every segment but the last has `segment_frames` frames; the last has the rest, and since
-    a segment is only cut once `min_frames` more frames have arrived, the rest is at least
-    `min_frames` long (between min_frames and segment_frames + min_frames - 1). None: one
-    segment, the whole video."""
+    Segment k holds frames [k * stride, k * stride + segment_frames), stride = segment_frames
+    - overlap_frames: a window of L <= overlap_frames + 1 frames starting at any t <= T - L
+    lies whole inside some segment (with L = overlap_frames + 1, inside exactly one), so
+    cutting loses no training window. The last segment takes the rest, and is cut off as a
+    segment of its own only once it holds at least `min_frames` frames and one frame the
+    segment before lacks (else the rest joins that segment). At most max(segment_frames + 1,
+    stride + min_frames) frames are held at a time."""
+    if segment_frames is not None and not 0 <= overlap_frames < segment_frames:
+        raise ValueError(f"need 0 <= overlap_frames < segment_frames, got {overlap_frames}, {segment_frames}")
     held: list[np.ndarray] = []
     start = 0
+    if segment_frames is not None:
+        stride = segment_frames - overlap_frames
+        cut_at = max(segment_frames + 1, stride + min_frames)
     for frame in frames:
         held.append(frame)
-        if segment_frames is not None and len(held) >= segment_frames + min_frames:
+        if segment_frames is not None and len(held) >= cut_at:
             yield Segment(start, np.stack(held[:segment_frames]), whole=False)
-            start, held = start + segment_frames, held[segment_frames:]
+            start, held = start + stride, held[stride:]
     if held:
         yield Segment(start, np.stack(held), whole=start == 0)
+
+
+def segment_frames_of(entry: VideoEntry, options: IngestOptions) -> int | None:
+    """The segment length of `entry`: a video that is a test video of any split stays whole,
+    because evaluation scores each sample as one video (windows spread over all of it,
+    transforms.eval_window_starts): a cut test video would count as several."""
+    return None if "test" in entry.splits.values() else options.segment_frames
 
 
 def segment_key(key: str, segment: Segment) -> str:
@@ -166,7 +188,8 @@ def encode_video(entry: VideoEntry, options: IngestOptions, spool: str) -> Encod
         with _decoded(entry, options) as (frames, fps, digest, source_bytes):
             fps = fps if fps and fps > 0 else _DEFAULT_FPS
             done.fps, done.sha256, done.source_bytes = float(fps), digest, source_bytes
-            for segment in segments(frames, options.segment_frames, options.min_frames):
+            length, overlap = segment_frames_of(entry, options), options.segment_overlap_frames
+            for segment in segments(frames, length, options.min_frames, overlap):
                 if len(segment.frames) < options.min_frames:  # only a whole video can be this short
                     done.reason = f"too short: {len(segment.frames)} frames, need {options.min_frames}"
                     break

@@ -10,6 +10,7 @@ from typing import Annotated, Any, Literal, Union
 from pydantic import Discriminator, Field, Tag, model_validator
 
 from h2s_dist import tune_spaces
+from h2s_dist.data.ingest_defaults import DEFAULT_SEGMENT_OVERLAP_FRAMES
 from h2s_dist.specs.common import MotionNetSpec, PositiveFloat, PositiveInt, Strict
 from h2s_dist.specs.training import FinetuneSpec, PretrainSpec
 
@@ -55,7 +56,8 @@ class IngestSpec(Strict):
     synthetic: SyntheticSourceSpec = SyntheticSourceSpec()
     """Options of the synthetic source."""
     output: str | None = None
-    """Dataset URI to write (path, file:// or s3://); null = this stage's output folder."""
+    """Dataset URI to write (path, file:// or s3://); null = this stage's output folder. A job
+    that may span nodes needs s3:// here (or a shared filesystem and `workspace_shared: true`)."""
     encoding: Literal["h264", "jpeg", "mp4"] = "h264"
     """h264: H.264 with a keyframe every 8 frames and a frame index (below the source's bytes,
     a window decodes from the keyframe before it); jpeg: JPEG frame stack (several times the
@@ -72,7 +74,11 @@ class IngestSpec(Strict):
     segment_frames: PositiveInt | Literal["whole"] | None = None
     """A longer video becomes several samples of this many frames (the manifest names each
     one's source video and start frame); "whole" keeps videos whole; null = 300 for `videos`,
-    whole for ucf101, hmdb51 and synthetic (evaluation scores whole videos)."""
+    whole for ucf101, hmdb51 and synthetic (evaluation scores whole videos; a test video of
+    any split is never cut)."""
+    segment_overlap_frames: int = Field(DEFAULT_SEGMENT_OVERLAP_FRAMES, ge=0)
+    """Frames consecutive segments of a video share, so a training window of up to this + 1
+    frames is never lost at a cut (default 10: the paper's 11-frame clips)."""
     num_tasks: int | None = Field(None, ge=0)
     """Shards in flight as Ray tasks of one CPU each, over the cluster's CPUs; null = twice
     the cluster's CPUs; 0 = one after another in this process, without Ray."""
@@ -91,6 +97,9 @@ class IngestSpec(Strict):
             raise ValueError(f"source {self.source!r} needs `root` (the folder, glob or list of videos)")
         if isinstance(self.segment_frames, int) and self.segment_frames < self.min_frames:
             raise ValueError(f"segment_frames {self.segment_frames} < min_frames {self.min_frames}: a segment must hold a clip")
+        if isinstance(self.segment_frames, int) and self.segment_overlap_frames >= self.segment_frames:
+            raise ValueError(f"segment_overlap_frames {self.segment_overlap_frames} must be < segment_frames "
+                             f"{self.segment_frames}")
         return self
 
 

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 
 SMALL = (64, 48)
 SEGMENT = 30
-LONG_FRAMES = 70  # -> segments [0, 30), [30, 70): the 10-frame tail (< min_frames 11) joins the second
+LONG_FRAMES = 70  # -> segments [0, 30), [20, 50), [40, 70): neighbours share the default 10 frames
 SHORT = SyntheticMotionConfig(num_videos=8, num_frames=14, height=48, width=64, seed=5)
 LONG = SyntheticMotionConfig(num_videos=1, num_frames=LONG_FRAMES, height=48, width=64, seed=6)
 
@@ -76,7 +76,7 @@ def test_s3_glob_ingests_on_several_workers_cuts_long_videos_and_reports_bad_fil
     out = storage.join(s3_ray, "ds")
     assert _cli(s3_ray, out) == 0
     printed = capsys.readouterr().out
-    assert "ingested 9 of 11 videos as 10 samples" in printed and "skipped 2" in printed
+    assert "ingested 9 of 11 videos as 11 samples" in printed and "skipped 2" in printed
 
     report = json.loads(storage.read_bytes(storage.join(out, "ingest_report.json")))
     assert len(report["workers"]) > 1, (report["workers"], report["num_shards"])  # shards came from several processes
@@ -88,7 +88,7 @@ def test_s3_glob_ingests_on_several_workers_cuts_long_videos_and_reports_bad_fil
     rows = manifest.read_manifest(out).to_pylist()
     long_rows = sorted((r for r in rows if r["source_key"] == "a_long_one"), key=lambda r: r["start_frame"])
     assert [(r["key"], r["start_frame"], r["num_frames"]) for r in long_rows] == [
-        ("a_long_one_f000000", 0, SEGMENT), ("a_long_one_f000030", SEGMENT, LONG_FRAMES - SEGMENT)]
+        ("a_long_one_f000000", 0, SEGMENT), ("a_long_one_f000020", 20, SEGMENT), ("a_long_one_f000040", 40, SEGMENT)]
     assert all(r["source"].startswith("s3://") for r in rows)
     assert all((r["source_key"], r["start_frame"]) == (r["key"], 0) for r in rows if r not in long_rows)
 
@@ -145,7 +145,7 @@ def test_an_ingest_killed_after_two_shards_resumes_without_rewriting_finished_on
     for name, before in finished.items():
         after = (folder / "shards" / name).stat()
         assert (after.st_ino, after.st_mtime_ns) == (before.st_ino, before.st_mtime_ns), name
-    assert report.num_ok == 9 and report.num_samples == manifest.read_manifest(out).num_rows == 10
+    assert report.num_ok == 9 and report.num_samples == manifest.read_manifest(out).num_rows == 11
 
 
 def _die() -> tuple:

@@ -90,3 +90,66 @@ def test_submit_pins_the_checked_workspace_and_store_as_absolute(tmp_path, monke
     repo_job = cli.find_repo_root(pathlib.Path(cli.__file__)) / "jobs" / "quickstart.yaml"
     pinned = load_job(repo_job, layout.pinned_overrides(job))  # what the cluster's `h2s run` sees
     assert (pinned.workspace, pinned.tracking_uri) == (f"{tmp_path}/.h2s/jobs/q", f"sqlite:///{tmp_path}/.h2s/mlflow.db")
+
+
+def test_an_ingest_stage_output_outside_the_workspace_follows_the_same_rule(tmp_path, monkeypatch):
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    ingest = {"name": "data", "kind": "ingest", "source": "synthetic", "synthetic": {"num_videos": 4}}
+    job = validate_job({"name": "q", "workspace": S3, "tracking_uri": SERVER,
+                        "stages": [{**ingest, "output": "/data/synth"}]}, "q.yaml")
+    layout.check_layout(job)  # one node
+    with pytest.raises(JobSpecError) as err:
+        layout.check_layout(job, ray_address="ray://head:10001")
+    assert [field for field, _ in err.value.problems] == ["stages[0].output"]
+    assert "output: s3://" in str(err.value) and "workspace_shared: true" in str(err.value)
+    shared = validate_job({**job.model_dump(mode="json", exclude_none=True), "workspace_shared": True}, "q.yaml")
+    layout.check_layout(shared, ray_address="ray://head:10001")
+    on_s3 = validate_job({"name": "q", "workspace": S3, "tracking_uri": SERVER,
+                          "stages": [{**ingest, "output": "s3://data/synth"}]}, "q.yaml")
+    layout.check_layout(on_s3, ray_address="ray://head:10001")
+
+
+@pytest.fixture
+def ingest_calls(monkeypatch):
+    """Replace the ingest itself: a refused command must never reach it."""
+    from h2s_dist.data import ingest as ingest_lib
+
+    calls = []
+    monkeypatch.setattr(ingest_lib, "build_listing", lambda *a, **k: calls.append("listing"))
+    monkeypatch.setattr(ingest_lib, "ingest", lambda *a, **k: calls.append("ingest") or _Report())
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    return calls
+
+
+class _Report:
+    def summary(self) -> str:
+        return "ingested"
+
+
+@pytest.mark.parametrize("where", [["--address", "ray://head:10001"], ["--address", "auto"], "RAY_ADDRESS", "nodes"])
+def test_ingest_cli_refuses_a_node_local_output_on_a_cluster(where, tmp_path, monkeypatch, capsys, ingest_calls):
+    if where == "RAY_ADDRESS":
+        monkeypatch.setenv("RAY_ADDRESS", "auto")
+    if where == "nodes":  # already connected to a cluster of two nodes
+        monkeypatch.setattr(layout, "connected_num_nodes", lambda: 2)
+    extra = where if isinstance(where, list) else []
+    out = tmp_path / "synth"
+    assert cli.main(["ingest", "synthetic", "--output", str(out), *extra]) == 2
+    err = capsys.readouterr().err
+    assert f"--output: {out} is a path on this node only" in err
+    assert "--output s3://" in err and "--output-shared" in err
+    assert ingest_calls == [] and not out.exists()  # refused before any work
+
+
+@pytest.mark.parametrize("args", [["--output", "s3://data/synth"], ["--output", "OUT", "--output-shared"],
+                                  ["--output", "OUT", "--num-tasks", "0"]])
+def test_ingest_cli_allows_s3_a_declared_shared_path_or_no_ray_tasks(args, tmp_path, capsys, ingest_calls):
+    args = [str(tmp_path / "synth") if a == "OUT" else a for a in args]
+    assert cli.main(["ingest", "synthetic", *args, "--address", "ray://head:10001"]) == 0
+    assert ingest_calls == ["listing", "ingest"]
+
+
+def test_ingest_cli_allows_a_local_output_on_one_node(tmp_path, ingest_calls):
+    assert cli.main(["ingest", "synthetic", "--output", str(tmp_path / "synth")]) == 0  # an embedded local Ray
+    assert cli.main(["ingest", "synthetic", "--output", str(tmp_path / "synth"), "--address", "local"]) == 0
+    assert ingest_calls == ["listing", "ingest"] * 2

@@ -36,7 +36,8 @@ def run(spec: IngestSpec, tracker, output_uri: str) -> dict[str, Any]:
     report = ingest(
         listing_of(spec), dataset_uri, encoding=spec.encoding, size=spec.size, min_frames=spec.min_frames,
         quality=spec.quality, shard_target_bytes=int(spec.shard_size_mb * 2**20),
-        segment_frames=None if segment_frames == "whole" else segment_frames, num_tasks=spec.num_tasks,
+        segment_frames=None if segment_frames == "whole" else segment_frames,
+        segment_overlap_frames=spec.segment_overlap_frames, num_tasks=spec.num_tasks,
         resume=True, progress=True,
     )
     metrics = {
