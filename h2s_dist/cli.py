@@ -458,6 +458,17 @@ fusion. Both streams: the hidden two-stream fusion's probabilities; speed in fra
 second, decode to scores (10 frames per 11-frame window, as the evaluate stage counts).
 A video that cannot be read is named on stderr and the exit status is 2.
 """
+
+_EXPORT_EXAMPLES = """examples:
+  h2s export --model quickstart --out exported/quickstart
+  h2s export --model .h2s/jobs/ucf101_split1/evaluate-0123abcd --out /models/h2s-ucf101
+
+--model is read as for h2s predict (a job name, workspace, evaluate stage folder or MLflow
+run id); the stage must have both streams. DIR gets hidden_two_stream.pt2 (the uint8 clips
+of one video in, fused class scores out; the number of clips may vary) and model.json (the
+classes, the input shape, the stage it came from). Load it without h2s:
+  torch.export.load("DIR/hidden_two_stream.pt2").module()(clips)
+"""
 _S3_EXAMPLES = """examples:
   h2s s3-serve /data/s3 --port 9000
 Serves DIR's sub-folders as buckets on 127.0.0.1 (for tests and single-machine setups) and
@@ -574,7 +585,8 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--tracking-uri", help="MLflow store for a run id (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")
     predict.set_defaults(func=cmd_predict)
 
-    export = commands.add_parser("export", help="write a finished job's hidden two-stream model as a torch.export program")
+    export = commands.add_parser("export", help="write a finished job's hidden two-stream model as a torch.export program",
+                                 **_fmt({"epilog": _EXPORT_EXAMPLES}))
     export.add_argument("--model", required=True, metavar="JOB|RUN|URI",
                         help="as for predict: job name, workspace, evaluate stage folder or MLflow run id")
     export.add_argument("--out", required=True, metavar="DIR", help="folder for hidden_two_stream.pt2 and model.json")
