@@ -150,6 +150,10 @@ class RayDataStream:
         """The count so far; the stream goes on undisturbed (nothing to restart at)."""
         return self.position
 
+    def close(self) -> None:
+        """Stop reading (ends this rank's Ray Data iteration) before Ray shuts down."""
+        self._batches.close()
+
     def _endless(self) -> Iterator[tuple]:
         cfg = self.config
         shuffle = max(self._shuffle_clips, cfg.batch_size) if self._shuffle_clips else None
