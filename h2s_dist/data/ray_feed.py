@@ -7,8 +7,9 @@ cluster with free CPUs, streamed to each training rank.
     clips, labels = next(stream)   # (B, T, 3, crop, crop) uint8, (B,) int64: train_loader's batches
     stream.checkpoint()            # a RayFeedPosition; a resume restarts the feed
 
-The dataset is one row per shard of the selected videos (`ray.data.from_items`, one block
-per shard, block order shuffled), then `flat_map(decode_shard)`: one Ray task per shard that
+The dataset is one row per shard of the selected videos, repeated for whole passes of at
+least `epoch_length_samples` clips (`ray.data.from_items`, one block per row, block order
+shuffled every epoch), then `flat_map(decode_shard)`: one Ray task per shard that
 reads it through the stream class's own `shard_clips`, the per-sample decode of the
 DataLoader feed (`make_clip`: window, multi-scale crop, flip, `views_per_decode` clips per
 sample; corrupt samples recorded), and yields a row per clip {clip (uint8), label, key,
@@ -20,8 +21,9 @@ Each rank reads its share: in a Ray Train worker Ray Train's `streaming_split` o
 trainer's dataset (`get_dataset_shard`, equal rows per rank, disjoint); in this process
 (`scaling.num_workers: 0`) the whole dataset through a local Ray, by the same code. Batches
 come from `iter_torch_batches` (a local shuffle of `shuffle_clips` clips, whole batches
-only, `RayDataStream._collate` to train_loader's tuple). An epoch reads every selected video
-once; the rank starts the next when one ends, forever.
+only, `_collate_fn` to train_loader's tuple). An epoch reads every selected video equally
+often (at least epoch_length_samples clips over all ranks); a rank starts the next when one
+ends, forever.
 
 Not the loader's resume: Ray Data decides which task makes which clip, so there is no
 position to restart at. Decode tasks draw from fresh OS entropy, and a resumed run
@@ -94,9 +96,13 @@ def clip_dataset(config: TrainStreamConfig, stream_cls: type[TrainStream], feed:
 
     videos = stream_videos(config, stream_cls)
     shards = sorted({v.shard for v in videos})
+    # An epoch restarts Ray Data's executor (a second or so, and a ramp-up): whole passes over
+    # the videos, at least epoch_length_samples clips, keep that rare on a small dataset.
+    passes = max(1, -(-config.epoch_length_samples // (len(videos) * config.views_per_decode)))
+    items = [{"shard": shard} for _ in range(passes) for shard in shards]
     compute = ray.data.TaskPoolStrategy(size=feed.max_decode_tasks) if feed.max_decode_tasks else None
     return (
-        ray.data.from_items([{"shard": s} for s in shards], override_num_blocks=len(shards))
+        ray.data.from_items(items, override_num_blocks=len(items))
         .randomize_block_order()
         .flat_map(decode_shard, fn_kwargs={"config": config, "stream_cls": stream_cls, "videos": videos},
                   compute=compute, num_cpus=feed.decode_cpus, resources=dict(feed.decode_resources) or None)

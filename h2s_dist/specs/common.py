@@ -140,9 +140,9 @@ class DataSpec(Strict):
     decode tasks on any node of the cluster with free CPUs (`ray_data`), streamed to the
     workers, so decode grows with CPU nodes, not with GPUs; the same `make_clip`, crops and
     uint8 batches; a resume is statistically equivalent, not exact (docs/data.md). With
-    `scaling.num_workers: 0` the same Ray Data stream runs in a local Ray. `loader_workers`,
-    `shuffle_buffer` and `epoch_length_samples` apply to `loader` only (a `ray_data` epoch
-    reads every selected video once)."""
+    `scaling.num_workers: 0` the same Ray Data stream runs in a local Ray. `loader_workers`
+    and `shuffle_buffer` apply to `loader` only; a `ray_data` epoch is whole passes over the
+    selected videos, at least `epoch_length_samples` clips over all workers."""
     ray_data: RayDataFeedSpec = RayDataFeedSpec()
     """Decode tasks of the `ray_data` feed (CPUs, how many, where)."""
 
