@@ -97,6 +97,19 @@ def write_results(name: str, payload: dict[str, Any], out_dir: pathlib.Path = RE
     return path
 
 
+def merge_results(name: str, key: str, payload: dict[str, Any], out_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
+    """Put payload + its own machine, command and time under `key` of out_dir/<name>.json,
+    keeping the rest of the file (a part of a benchmark rerun alone); returns the path."""
+    full = {**(read_results(name, out_dir) or {}),
+            key: {**payload, "machine": machine_info(), "command": command_line(),
+                  "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
+    tmp.replace(path)
+    return path
+
+
 def read_results(name: str, out_dir: pathlib.Path = RESULTS_DIR) -> dict[str, Any] | None:
     path = out_dir / f"{name}.json"
     return json.loads(path.read_text()) if path.is_file() else None

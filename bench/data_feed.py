@@ -4,6 +4,7 @@ encoding, on the real clips of ../shared/data/videos (48 clips, CLIPS.csv).
     .venv/bin/python bench/data_feed.py               # all clips (~10 min on 2 busy cores)
     .venv/bin/python bench/data_feed.py --quick       # every 4th clip, fewer windows (~3 min)
     .venv/bin/python bench/data_feed.py --no-stream   # only part "windows"
+    .venv/bin/python bench/data_feed.py --cluster     # only part "cluster" (~3 min)
 
 Part "windows": each clip is decoded and resized to 340x256 as ingest does, stored with
 every candidate encoding, and random 11-frame windows (uniform starts, as the train stream
@@ -26,6 +27,10 @@ Part "stream": the real clips ingested (h2s_dist.data.ingest) as h264 and as jpe
 read through the train stream (train_loader, num_workers=0, batch 8: shard read, untar,
 shuffle, decode, crop, flip, float normalisation) from file:// and from s3:// on a loopback
 S3 server (rclone; its CPU time is added). Clips per CPU second of reader + server.
+
+Part "cluster" (`--cluster`, run alone): the `ray_data` feed on a two-node Ray cluster on
+this machine; adding a CPU-only decode node raises the clips/s a trainer-like consumer
+receives (bench/feed_cluster.py says how). Merged into data_feed.json under "cluster".
 
 Results: tables on stdout and bench/results/data_feed.json; docs/data.md has a run.
 """
@@ -54,7 +59,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
-from bench._common import ROOT, format_table, write_results  # noqa: E402
+from bench._common import ROOT, format_table, merge_results, write_results  # noqa: E402
 from h2s_dist.data import codec, h264_stream, transforms  # noqa: E402
 from h2s_dist.data.video import VideoDecodeError, read_video  # noqa: E402
 
@@ -281,7 +286,7 @@ def bench_stream(paths: list[str], batches: int, tmp: str) -> list[dict]:
         bucket = server.create_bucket("bench")
         for encoding in ("h264", "jpeg"):
             local = os.path.join(tmp, f"ds-{encoding}")
-            ingest(unlabeled_entries(str(listing)), local, encoding=encoding, size=SIZE, num_workers=0,
+            ingest(unlabeled_entries(str(listing)), local, encoding=encoding, size=SIZE, num_tasks=0,
                    progress=False, shard_target_bytes=8 * 2**20)
             remote = copy_dataset(local, f"{bucket}/ds-{encoding}")
             for where, uri, pid in (("file://", "file://" + local, None), ("s3://", remote, server._proc.pid)):
@@ -313,11 +318,19 @@ def main() -> None:
     parser.add_argument("--windows-per-clip", type=int, default=None, help="default 24 (--quick: 8)")
     parser.add_argument("--stream-batches", type=int, default=None, help="default 30 (--quick: 10)")
     parser.add_argument("--no-stream", action="store_true", help="skip part 'stream' (ingest + train_loader)")
+    parser.add_argument("--cluster", action="store_true", help="only part 'cluster' (two-node Ray, the ray_data feed)")
+    parser.add_argument("--clips", type=int, default=12, help="--cluster: real clips ingested (every k-th, default 12)")
+    parser.add_argument("--measure-s", type=float, default=30.0, help="--cluster: seconds counted per row")
+    parser.add_argument("--warmup-s", type=float, default=20.0, help="--cluster: seconds pulled before counting")
+    parser.add_argument("--work-dir", default=None, help="--cluster: keep the ingested dataset here (reused)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     paths = sorted(p for p in glob.glob(os.path.join(args.videos, "*")) if p.lower().endswith((".mp4", ".avi")))
     if not paths:
         raise SystemExit(f"no .mp4/.avi clips in {args.videos}")
+    if args.cluster:
+        _main_cluster(args, paths)
+        return
     if args.quick:
         paths = paths[::4]
     windows = args.windows_per_clip or (8 if args.quick else 24)
@@ -350,6 +363,18 @@ def main() -> None:
         "load_avg_before": load_before, "load_avg_after": load_after,
     })
     print(f"wrote {path}")
+
+
+def _main_cluster(args: argparse.Namespace, paths: list[str]) -> None:
+    from bench.feed_cluster import bench_cluster
+
+    chosen = paths[:: max(1, len(paths) // args.clips)][: args.clips]
+    result = bench_cluster(chosen, SIZE, args.warmup_s, args.measure_s, args.work_dir)
+    print(format_table(["decode on", "decode slots", "clips/s to the trainer", "load before", "load after"],
+                       [[r["decode_on"], r["decode_slots"], r["clips_per_s"], r["load_avg_1min_before"],
+                         r["load_avg_1min_after"]] for r in result["rows"]]))
+    print(result["note"])
+    print(f"wrote {merge_results('data_feed', 'cluster', result)}")
 
 
 if __name__ == "__main__":

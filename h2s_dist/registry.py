@@ -37,21 +37,35 @@ class StageKind:
     entry_point: str
     """`module:function` of the stage's `run`."""
     shape: Literal["driver", "worker"]
+    task_class: str | None = None
+    """`module:Class` of a training stage's Task (a train.task.StreamTask): the launcher builds
+    it in the driver for the `ray_data` feed's dataset (`data.feed`)."""
 
     def entry(self) -> Callable[..., dict[str, Any]]:
         module, _, function = self.entry_point.partition(":")
         return getattr(importlib.import_module(module), function)
+
+    def build_task(self, spec: BaseModel) -> Any:
+        """The stage's Task for `spec` (training stages only)."""
+        if self.task_class is None:
+            raise ValueError(f"stage kind {self.kind!r} reads no clip stream")
+        module, _, name = self.task_class.partition(":")
+        return getattr(importlib.import_module(module), name)(spec)
 
 
 STAGES: dict[str, StageKind] = {
     stage.kind: stage
     for stage in (
         StageKind("ingest", IngestSpec, "h2s_dist.train.stages.ingest:run", "driver"),
-        StageKind("pretrain_motionnet", PretrainSpec, "h2s_dist.train.stages.pretrain:run", "worker"),
-        StageKind("finetune_stacked", FinetuneSpec, "h2s_dist.train.stages.finetune:run", "worker"),
-        StageKind("train_spatial", SpatialSpec, "h2s_dist.train.stages.spatial:run", "worker"),
+        StageKind("pretrain_motionnet", PretrainSpec, "h2s_dist.train.stages.pretrain:run", "worker",
+                  "h2s_dist.train.stages.pretrain:PretrainTask"),
+        StageKind("finetune_stacked", FinetuneSpec, "h2s_dist.train.stages.finetune:run", "worker",
+                  "h2s_dist.train.stages.finetune:FinetuneTask"),
+        StageKind("train_spatial", SpatialSpec, "h2s_dist.train.stages.spatial:run", "worker",
+                  "h2s_dist.train.stages.spatial:SpatialTask"),
         StageKind("tvl1_flows", TVL1FlowsSpec, "h2s_dist.train.stages.tvl1_flows:run", "driver"),
-        StageKind("train_temporal_flows", TemporalFlowsSpec, "h2s_dist.train.stages.temporal_flows:run", "worker"),
+        StageKind("train_temporal_flows", TemporalFlowsSpec, "h2s_dist.train.stages.temporal_flows:run", "worker",
+                  "h2s_dist.train.stages.temporal_flows:TemporalFlowsTask"),
         StageKind("evaluate", EvaluateSpec, "h2s_dist.train.stages.evaluate:run", "worker"),
         StageKind("tune", TuneSpec, "h2s_dist.train.stages.tune:run", "driver"),
     )

@@ -62,7 +62,7 @@ from h2s_dist.data.skips import Skip, SkipRecorder
 __all__ = [
     "MAX_CONSECUTIVE_FAILURES", "EvalItem", "EvalLoader", "EvalStream", "ShardCache", "SkipRecorder", "StreamPosition",
     "TrainLoader", "TrainStream", "TrainStreamConfig", "cached_shard_path", "eval_assignment", "eval_loader", "open_shard",
-    "shards_for_worker", "train_loader",
+    "shards_for_worker", "stream_videos", "train_loader",
 ]
 
 log = logging.getLogger(__name__)
@@ -261,7 +261,7 @@ class TrainStream(IterableDataset):
         rng = np.random.default_rng([start.seed, start.epoch, start.samples, self.rank, worker])
         recorder, count = SkipRecorder(), [0]
         samples = iter_samples(_resampled(shards, rng, count), set(self.videos), recorder, cfg.cache)
-        clips = self._clips(_shuffled(_counted(samples, count), cfg.shuffle_buffer, rng), rng, recorder)
+        clips = self.sample_clips(_shuffled(_counted(samples, count), cfg.shuffle_buffer, rng), rng, recorder)
         if cfg.views_per_decode > 1:  # spread the views of one sample over batches
             clips = _shuffled(clips, cfg.views_per_decode * cfg.batch_size, rng)
         for _ in range(num_batches):
@@ -273,9 +273,20 @@ class TrainStream(IterableDataset):
                 recorder.drain(),
             )
 
-    def _clips(self, samples: Iterator[dict], rng: np.random.Generator,
-               recorder: SkipRecorder) -> Iterator[tuple[torch.Tensor, int, str]]:
-        """Samples -> (clip, label, key), `views_per_decode` clips per sample read."""
+    def shard_clips(self, shard_uri: str, rng: np.random.Generator,
+                    recorder: SkipRecorder) -> Iterator[tuple[torch.Tensor, int, str]]:
+        """Every selected sample of one shard, in tar order -> (clip, label, key), as
+        `sample_clips` makes them: the unit of work of the Ray Data feed (data/ray_feed.py),
+        which calls it in its decode tasks instead of a copy of the decode."""
+        samples = iter_samples([shard_uri], set(self.videos), recorder, self.config.cache)
+        return self.sample_clips(samples, rng, recorder)
+
+    def sample_clips(self, samples: Iterable[dict], rng: np.random.Generator,
+                     recorder: SkipRecorder) -> Iterator[tuple[torch.Tensor, int, str]]:
+        """Samples -> (clip, label, key), `views_per_decode` clips per sample read (`make_clip`);
+        a sample that fails to decode is recorded in `recorder` and skipped. The one
+        per-sample decode of both feeds: this stream's DataLoader workers and the Ray Data
+        decode tasks (through `shard_clips`)."""
         cfg, failures = self.config, 0
         for sample in samples:
             video = self.videos[sample["__key__"]]
@@ -392,11 +403,6 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, posit
     (TrainStream: frames; flow_shards.FlowTrainStream: flows).
     """
     check_rank(rank, world_size)
-    if config.clip_len_frames < stream_cls.min_clip_len_frames:
-        raise ValueError(
-            f"a {stream_cls.content} clip needs clip_len_frames >= {stream_cls.min_clip_len_frames}, "
-            f"got {config.clip_len_frames}"
-        )
     position = position or StreamPosition(seed=config.seed)
     per_epoch = config.batches_per_epoch * config.batch_size
     if position.samples % config.batch_size or not 0 <= position.samples < per_epoch:
@@ -404,12 +410,7 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, posit
             f"StreamPosition.samples={position.samples} is not a whole number of batches of "
             f"{config.batch_size} within the epoch of {per_epoch} clips: was batch_size changed?"
         )
-    videos = selected_videos(config.dataset_uri, config.split, config.subset)
-    if config.labeled and any(v.label < 0 for v in videos):
-        raise ValueError(
-            f"{config.dataset_uri}: the selection holds unlabeled videos (label -1); pick a split/subset "
-            "with labels or set labeled=False"
-        )
+    videos = stream_videos(config, stream_cls)
     num_shards, slots = len({v.shard for v in videos}), world_size * max(config.num_workers, 1)
     if num_shards < slots:
         log.warning(
@@ -418,3 +419,21 @@ def train_loader(config: TrainStreamConfig, *, rank: int, world_size: int, posit
             num_shards, stream_cls.content, slots,
         )
     return TrainLoader(config, videos, rank, world_size, position, stream_cls)
+
+
+def stream_videos(config: TrainStreamConfig, stream_cls: type[TrainStream] = TrainStream) -> list[Video]:
+    """The videos a `stream_cls` stream of `config` reads (manifest rows of its split and
+    subset), after the checks every feed makes: clips long enough for the stream class,
+    labels present when the stream is labeled."""
+    if config.clip_len_frames < stream_cls.min_clip_len_frames:
+        raise ValueError(
+            f"a {stream_cls.content} clip needs clip_len_frames >= {stream_cls.min_clip_len_frames}, "
+            f"got {config.clip_len_frames}"
+        )
+    videos = selected_videos(config.dataset_uri, config.split, config.subset)
+    if config.labeled and any(v.label < 0 for v in videos):
+        raise ValueError(
+            f"{config.dataset_uri}: the selection holds unlabeled videos (label -1); pick a split/subset "
+            "with labels or set labeled=False"
+        )
+    return videos

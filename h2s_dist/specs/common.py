@@ -79,6 +79,25 @@ class ScalingSpec(Strict):
         return self
 
 
+class RayDataFeedSpec(Strict):
+    """How the `ray_data` feed decodes (DataSpec.feed): Ray Data tasks of one shard each,
+    placed by Ray on any node with free CPUs (CPU-only nodes included: no GPU is requested),
+    streaming clips to the training workers' `get_dataset_shard`."""
+
+    decode_cpus: PositiveFloat = 1.0
+    """CPUs each decode task reserves (it decodes one shard, one sample after another)."""
+    max_decode_tasks: PositiveInt | None = None
+    """Decode tasks in flight at most; null = as many as the cluster's free CPUs allow (Ray
+    Data scales them with the CPUs, so adding a CPU-only node adds decode)."""
+    decode_resources: dict[str, float] = {}
+    """Extra Ray resources each decode task needs, e.g. {"decode": 1} to keep decoding on nodes
+    started with that resource (CPU-only nodes, away from the trainers' CPUs)."""
+    shuffle_clips: int = Field(64, ge=0)
+    """Decoded clips each training worker holds in Ray Data's local shuffle buffer (clips of
+    one sample, and of one shard, arrive together); 0 = no shuffle. At 11 x 224 x 224 a clip
+    is 1.6 MB."""
+
+
 class DataSpec(Strict):
     dataset: str
     """URI of an ingested dataset (the folder holding manifest.parquet), e.g. s3://bucket/ucf101."""
@@ -115,6 +134,17 @@ class DataSpec(Strict):
     k divides the shard bytes read per clip by k (more clips from fewer videos in a while)."""
     prefetch_batches: PositiveInt = 2
     """Batches each loader process prepares ahead of the training step."""
+    feed: Literal["loader", "ray_data"] = "loader"
+    """Where clips are decoded. `loader`: `loader_workers` DataLoader processes beside each
+    training worker, on its node (its data position resumes exactly). `ray_data`: Ray Data
+    decode tasks on any node of the cluster with free CPUs (`ray_data`), streamed to the
+    workers, so decode grows with CPU nodes, not with GPUs; the same `make_clip`, crops and
+    uint8 batches; a resume is statistically equivalent, not exact (docs/data.md). With
+    `scaling.num_workers: 0` the same Ray Data stream runs in a local Ray. `loader_workers`
+    and `shuffle_buffer` apply to `loader` only; a `ray_data` epoch is whole passes over the
+    selected videos, at least `epoch_length_samples` clips over all workers."""
+    ray_data: RayDataFeedSpec = RayDataFeedSpec()
+    """Decode tasks of the `ray_data` feed (CPUs, how many, where)."""
 
 
 class OptimSpec(Strict):

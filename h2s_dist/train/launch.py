@@ -199,4 +199,16 @@ def build_trainer(kind: str, spec: BaseModel, output_uri: str, tracking: Trackin
             callbacks=list(callbacks),
         ),
         torch_config=TorchConfig(backend="nccl" if scaling.use_gpu else "gloo"),
+        datasets=feed_datasets(kind, spec) or None,
     )
+
+
+def feed_datasets(kind: str, spec: BaseModel) -> dict[str, Any]:
+    """The trainer's `datasets`: with `data.feed: ray_data` the stage's clip dataset, built here
+    once and split between the workers by Ray Train (h2s_dist.data.ray_feed); else none."""
+    data = getattr(spec, "data", None)
+    if getattr(data, "feed", "loader") != "ray_data":
+        return {}
+    from h2s_dist.data.ray_feed import FEED_DATASET
+
+    return {FEED_DATASET: stage_kind(kind).build_task(spec).clip_dataset(spec.loop.seed)}

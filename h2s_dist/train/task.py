@@ -12,7 +12,7 @@ import torch
 from h2s_dist import frames as frame_conv
 from h2s_dist.data import storage
 from h2s_dist.data.flow_io import flow_to_color
-from h2s_dist.data.shards import StreamPosition, TrainLoader, TrainStream, TrainStreamConfig, train_loader
+from h2s_dist.data.shards import TrainStream, TrainStreamConfig, train_loader
 from h2s_dist.losses import reconstruction_images
 from h2s_dist.models import full_resolution_flow
 from h2s_dist.specs.common import DataSpec
@@ -61,12 +61,31 @@ class StreamTask:
     def dataset_uri(self) -> str:
         return self.spec.data.dataset
 
-    def batches(self, rank: int, world_size: int, position: StreamPosition | None, seed: int) -> TrainLoader:
-        """This rank's endless clip stream, from `position` (a TrainLoader.checkpoint()) or the start."""
+    def stream_setup(self, seed: int) -> tuple[TrainStreamConfig, type[TrainStream]]:
+        """(config, stream class) of this Task's clips: what either feed reads."""
         pin = bool(self.spec.scaling.use_gpu) and torch.cuda.is_available()
         config = stream_config(self.spec.data, labeled=self.labeled, seed=seed, dataset_uri=self.dataset_uri,
                                pin_memory=pin)
-        return train_loader(config, rank=rank, world_size=world_size, position=position, stream_cls=self.stream_cls)
+        return config, self.stream_cls
+
+    def batches(self, rank: int, world_size: int, position, seed: int):
+        """This rank's endless clip stream, from `position` (its checkpoint()) or the start:
+        the DataLoader feed (TrainLoader) or the Ray Data feed (RayDataStream), by `data.feed`."""
+        config, stream_cls = self.stream_setup(seed)
+        if self.spec.data.feed == "ray_data":
+            from h2s_dist.data.ray_feed import RayDataStream, rank_iterator
+
+            return RayDataStream(rank_iterator(lambda: self.clip_dataset(seed)), config, stream_cls.to_network_input,
+                                 position, shuffle_clips=self.spec.data.ray_data.shuffle_clips)
+        return train_loader(config, rank=rank, world_size=world_size, position=position, stream_cls=stream_cls)
+
+    def clip_dataset(self, seed: int):
+        """The Ray Data dataset of the `ray_data` feed (built once, by the launcher for a Ray
+        Train run or by `batches` in this process)."""
+        from h2s_dist.data.ray_feed import clip_dataset
+
+        config, stream_cls = self.stream_setup(seed)
+        return clip_dataset(config, stream_cls, self.spec.data.ray_data)
 
     def network_input(self, clips: torch.Tensor, device: torch.device) -> torch.Tensor:
         """A batch's uint8 clips -> the network's float input on `device`: the copy moves uint8

@@ -73,15 +73,15 @@ class PretrainTask(StreamTask):
 
         return ProxyTrainStream
 
-    def batches(self, rank: int, world_size: int, position, seed: int):
+    def stream_setup(self, seed: int):
+        """Frames, or with proxy guidance frames packed with each clip's cached flow (a
+        ProxyStreamConfig naming the flow dataset; unpacked in `clips`)."""
+        config, stream_cls = super().stream_setup(seed)
         if not self.spec.proxy_flows:
-            return super().batches(rank, world_size, position, seed)
-        # Proxy guidance: each clip brings its cached flow along (packed; unpacked in `clips`).
-        from h2s_dist.data.proxy_stream import ProxyStreamConfig, proxy_train_loader
+            return config, stream_cls
+        from h2s_dist.data.proxy_stream import ProxyStreamConfig
 
-        frames = stream_config(self.spec.data, labeled=self.labeled, seed=seed)
-        config = ProxyStreamConfig(**dataclasses.asdict(frames), flows_uri=self.spec.proxy_flows)
-        return proxy_train_loader(config, rank=rank, world_size=world_size, position=position)
+        return ProxyStreamConfig(**dataclasses.asdict(config), flows_uri=self.spec.proxy_flows), stream_cls
 
     def clips(self, packed: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         """A batch's network input -> (clips (B, T, 3, H, W), proxy flow (B, 2(T-1), H, W) px or None)."""
