@@ -6,7 +6,11 @@ Three measurements in one run, every method scored on the same pairs:
   2. ablation (paper Table 3, on flow instead of accuracy): a MotionNet pretrained on the
      synthetic motion set with all practices, without SSIM, without smoothness;
   3. real video: a MotionNet pretrained on the real clips of ../shared/data/videos
-     (ingested as `h2s ingest videos` does), validated on the dev set as it trains.
+     (ingested as `h2s ingest videos` does, at the paper's 340x256), validated on the dev set
+     as it trains. The dev set is frame pairs, so this MotionNet takes 2 frames (the paper's
+     Table 2 "MotionNet (2 frames)" row; --real-frames 11 scores an 11-frame one on the pair
+     with its second frame repeated, an input unlike any clip it trained on: such a network
+     stayed at zero flow's error on the dev set).
 Each pretraining is `pretrain_motionnet` run in this process (PretrainTask + fit, as the
 launcher runs a stage with `scaling.num_workers: 0`), with the loss's per-term shares
 recorded at the first and the last log step.
@@ -93,15 +97,16 @@ def baselines(sets: dict[str, list]) -> dict[str, dict[str, float]]:
                    for s, pairs in sets.items()} for name, fn in methods.items()}
 
 
-def _data(dataset: str, crop: int, batch: int) -> dict[str, Any]:
-    return {"dataset": dataset, "split": None, "subset": None, "clip_len_frames": 11, "crop_size": crop,
+def _data(dataset: str, crop: int, batch: int, frames: int = 11) -> dict[str, Any]:
+    return {"dataset": dataset, "split": None, "subset": None, "clip_len_frames": frames, "crop_size": crop,
             "flip": False, "batch_size": batch, "loader_workers": 1, "shuffle_buffer": 16,
             "epoch_length_samples": 256}
 
 
-def _spec(dataset: str, args, flavour: str, steps: int, crop: int, loss: dict, flow_dev: str | None) -> dict:
+def _spec(dataset: str, args, flavour: str, steps: int, crop: int, loss: dict, flow_dev: str | None,
+          frames: int = 11) -> dict:
     return {
-        "motionnet": {"flavour": flavour}, "data": _data(dataset, crop, args.batch), "loss": loss,
+        "motionnet": {"flavour": flavour}, "data": _data(dataset, crop, args.batch, frames), "loss": loss,
         "optim": {"name": "adam", "lr": args.lr, "weight_decay": 0.0, "milestones": [int(0.7 * steps)], "gamma": 0.2},
         "loop": {"max_steps": steps, "log_every_steps": max(1, steps // 20), "picture_every_steps": 10 * steps,
                  "checkpoint_every_steps": steps},
@@ -126,6 +131,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--flavour", default=None, help="MotionNet flavour of the real-video run (default small; tiny --quick)")
     p.add_argument("--real-steps", type=int, default=None, help="steps on real video (default 3000; 300 --quick)")
     p.add_argument("--ablation-steps", type=int, default=None, help="steps per ablation variant (default 800; 200 --quick)")
+    p.add_argument("--real-frames", type=int, default=2,
+                   help="frames of the real-video MotionNet (default 2: the dev set is pairs)")
+    p.add_argument("--real-crop", type=int, default=128, help="training crop of the real-video run (340x256 frames)")
     p.add_argument("--batch", type=int, default=4)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--max-side", type=int, default=256, help="dev pairs resized to this longer side")
@@ -143,6 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     result: dict[str, Any] = {"settings": {"flavour_real": flavour, "real_steps": real_steps,
                                            "ablation_steps": ablation_steps, "batch": args.batch, "lr": args.lr,
+                                           "real_frames": args.real_frames, "real_crop": args.real_crop,
                                            "max_side": args.max_side, "flow_dev": flow_dev}}
     with tempfile.TemporaryDirectory(prefix="h2s-flow-learning-") as tmp:
         work = pathlib.Path(tmp)
@@ -161,9 +170,10 @@ def main(argv: list[str] | None = None) -> dict:
                 result["ablation"][name] = pretrain(_spec(synthetic, args, "tiny", ablation_steps, 64, loss, flow_dev),
                                                     work / f"ablation-{name}")
         if "real" not in args.skip:
-            real = _ingest(build_listing("videos", args.videos), work / "real", (160, 128))
-            print(f"real video: {flavour} MotionNet, {real_steps} steps", flush=True)
-            result["real"] = pretrain(_spec(real, args, flavour, real_steps, 96, {}, flow_dev), work / "pretrain-real")
+            real = _ingest(build_listing("videos", args.videos), work / "real", (340, 256))
+            print(f"real video: {flavour} {args.real_frames}-frame MotionNet, {real_steps} steps", flush=True)
+            result["real"] = pretrain(_spec(real, args, flavour, real_steps, args.real_crop, {}, flow_dev,
+                                            args.real_frames), work / "pretrain-real")
     print_tables(result)
     write_results("flow_learning", result)
     return result

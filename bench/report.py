@@ -240,11 +240,38 @@ def section_paper_tables(d: dict) -> str:
     return "\n\n".join(parts + [provenance(d)])
 
 
+def section_flow_learning(d: dict) -> str:
+    """bench/flow_learning.py: MotionNet pretrained on the platform's path, scored by val/epe beside the
+    baselines on the same pairs; the Table 3 ablation on flow; each loss term's share of the total."""
+    sets, st = list(d["pairs"]), d["settings"]
+    runs = {f"MotionNet, {name.replace('_', ' ')} (synthetic, {run['steps']} steps)": run
+            for name, run in d.get("ablation", {}).items()}
+    if "real" in d:
+        frames = st.get("real_frames", 11)
+        runs[f"MotionNet {st['flavour_real']}-{frames}f, real clips ({d['real']['steps']} steps)"] = d["real"]
+    rows = [[m, *(epes.get(s) for s in sets)] for m, epes in d["baselines"].items()]
+    rows += [[name, *(run["val"].get(f"val/epe/{s}") for s in sets)] for name, run in runs.items()]
+    shares = [[name, *(f"{run[when][t]:.2f}" for when in ("shares_first", "shares_last") for t in ("pixel", "smooth", "ssim"))]
+              for name, run in runs.items()]
+    return "\n\n".join([
+        "Average end-point error in pixels (lower is better) of MotionNets pretrained without labels by the "
+        "pretraining stage's own code (`val/epe`), beside TV-L1, Farneback and zero flow on the same pairs "
+        "(synthetic pairs inside their clip; the flow dev set resized to a longer side of "
+        f"{st['max_side']} px). Ablation runs: tiny MotionNet, 11 frames. Pairs: "
+        + ", ".join(f"{k} {v}" for k, v in d["pairs"].items()) + ".",
+        md_table(["method", *sets], rows, digits=3),
+        "Each loss term's share of the total at the first and the last log step (release balance):",
+        md_table(["run", "pixel first", "smooth first", "ssim first", "pixel last", "smooth last", "ssim last"], shares),
+        provenance(d)])
+
+
 SECTIONS: list[tuple[str, str, str, Callable[[dict], str]]] = [
     ("Speed (paper Table 2, fps)", "speed", "bench/speed.py", section_speed),
     ("Accuracy (paper Table 2 shape, synthetic benchmark)", "accuracy", "bench/accuracy.py", section_accuracy),
     ("Paper Tables 2-4 (jobs/paper_tables.yaml)", "paper_tables", "bench/paper_tables.py", section_paper_tables),
     ("Flow quality (EPE)", "flow_quality", "bench/flow_quality.py", section_flow),
+    ("Does MotionNet learn flow? (pretraining scored by val/epe)", "flow_learning", "bench/flow_learning.py",
+     section_flow_learning),
     ("Storage", "storage", "bench/storage.py", section_storage),
     ("Scaling", "scaling", "bench/scaling.py", section_scaling),
 ]
