@@ -253,6 +253,19 @@ def section_flow_learning(d: dict) -> str:
     rows += [[name, *(run["val"].get(f"val/epe/{s}") for s in sets)] for name, run in runs.items()]
     shares = [[name, *(f"{run[when][t]:.2f}" for when in ("shares_first", "shares_last") for t in ("pixel", "smooth", "ssim"))]
               for name, run in runs.items()]
+    reading = []
+    ablation = d.get("ablation", {})
+    if ablation:
+        # Paper Table 3 (accuracy, higher is better): all practices > without SSIM > without smoothness.
+        paper_order = ["all_practices", "without_ssim", "without_smoothness"]
+        ours = sorted(ablation, key=lambda name: ablation[name]["val"].get("val/epe/synthetic", float("inf")))
+        reading.append("Table 3 order on synthetic `val/epe` (best first): " + " < ".join(n.replace("_", " ") for n in ours)
+                       + (" - the paper's order." if ours == paper_order else
+                          "; the paper's (accuracy): all practices > without SSIM > without smoothness."))
+    best = min((run["val"].get("val/epe/synthetic", float("inf")), name) for name, run in runs.items()) if runs else None
+    if best and "tvl1" in d["baselines"]:
+        reading.append(f"Best MotionNet on synthetic: {best[0]:.3f} px ({best[1]}); TV-L1 "
+                       f"{d['baselines']['tvl1']['synthetic']:.3f} px.")
     return "\n\n".join([
         "Average end-point error in pixels (lower is better) of MotionNets pretrained without labels by the "
         "pretraining stage's own code (`val/epe`), beside TV-L1, Farneback and zero flow on the same pairs "
@@ -260,6 +273,7 @@ def section_flow_learning(d: dict) -> str:
         f"{st['max_side']} px). Ablation runs: tiny MotionNet, 11 frames. Pairs: "
         + ", ".join(f"{k} {v}" for k, v in d["pairs"].items()) + ".",
         md_table(["method", *sets], rows, digits=3),
+        *reading,
         "Each loss term's share of the total at the first and the last log step (release balance):",
         md_table(["run", "pixel first", "smooth first", "ssim first", "pixel last", "smooth last", "ssim last"], shares),
         provenance(d)])
