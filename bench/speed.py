@@ -53,6 +53,7 @@ from h2s_dist import frames as frame_conv  # noqa: E402
 from h2s_dist.baseline import tvl1  # noqa: E402
 from h2s_dist.data.flow_shards import stack_channels, to_network_input  # noqa: E402
 from h2s_dist.data.transforms import eval_window_starts  # noqa: E402
+from h2s_dist.inference import cpu_has_bf16  # noqa: E402
 from h2s_dist.models import StackedTemporalStream, build_motionnet, build_vgg16, fuse_scores  # noqa: E402
 
 NUM_FRAMES = 11
@@ -83,15 +84,6 @@ class CNNConfig:
         parts = [p for p, on in (("channels_last", self.channels_last), ("bf16", self.bf16),
                                  ("compile", self.compile)) if on]
         return "+".join(parts) or "fp32"
-
-
-def cpu_has_bf16() -> bool:
-    """Native bf16 matmul on this CPU (AVX512-BF16 or AMX); emulated bf16 is only slower."""
-    try:
-        flags = pathlib.Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
 def candidate_configs(device: torch.device, allow_compile: bool) -> list[CNNConfig]:
