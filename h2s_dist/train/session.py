@@ -6,11 +6,13 @@ them to the run's storage and restores the latest one after a worker failure. Th
 sees the same methods either way.
 
 Both keep the latest `keep` checkpoints (Ray Train through CheckpointConfig(num_to_keep))
-plus, with a `BestRule`, the best one by a metric in `<output>/checkpoints/best/`. Neither
-blocks the step on storage: the state is serialised in the step (a snapshot of tensors that
-change at the next one), then written by a background thread (`BackgroundWriter`; under Ray Train rank 0 hands Ray
-a local temporary folder, uploaded in the report, SYNC: see RayTrainSession). `wait()` returns once every write has landed; `fit` calls it at
-the end, also when a step fails, so a resume finds what was reported.
+plus, with a `BestRule`, the best one by a metric in `<output>/checkpoints/best/`. The state
+is serialised in the step (a snapshot of tensors that change at the next one). The local
+session then writes it from a background thread (`BackgroundWriter`) without blocking the
+step; under Ray Train, rank 0 hands Ray a local temporary folder that Ray uploads within the
+report (SYNC, so that step waits for the upload: see RayTrainSession). `wait()` returns once
+every write has landed; `fit` calls it at the end, also when a step fails, so a resume finds
+what was reported.
 """
 
 from __future__ import annotations
@@ -198,9 +200,9 @@ class RayTrainSession:
     Every rank calls `report` equally often (Ray's report is a barrier); only rank 0 hands a
     checkpoint (the others None), so only rank 0 uploads model state. The state is written to
     a local temporary folder that Ray uploads within the report (CheckpointUploadMode.SYNC;
-    ASYNC left a two-node run that lost a node unable to resume). Ray keeps the newest `num_to_keep` (built
-    into the trainer's CheckpointConfig by train.launch); the best is copied by rank 0 to
-    `best_folder` by this session's own writer.
+    ASYNC left a two-node run that lost a node unable to resume). Ray keeps the newest
+    `num_to_keep` (built into the trainer's CheckpointConfig by train.launch); the best is
+    copied by rank 0 to `best_folder` by this session's own writer.
 
     report_log_steps: also report metrics at every log step (`report_metrics`), not only with
     checkpoints: a Tune trial's TuneReportCallback passes each report on to Tune, so ASHA sees
