@@ -52,6 +52,30 @@ def test_flow_quality_section_adds_original_pixels_and_motionnet_input_when_resi
     assert "kitti: 1242x375 -> 512x155" in text and "kitti: the pair itself (2-frame network)" in text
 
 
+def _learning_run(synthetic: float, steps: int = 100) -> dict:
+    shares = {"pixel": 0.7, "smooth": 0.05, "ssim": 0.25}
+    return {"steps": steps, "val": {"val/epe/synthetic": synthetic}, "shares_first": shares, "shares_last": shares}
+
+
+def test_flow_learning_section_states_the_table3_order_and_the_best_motionnet_against_tvl1(tmp_path):
+    data = {"settings": {"max_side": 256, "flavour_real": "small", "real_frames": 2}, "pairs": {"synthetic": 4},
+            "baselines": {"tvl1": {"synthetic": 0.08}, "zero": {"synthetic": 0.9}},
+            "ablation": {"all_practices": _learning_run(0.34), "without_ssim": _learning_run(0.88),
+                         "without_smoothness": _learning_run(0.38)},
+            "real": _learning_run(0.82, steps=2000), "machine": {}, "command": "x"}
+    (tmp_path / "flow_learning.json").write_text(json.dumps(data))
+    text = report.render(tmp_path)
+    assert "| MotionNet, all practices (synthetic, 100 steps) | 0.340 |" in text
+    assert "| MotionNet small-2f, real clips (2000 steps) | 0.820 |" in text
+    assert ("order on synthetic `val/epe` (best first): all practices < without smoothness < without ssim; "
+            "the paper's") in text
+    assert "Best MotionNet on synthetic: 0.340 px (MotionNet, all practices (synthetic, 100 steps)); TV-L1 0.080 px" in text
+    assert "| MotionNet, all practices (synthetic, 100 steps) | 0.70 | 0.05 | 0.25 | 0.70 | 0.05 | 0.25 |" in text
+    data["ablation"]["without_ssim"] = _learning_run(0.36)  # now in the paper's order
+    (tmp_path / "flow_learning.json").write_text(json.dumps(data))
+    assert "all practices < without ssim < without smoothness - the paper's order." in report.render(tmp_path)
+
+
 def test_paper_tables_put_each_evaluate_metric_in_its_row_beside_the_paper(tmp_path):
     import json
 
