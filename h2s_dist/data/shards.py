@@ -359,10 +359,14 @@ class TrainLoader:
         position=)`) yields, and an interrupted run sees the batches of an uninterrupted one.
         Costs a refill of the shuffle buffers (and new worker processes) per checkpoint;
         skips found in the dropped read-ahead are not listed (no batch of theirs was used)."""
-        if self._batches is not None:
-            self._batches.close()  # ends the DataLoader (and its worker processes)
-            self._batches = None
+        self.close()
         return self.position
+
+    def close(self) -> None:
+        """End the DataLoader (and its worker processes); a later batch starts a new one."""
+        if self._batches is not None:
+            self._batches.close()
+            self._batches = None
 
     def _from_position(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         cfg = self.config

@@ -44,6 +44,10 @@ class DataStream(Protocol):
         """A picklable position after the batches handed out so far, for `Task.batches` to
         resume from; from now on the stream yields what a stream resumed there yields."""
 
+    # Optional: close() -> None, called by `fit` when it is done with the stream (also after a
+    # failed step), so its readers (DataLoader processes, a Ray Data execution) stop there
+    # rather than whenever the object is collected, possibly after Ray has shut down.
+
 
 class Task(Protocol):
     """What a stage plugs into `fit`."""
@@ -217,6 +221,9 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
                 session.report(metrics, state, step)
     finally:
         session.wait()  # checkpoint writes in flight (also when a step failed: a resume reads them)
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()
     bar.close()
     if step == resumed_from:  # nothing left to train: the list is the checkpoint's
         tracker.log_dict(_skipped_report(earlier_skips), SKIPPED_ARTIFACT)

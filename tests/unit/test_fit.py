@@ -178,6 +178,40 @@ def test_a_run_interrupted_at_step_k_and_resumed_ends_with_the_same_weights_as_a
     torch.testing.assert_close(resumed.weights["toy"], straight.weights["toy"], rtol=0, atol=0)
 
 
+# --- The stream's end -----------------------------------------------------------
+
+
+class ClosingToyStream(ToyStream):
+    """A ToyStream that records `close()` (streams with readers: DataLoader processes, Ray Data)."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.closed = 0
+
+    def close(self) -> None:
+        self.closed += 1
+
+
+class ClosingToyTask(ToyTask):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.streams: list[ClosingToyStream] = []
+
+    def batches(self, rank: int, world_size: int, position: int | None, seed: int) -> ClosingToyStream:
+        self.streams.append(ClosingToyStream(self, rank, world_size, position or 0))
+        return self.streams[-1]
+
+
+def test_fit_closes_its_stream_once_when_it_ends_and_when_a_step_fails(tmp_path):
+    optim = OptimSpec(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+    done = ClosingToyTask(4)
+    run_fit(done, loop_spec(), optim, tmp_path / "done")
+    failed = ClosingToyTask(4, fail_at_sample=8)
+    with pytest.raises(Interrupted):
+        run_fit(failed, loop_spec(), optim, tmp_path / "failed")
+    assert [s.closed for s in done.streams] == [s.closed for s in failed.streams] == [1]
+
+
 # --- Data parallel --------------------------------------------------------------
 
 
