@@ -35,6 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -157,8 +159,10 @@ class RayDataStream:
         return self.position
 
     def close(self) -> None:
-        """Stop reading (ends this rank's Ray Data iteration) before Ray shuts down."""
+        """Stop reading before Ray shuts down: ends this rank's Ray Data iteration and waits
+        for its batch workers to finish."""
         self._batches.close()
+        _await_batch_workers()
 
     def _endless(self) -> Iterator[tuple]:
         cfg = self.config
@@ -177,6 +181,26 @@ class RayDataStream:
                     f"an epoch of {cfg.dataset_uri} gave this rank no whole batch of {cfg.batch_size}: "
                     "fewer selected videos x views_per_decode than ranks x batch_size"
                 )
+
+
+BATCH_WORKER_THREAD = "iter_threaded"
+"""The name Ray Data gives the threads that make an iteration's batches (ray 2.60,
+ray/data/_internal/block_batching/util.py)."""
+
+
+def _await_batch_workers(timeout_s: float = 10.0) -> None:
+    """Wait for Ray Data's batch workers to end. They are not joined when their iteration is
+    closed: each finishes the batch in hand (fetching its blocks from Ray) and exits within a
+    fraction of a second. A ray.shutdown() in that window is fatal: the worker touches the
+    shut-down Ray, whose core worker then exits the whole process with status 1 and no message
+    (seen as a test run that vanished right after its Ray Data tests passed)."""
+    deadline = time.monotonic() + timeout_s
+    for thread in threading.enumerate():
+        if thread.name == BATCH_WORKER_THREAD and thread is not threading.current_thread():
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():
+                log.warning("a Ray Data batch worker is still running %.0f s after its iteration closed", timeout_s)
+                return
 
 
 def _collate_fn(pin_memory: bool):

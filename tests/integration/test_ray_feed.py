@@ -7,6 +7,8 @@ Two tests on purpose: one Ray start-up for the module, one Ray Train fit (~30 s 
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 import torch
 
@@ -50,7 +52,7 @@ class Crash(RuntimeError):
 
 def test_in_process_feed_resumes_from_its_checkpoint_with_a_restarted_stream(local_ray, make_synthetic_dataset,
                                                                              tmp_path):
-    from h2s_dist.data.ray_feed import RayDataStream, RayFeedPosition
+    from h2s_dist.data.ray_feed import BATCH_WORKER_THREAD, RayDataStream, RayFeedPosition
     from h2s_dist.tracking import NullTracker
     from h2s_dist.train.launch import build_local_session
     from h2s_dist.train.stages.pretrain import PretrainTask
@@ -86,3 +88,6 @@ def test_in_process_feed_resumes_from_its_checkpoint_with_a_restarted_stream(loc
     state = torch.load(outputs["checkpoint"], weights_only=False)
     assert state["data"] == [RayFeedPosition(batches=6)]  # the count runs on over the resume
     assert stream.last_keys and all(isinstance(k, str) for k in stream.last_keys)
+    # fit closed the stream, and the close waited for Ray Data's batch workers: none is left to
+    # touch Ray after the module's ray.shutdown() (that exits the whole test process).
+    assert not [t for t in threading.enumerate() if t.name == BATCH_WORKER_THREAD]
