@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import pathlib
 import signal
+import tempfile
 import threading
 import time
 
@@ -27,6 +28,11 @@ def _train_worker_pids() -> list[int]:
         except OSError:
             continue  # the process ended while we looked
     return sorted(found)
+
+
+def _staged_checkpoints() -> set[pathlib.Path]:
+    """The temporary folders that train.session stages checkpoints in before Ray uploads them."""
+    return set(pathlib.Path(tempfile.gettempdir()).glob("h2s-ckpt-*"))
 
 
 def _kill_one_worker_after_a_checkpoint(ray_dir: pathlib.Path, killed: list, timeout_s: float = 240) -> None:
@@ -61,6 +67,7 @@ def test_two_workers_split_data_and_survive_a_killed_worker(local_ray, make_synt
         scaling={"num_workers": 2, "max_failures": 1},
     )
     output = tmp_path / "pretrain"
+    staged_before = _staged_checkpoints()
     killed: list[int] = []
     killer = threading.Thread(target=_kill_one_worker_after_a_checkpoint, args=(output / "ray", killed))
     killer.start()
@@ -79,3 +86,7 @@ def test_two_workers_split_data_and_survive_a_killed_worker(local_ray, make_synt
     history = MlflowClient(tracking.uri).get_metric_history(tracking.run_id, "loss/total")
     values = [m.value for m in sorted(history, key=lambda m: m.step)]
     assert values[-1] < values[0], f"loss did not fall: {values}"
+    # Each checkpoint is staged in a temporary folder that Ray deletes once uploaded; only the
+    # killed worker's, if the kill came mid-report, may stay behind.
+    left = _staged_checkpoints() - staged_before
+    assert len(left) <= 1, f"staged checkpoint folders left behind: {sorted(left)}"
