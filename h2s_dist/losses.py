@@ -14,7 +14,8 @@ of the T-1 pairs frame i+1 warped back onto frame i:
 How the means are put together (PAPER.md "How the release normalises each term"):
   normalisation "release" (default): the value of the Caffe release's loss layers for a
   batch of N = reference_batch_size (16 in pretraining, 8 in fine-tuning) with the same
-  per-sample content as ours, C = 3(T-1) loss channels, W_k = SSIM windows per channel:
+  per-sample content as ours, C = 3(T-1) loss channels of a clip of T = reference_num_frames
+  (the release's 11, whatever our clip length), W_k = SSIM windows per channel:
       total = sum_k  p_k * pixel_k / N
                    + lambda2 * s_k * (4/3) * smooth_k / N
                    + q * w_k * C * W_k * ssim_k,
@@ -34,7 +35,10 @@ How the means are put together (PAPER.md "How the release normalises each term")
   batch B instead would move the balance with B (at B = 2 per GPU the photometric term
   would weigh 8x more against SSIM than in the release). The SSIM term is a batch mean of
   per-sample sums, which does not depend on B. So for any B the loss equals the release's
-  on a batch of N samples like ours, and at B = N it is the release's formula exactly.
+  on a batch of N samples like ours, and at B = N (and T = reference_num_frames) it is the
+  release's formula exactly. The SSIM sum over a clip's channels would move the balance with
+  T the same way (a 2-frame clip has 3 channels to the release's 30), hence C from the
+  reference T: every pair of any clip weighs as a pair of the release's 11-frame clips.
   Under DDP every rank computes this over its own B and the gradients are averaged, which
   is the gradient of the same expression over the global batch.
   normalisation "mean": every term is the plain mean, weighted by the mean-form equivalents
@@ -330,6 +334,13 @@ class UnsupervisedLossConfig:
     reference_batch_size: int = 16
     """N of the release's normalisation: the release's batch (16 in pretraining, 8 in
     fine-tuning), not ours, so the balance between the terms does not move with our batch."""
+    reference_num_frames: int = 11
+    """T of the release's normalisation: the SSIM term's per-sample sum counts the
+    C = 3(T-1) channels of a clip of this many frames (the release's 11), not of ours, so the
+    balance does not move with our clip length. Counted from a 2-frame clip (C = 3), SSIM
+    weighs 10x less against the photometric mean than in the release, and a 2-frame MotionNet
+    stayed at zero flow (synthetic EPE 0.849 after 1500 tiny steps, zero flow 0.855; 0.529
+    with the 11-frame balance)."""
     border_fraction: float = 0.1
     """Border mask of the photometric and smoothness terms, a fraction of min(h, w) at each level."""
     use_lrn: bool = False
@@ -375,6 +386,8 @@ class UnsupervisedLossConfig:
             raise ValueError(f"border_fraction must be in [0, 0.5), got {self.border_fraction}")
         if self.reference_batch_size < 1:
             raise ValueError(f"reference_batch_size must be >= 1, got {self.reference_batch_size}")
+        if self.reference_num_frames < 2:
+            raise ValueError(f"reference_num_frames must be >= 2, got {self.reference_num_frames}")
         if self.census_patch_size < 1 or self.census_patch_size % 2 == 0:
             raise ValueError(f"census_patch_size must be odd and >= 1, got {self.census_patch_size}")
         for name, allowed in (("normalisation", NORMALISATIONS), ("photometric", PHOTOMETRIC_TERMS),
@@ -403,8 +416,9 @@ class UnsupervisedLossConfig:
 def term_weights(config: UnsupervisedLossConfig, level: int, num_channels: int, num_windows: int) -> dict[str, float]:
     """What multiplies each plain per-level mean of `level` (0 = flow6) in the total.
 
-    num_channels C = 3 (T-1), the loss images per sample; num_windows = SSIM windows per
-    channel at this level (`num_ssim_windows`). With N = reference_batch_size:
+    num_channels C = 3 (T-1) with T = reference_num_frames (`loss_channels`), the loss images
+    per sample; num_windows = SSIM windows per channel at this level (`num_ssim_windows`).
+    With N = reference_batch_size:
       release: pixel p_k / N, smooth lambda2 s_k (4/3) / N, ssim q w_k C W_k;
       mean:    the same times N (pixel 1, smoothness 4/3, SSIM 76.8 ... 940.8 for the
                defaults at 224 crops and 11 frames).
@@ -416,6 +430,12 @@ def term_weights(config: UnsupervisedLossConfig, level: int, num_channels: int, 
         "smooth": config.smoothness_weight * config.smoothness_level_weights[level] * (4.0 / 3.0) * per_batch,
         "ssim": config.ssim_weight_scale * config.ssim_level_weights[level] * num_channels * num_windows * n * per_batch,
     }
+
+
+def loss_channels(config: UnsupervisedLossConfig) -> int:
+    """C of the SSIM term's per-sample sum: the 3 (T-1) loss images of a clip of
+    reference_num_frames, whatever our clip's length."""
+    return 3 * (config.reference_num_frames - 1)
 
 
 def _level_names(num_levels: int) -> tuple[str, ...]:
@@ -542,7 +562,7 @@ def _total(
     config: UnsupervisedLossConfig,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     full_size = (frames.shape[-2], frames.shape[-1])
-    num_channels = 3 * (frames.shape[1] - 1)
+    num_channels = loss_channels(config)
     parts: dict[str, list[torch.Tensor]] = {"pixel": [], "smooth": [], "ssim": []}
     terms: dict[str, torch.Tensor] = {}
     for k, (name, raw, raw_bw) in enumerate(zip(_level_names(len(flows)), flows, backward)):

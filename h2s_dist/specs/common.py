@@ -242,13 +242,18 @@ class UnsupLossSpec(Strict):
     """Local response normalisation of the loss images, as in the Caffe release."""
     normalisation: Literal["release", "mean"] = "release"
     """`release`: each term normalised as the Caffe release's layers do (photometric and
-    smoothness means / N, SSIM a per-sample sum over 3(T-1) channels and every window), which
-    makes SSIM a large share of the loss. `mean`: plain means weighted by the equivalent
-    per-term weights (pixel 1, smoothness 4/3, SSIM ladder x 3(T-1) x windows x N): the same
-    balance, N times the value."""
+    smoothness means / N, SSIM a per-sample sum over 3(T-1) channels, T = reference_num_frames,
+    and every window), which makes SSIM a large share of the loss. `mean`: plain means weighted
+    by the equivalent per-term weights (pixel 1, smoothness 4/3, SSIM ladder x 3(T-1) x windows
+    x N): the same balance, N times the value."""
     reference_batch_size: PositiveInt | None = None
     """N in the normalisation: the batch whose release loss ours equals, whatever our batch.
     Null = the release's batch for the stage (16 in pretraining, 8 in fine-tuning)."""
+    reference_num_frames: int | None = Field(None, ge=2)
+    """T in the normalisation: SSIM's per-sample sum counts the 3(T-1) channels of a clip of T
+    frames, whatever our clip length. Null = the release's 11, so a 2-frame MotionNet weighs
+    SSIM per pair as the 11-frame release does; give the clip's own length for the release's
+    layers run as they are on it (SSIM 10x lighter at 2 frames)."""
     photometric: Literal["charbonnier", "census"] = "charbonnier"
     """`charbonnier` of RGB differences (the paper) or `census`: UFlow's soft 7x7 census
     distance on grayscale with (|d| + 0.01)^0.4: blind to a brightness offset, nearly to a gain."""

@@ -31,6 +31,7 @@ def unsup_loss_config(loss: UnsupLossSpec, *, finetuning: bool) -> UnsupervisedL
         use_lrn=loss.use_lrn,
         normalisation=loss.normalisation,
         reference_batch_size=loss.reference_batch_size or base.reference_batch_size,
+        reference_num_frames=loss.reference_num_frames or base.reference_num_frames,
         photometric=loss.photometric,
         smoothness=loss.smoothness,
         edge_weight=loss.edge_weight,

@@ -170,10 +170,11 @@ def test_terms_have_the_expected_keys_and_sum_to_the_total():
     assert set(terms) == expected
     assert all(v.dim() == 0 and not v.requires_grad for v in terms.values())
     torch.testing.assert_close(terms["pixel"] + terms["smooth"] + terms["ssim"], total.detach())
-    # Release form: SSIM level k weighs w_k x C x W_k times its mean, C = 3 x 2 pairs,
-    # W_k = windows of the 2, 4, 8, 16, 32 px levels of a 64 px clip: 1, 1, 1, 2x2, 4x4.
+    # Release form: SSIM level k weighs w_k x C x W_k times its mean, C = 3 x 10 pairs (the
+    # release's 11-frame clips, whatever ours: this one has 3 frames), W_k = windows of the 2,
+    # 4, 8, 16, 32 px levels of a 64 px clip: 1, 1, 1, 2x2, 4x4.
     ssim_weights, windows = (0.16, 0.08, 0.04, 0.02, 0.01), (1, 1, 1, 4, 16)
-    weighted = sum(w * 6 * n * terms[f"ssim/{name}"] for w, n, name in zip(ssim_weights, windows, levels))
+    weighted = sum(w * 30 * n * terms[f"ssim/{name}"] for w, n, name in zip(ssim_weights, windows, levels))
     torch.testing.assert_close(terms["ssim"], weighted)
     torch.testing.assert_close(terms["pixel"], sum(terms[f"pixel/{n}"] for n in levels) / 16)
     torch.testing.assert_close(terms["smooth"], sum(terms[f"smooth/{n}"] for n in levels) * 4 / 3 / 16)
@@ -314,9 +315,27 @@ def test_release_form_at_a_batch_of_n_is_the_release_layers_by_hand():
     # Levels of 8 and 16 px (borders 1 and 2 px, 1 and 4 SSIM windows), 3 frames, N = B = 2.
     clip = translating_clip(batch=2, frames=3, size=32, shift=(1, 1))
     flows = random_raw_flows(2, 3, (8, 16))
-    config = UnsupervisedLossConfig(reference_batch_size=2, **TWO_LEVELS)
+    config = UnsupervisedLossConfig(reference_batch_size=2, reference_num_frames=3, **TWO_LEVELS)
     total, _ = unsupervised_flow_loss(clip, flows, config)
     torch.testing.assert_close(total, release_loss_by_hand(clip, flows, 2, (0.02, 0.01)))
+
+
+def test_release_form_weighs_each_pair_as_in_the_release_whatever_our_clip_length():
+    # T is the release's 11 frames, not ours: SSIM's per-sample sum counts 30 channels, so a
+    # 3-frame clip's SSIM weighs what the release's layers give it x 30 / 6, the others as they
+    # are; at reference_num_frames 3 it is the release's layers on this clip exactly.
+    clip = translating_clip(batch=2, frames=3, size=32, shift=(1, 1))
+    flows = random_raw_flows(2, 3, (8, 16))
+    as_is = UnsupervisedLossConfig(reference_batch_size=2, reference_num_frames=3, **TWO_LEVELS)
+    _, clip_terms = unsupervised_flow_loss(clip, flows, as_is)
+    total, terms = unsupervised_flow_loss(clip, flows, dataclasses.replace(as_is, reference_num_frames=11))
+    torch.testing.assert_close(terms["ssim"], clip_terms["ssim"] * 5)
+    torch.testing.assert_close(terms["pixel"], clip_terms["pixel"])
+    torch.testing.assert_close(terms["smooth"], clip_terms["smooth"])
+    torch.testing.assert_close(total, terms["pixel"] + terms["smooth"] + terms["ssim"])
+    assert UnsupervisedLossConfig().reference_num_frames == 11
+    with pytest.raises(ValueError, match="reference_num_frames"):
+        UnsupervisedLossConfig(reference_num_frames=1)
 
 
 def test_release_form_equals_the_release_on_16_samples_whatever_our_batch():
@@ -324,7 +343,7 @@ def test_release_form_equals_the_release_on_16_samples_whatever_our_batch():
     # for these 2 repeated to 16, and so do the same samples repeated to 4.
     clip = translating_clip(batch=2, frames=3, size=32, shift=(1, 1))
     flows = random_raw_flows(2, 3, (8, 16))
-    config = UnsupervisedLossConfig(**TWO_LEVELS)
+    config = UnsupervisedLossConfig(reference_num_frames=3, **TWO_LEVELS)
     assert config.reference_batch_size == 16
     total, _ = unsupervised_flow_loss(clip, flows, config)
     by_hand = release_loss_by_hand(clip.repeat(8, 1, 1, 1, 1), [f.repeat(8, 1, 1, 1) for f in flows], 16, (0.02, 0.01))
@@ -377,10 +396,12 @@ def test_specs_build_the_releases_pretraining_and_finetuning_configs():
     assert unsup_loss_config(UnsupLossSpec(), finetuning=True) == UnsupervisedLossConfig.finetuning()
     assert FinetuneSpec().unsup_weight == 1.0  # the release adds the losses as they are
     custom = unsup_loss_config(
-        UnsupLossSpec(normalisation="mean", reference_batch_size=4, photometric="census", occlusion="forward_backward",
-                      smoothness="edge_aware_second", edge_weight=10.0, ssim_weight_scale=2.0), finetuning=True)
-    assert (custom.normalisation, custom.reference_batch_size, custom.photometric, custom.occlusion,
-            custom.smoothness, custom.edge_weight) == ("mean", 4, "census", "forward_backward", "edge_aware_second", 10.0)
+        UnsupLossSpec(normalisation="mean", reference_batch_size=4, reference_num_frames=2, photometric="census",
+                      occlusion="forward_backward", smoothness="edge_aware_second", edge_weight=10.0,
+                      ssim_weight_scale=2.0), finetuning=True)
+    assert (custom.normalisation, custom.reference_batch_size, custom.reference_num_frames, custom.photometric,
+            custom.occlusion, custom.smoothness, custom.edge_weight) == (
+        "mean", 4, 2, "census", "forward_backward", "edge_aware_second", 10.0)
     assert custom.ssim_weight_scale == pytest.approx(0.2)
 
 
