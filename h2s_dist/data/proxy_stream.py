@@ -2,7 +2,7 @@
 Table 4: MotionNet learns with TV-L1 flow as a supervised proxy).
 
     config = ProxyStreamConfig(**asdict(frame_config), flows_uri=tvl1_outputs["flows"])
-    stream = proxy_train_loader(config, rank=0, world_size=1)
+    stream = shards.train_loader(config, rank=0, world_size=1, stream_cls=ProxyTrainStream)
     clips, proxy = unpack_proxy_batch(normalize_packed(next(stream)[0]), clip_len_frames=11)
     # clips (B, 11, 3, c, c) as the frame stream's; proxy (B, 20, c, c) px, u0, v0, u1, ...
 
@@ -34,7 +34,7 @@ from h2s_dist.data import manifest, transforms
 from h2s_dist.data.codec import ClipDecodeError
 from h2s_dist.data.flow_shards import read_flow_info, read_flow_window
 from h2s_dist.data.shard_io import Video, iter_samples, read_frame_window
-from h2s_dist.data.shards import StreamPosition, TrainLoader, TrainStream, TrainStreamConfig, train_loader
+from h2s_dist.data.shards import StreamPosition, TrainStream, TrainStreamConfig
 from h2s_dist.data.skips import SkipRecorder
 
 FLOW_SHARDS_KEPT = 4
@@ -46,6 +46,11 @@ class ProxyStreamConfig(TrainStreamConfig):
 
     flows_uri: str = ""
     """Flow dataset (tvl1_flows' `flows`) of the same videos at the frames' size."""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if not self.flows_uri:
+            raise ValueError("ProxyStreamConfig.flows_uri is empty: name the flow dataset to read alongside")
 
 
 def pack_proxy_clip(clip: torch.Tensor, proxy: torch.Tensor) -> torch.Tensor:
@@ -129,11 +134,3 @@ class ProxyTrainStream(TrainStream):
             proxy = proxy.flip(-1) * torch.tensor([-1.0, 1.0]).view(1, 2, 1, 1)
         return pack_proxy_clip(transforms.channels_first(frames).float(), proxy)
 
-
-def proxy_train_loader(config: ProxyStreamConfig, *, rank: int, world_size: int,
-                       position: StreamPosition | None = None) -> TrainLoader:
-    """Rank `rank`'s endless stream of packed (frames, cached flow) clips; everything else
-    (resampled shards, resume, skips) is `shards.train_loader`'s."""
-    if not config.flows_uri:
-        raise ValueError("ProxyStreamConfig.flows_uri is empty: name the flow dataset to read alongside")
-    return train_loader(config, rank=rank, world_size=world_size, position=position, stream_cls=ProxyTrainStream)

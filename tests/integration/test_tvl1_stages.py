@@ -203,14 +203,15 @@ def test_motionnet_source_writes_the_flow_shards_a_temporal_stream_trains_on(fra
 
 
 def test_proxy_stream_brings_each_clips_own_cached_flow_with_the_same_window_crop_and_flip(computed, frames_uri):
-    from h2s_dist.data.proxy_stream import ProxyStreamConfig, normalize_packed, proxy_train_loader, unpack_proxy_batch
+    from h2s_dist.data.proxy_stream import ProxyStreamConfig, ProxyTrainStream, normalize_packed, unpack_proxy_batch
+    from h2s_dist.data.shards import train_loader
     from h2s_dist.data.transforms import crop_offsets, to_network_input
 
     _, outputs = computed
     config = ProxyStreamConfig(dataset_uri=frames_uri, batch_size=3, split=1, subset="test", clip_len_frames=CLIP_LEN,
                                crop_size=48, scales=(1.0,), flip=True, shuffle_buffer=4, epoch_length_samples=6,
                                labeled=False, flows_uri=outputs["flows"])
-    stream = proxy_train_loader(config, rank=0, world_size=1)
+    stream = train_loader(config, rank=0, world_size=1, stream_cls=ProxyTrainStream)
     frames = {k: codec.decode_frames(s) for k, s in _read_samples(frames_uri).items()}
     flows = _stored_flows(outputs["flows"])
     seen_flip = set()

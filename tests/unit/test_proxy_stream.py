@@ -39,3 +39,12 @@ def test_a_proxy_weight_needs_its_flows_and_only_pretraining_takes_it():
     with pytest.raises(ValueError, match="loss.proxy_weight is a pretraining term"):
         FinetuneSpec(data=data, loss={"proxy_weight": 0.1})
     assert PretrainSpec(data=data, loss={"proxy_weight": 0.1}, proxy_flows="flows").loss.proxy_weight == 0.1
+
+
+def test_a_proxy_stream_config_without_its_flow_dataset_is_refused():
+    from h2s_dist.data.proxy_stream import ProxyStreamConfig
+
+    with pytest.raises(ValueError, match="flows_uri is empty"):
+        ProxyStreamConfig(dataset_uri="/tmp/frames", batch_size=2, clip_len_frames=3, crop_size=32)
+    assert ProxyStreamConfig(dataset_uri="/tmp/frames", batch_size=2, clip_len_frames=3, crop_size=32,
+                             flows_uri="/tmp/flows").flows_uri == "/tmp/flows"
