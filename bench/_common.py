@@ -85,29 +85,30 @@ def command_line() -> str:
     return " ".join(shlex.quote(a) for a in [sys.executable, *sys.argv])
 
 
-def write_results(name: str, payload: dict[str, Any], out_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
-    """Write payload + machine + command to out_dir/<name>.json atomically; returns the path."""
+def _stamped(payload: dict[str, Any]) -> dict[str, Any]:
+    """payload + the machine, the command and the time that produced it."""
+    return {**payload, "machine": machine_info(), "command": command_line(),
+            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+
+
+def _write_atomically(name: str, content: dict[str, Any], out_dir: pathlib.Path) -> pathlib.Path:
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    full = {**payload, "machine": machine_info(), "command": command_line(),
-            "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
     tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
+    tmp.write_text(json.dumps(content, indent=1, default=_jsonable) + "\n")
     tmp.replace(path)
     return path
+
+
+def write_results(name: str, payload: dict[str, Any], out_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
+    """Write payload + machine + command to out_dir/<name>.json atomically; returns the path."""
+    return _write_atomically(name, _stamped(payload), out_dir)
 
 
 def merge_results(name: str, key: str, payload: dict[str, Any], out_dir: pathlib.Path = RESULTS_DIR) -> pathlib.Path:
     """Put payload + its own machine, command and time under `key` of out_dir/<name>.json,
     keeping the rest of the file (a part of a benchmark rerun alone); returns the path."""
-    full = {**(read_results(name, out_dir) or {}),
-            key: {**payload, "machine": machine_info(), "command": command_line(),
-                  "written_at": time.strftime("%Y-%m-%dT%H:%M:%S%z")}}
-    path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(full, indent=1, default=_jsonable) + "\n")
-    tmp.replace(path)
-    return path
+    return _write_atomically(name, {**(read_results(name, out_dir) or {}), key: _stamped(payload)}, out_dir)
 
 
 def read_results(name: str, out_dir: pathlib.Path = RESULTS_DIR) -> dict[str, Any] | None:

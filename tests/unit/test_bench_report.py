@@ -108,3 +108,14 @@ def test_quick_paper_tables_cut_every_training_stage_of_the_job():
     job = load_job(paper_tables.JOB, sets)
     assert job.stage("pretrain").loop.max_steps == 100 and job.stage("finetune_none").loop.max_steps == 80
     assert job.stage("data").synthetic.num_videos == 54
+
+
+def test_a_part_rerun_alone_is_merged_under_its_key_with_its_own_stamp(tmp_path):
+    from bench._common import merge_results, read_results, write_results
+
+    write_results("feed", {"windows": [1, 2]}, tmp_path)
+    merge_results("feed", "cluster", {"rows": [3]}, tmp_path)
+    merged = read_results("feed", tmp_path)
+    assert merged["windows"] == [1, 2] and merged["cluster"]["rows"] == [3]
+    assert {"machine", "command", "written_at"} <= set(merged) & set(merged["cluster"])
+    assert not list(tmp_path.glob("*.tmp"))
