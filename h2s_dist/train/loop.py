@@ -220,10 +220,12 @@ def fit(task: Task, loop: LoopSpec, optim: OptimSpec, session: Any, tracker: Any
                                       spec_hash, metrics, device)
                 session.report(metrics, state, step)
     finally:
-        session.wait()  # checkpoint writes in flight (also when a step failed: a resume reads them)
-        close = getattr(stream, "close", None)
-        if close is not None:
-            close()
+        try:
+            session.wait()  # checkpoint writes in flight (also when a step failed: a resume reads them)
+        finally:  # also when a write failed: the stream's readers end here, not after Ray is gone
+            close = getattr(stream, "close", None)
+            if close is not None:
+                close()
     bar.close()
     if step == resumed_from:  # nothing left to train: the list is the checkpoint's
         tracker.log_dict(_skipped_report(earlier_skips), SKIPPED_ARTIFACT)

@@ -212,6 +212,26 @@ def test_fit_closes_its_stream_once_when_it_ends_and_when_a_step_fails(tmp_path)
     assert [s.closed for s in done.streams] == [s.closed for s in failed.streams] == [1]
 
 
+def test_fit_closes_its_stream_when_the_last_checkpoint_write_fails(tmp_path):
+    class FailingWrites(LocalSession):
+        reported = False
+
+        def report(self, *args: Any) -> None:
+            super().report(*args)
+            self.reported = True
+
+        def wait(self) -> None:
+            super().wait()
+            if self.reported:  # the checkpoint write of the last step failed
+                raise OSError("disk full")
+
+    task = ClosingToyTask(4)
+    optim = OptimSpec(name="sgd", lr=0.1, momentum=0.0, weight_decay=0.0)
+    with pytest.raises(OSError, match="disk full"):
+        fit(task, loop_spec(), optim, FailingWrites(str(tmp_path), SPEC_HASH), NullTracker(), CPU, SPEC_HASH)
+    assert [s.closed for s in task.streams] == [1]
+
+
 # --- Data parallel --------------------------------------------------------------
 
 
