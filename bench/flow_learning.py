@@ -36,8 +36,6 @@ from bench.flow_quality import farneback_method, tvl1_method, zero_flow  # noqa:
 
 SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data"
 TERMS = ("loss/pixel", "loss/smooth", "loss/ssim")
-# Table 3 of the paper, stacked temporal accuracy (higher is better): the order to match on EPE.
-PAPER_ABLATION = {"all_practices": 82.71, "without_ssim": 81.58, "without_smoothness": 80.14}
 ABLATION_LOSS = {"all_practices": {}, "without_ssim": {"ssim_weight_scale": 0.0},
                  "without_smoothness": {"smoothness_weight": 0.0}}
 
