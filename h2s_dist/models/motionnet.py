@@ -142,6 +142,26 @@ def _skip_names(cfg: MotionNetConfig) -> dict[int, str]:
             2: "conv2_1" if cfg.small_displacement else "conv2"}
 
 
+def stack_frames(frames: torch.Tensor, config: MotionNetConfig) -> torch.Tensor:
+    """Checked frames (B, T, 3, H, W) normalised -> MotionNet's input (B, 3T, H, W), frame-major
+    like the release's concat; a clear error for a wrong length, dtype or size."""
+    cfg = config
+    if frames.dim() != 5 or frames.shape[1] != cfg.num_frames or frames.shape[2] != 3:
+        raise ValueError(
+            f"MotionNet expects frames (B, {cfg.num_frames}, 3, H, W), got {tuple(frames.shape)}; "
+            "pass clips of the configured length or build it with a matching num_frames"
+        )
+    if not frames.is_floating_point():
+        raise ValueError("MotionNet expects float frames; run h2s_dist.frames.normalize first")
+    h, w = frames.shape[-2:]
+    if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h == 0 or w == 0:
+        raise ValueError(
+            f"MotionNet needs H and W that are multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
+            "crop or resize (e.g. 224x224, 256x320)"
+        )
+    return frames.flatten(1, 2)
+
+
 class MotionNet(nn.Module):
     """Frames (B, T, 3, H, W) -> raw flows [flow6, flow5, flow4, flow3, flow2].
 
@@ -209,28 +229,14 @@ class MotionNet(nn.Module):
                     nn.init.kaiming_normal_(m.weight, mode="fan_in", nonlinearity="relu")
                 nn.init.zeros_(m.bias)
 
-    def _stack(self, frames: torch.Tensor) -> torch.Tensor:
-        """(B, T, 3, H, W) -> (B, 3T, H, W), frame-major like the release's concat."""
-        cfg = self.config
-        if frames.dim() != 5 or frames.shape[1] != cfg.num_frames or frames.shape[2] != 3:
-            raise ValueError(
-                f"MotionNet expects frames (B, {cfg.num_frames}, 3, H, W), got {tuple(frames.shape)}; "
-                "pass clips of the configured length or build it with a matching num_frames"
-            )
-        if not frames.is_floating_point():
-            raise ValueError("MotionNet expects float frames; run h2s_dist.frames.normalize first")
-        h, w = frames.shape[-2:]
-        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE or h == 0 or w == 0:
-            raise ValueError(
-                f"MotionNet needs H and W that are multiples of {SIZE_MULTIPLE}, got {h}x{w}; "
-                "crop or resize (e.g. 224x224, 256x320)"
-            )
-        return frames.flatten(1, 2)
-
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
         """Frames (B, T, 3, H, W) normalised -> [flow6, flow5, flow4, flow3, flow2] raw."""
+        return self.flows_from_stack(stack_frames(frames, self.config))
+
+    def flows_from_stack(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The network proper on stacked frames (B, 3T, H, W), checked by `forward`. Free of
+        shape-dependent control flow, so torch.fx can trace it (int8 quantisation, inference.py)."""
         slope = self.config.negative_slope
-        x = self._stack(frames)
         features = {}
         for name, conv in self.encoder.items():
             x = F.leaky_relu(conv(x), slope)
