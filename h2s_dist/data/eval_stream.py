@@ -163,12 +163,15 @@ def eval_loader(
     cache_dir: ShardCache | str | None = None,
     normalized: bool = True,
     stream_cls: type[EvalStream] = EvalStream,
+    max_videos: int | None = None,
 ) -> EvalLoader:
     """Every selected video exactly once across ranks and workers, each shard read by one
     rank x worker slot where there are enough shards (see `eval_assignment`),
     as EvalItem with num_windows windows (transforms.eval_window_starts) x num_crops crops
     (10: ten_crops; 5: unflipped positions; 1: centre). No resampling, no shuffling.
     stream_cls: what a video becomes (EvalStream: frames; flow_shards.FlowEvalStream: flows).
+    max_videos: at most this many, evenly spaced over the selection (which runs class by class), so
+    that a few videos still cover the classes: a calibration set (inference.quantise_convolutions).
 
     Memory: a paper-sized item is 250 x 11 x 3 x 224 x 224 float32 = 1.6 GB; pass
     normalized=False for uint8 clips (4x smaller) and normalise per chunk with
@@ -181,6 +184,8 @@ def eval_loader(
     if num_workers < 0 or num_windows < 1 or clip_len_frames < min_len:
         raise ValueError(f"need num_workers >= 0, num_windows >= 1 and clip_len_frames >= {min_len}")
     videos = selected_videos(dataset_uri, split, subset)
+    if max_videos is not None and len(videos) > max_videos:
+        videos = [videos[i * len(videos) // max_videos] for i in range(max_videos)]
     too_small = [v.key for v in videos if v.min_side < crop_size]
     if too_small:
         raise ValueError(

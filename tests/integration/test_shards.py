@@ -148,6 +148,15 @@ def test_train_and_eval_streams_read_h264_shards_as_the_frames_of_a_decode_from_
         np.testing.assert_array_equal(read_frame_window(sample, start, CLIP_LEN, len(full)), full[start:start + CLIP_LEN])
 
 
+def test_max_videos_spreads_a_few_videos_over_the_selection(dataset):
+    """max_videos (calibration sets) keeps evenly spaced videos of the list, not its first ones."""
+    train = _keys(dataset, "train")
+    loader = eval_loader(dataset, 1, "train", rank=0, world_size=1, clip_len_frames=CLIP_LEN, crop_size=CROP,
+                         num_windows=1, num_crops=1, max_videos=3)
+    keys = [item.key for item in loader]
+    assert sorted(keys, key=train.index) == [train[i * len(train) // 3] for i in range(3)]
+
+
 def test_eval_crop_larger_than_frames_is_a_value_error(dataset):
     with pytest.raises(ValueError, match="crop_size"):
         eval_loader(dataset, 1, "test", rank=0, world_size=1, crop_size=64)

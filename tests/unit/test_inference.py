@@ -99,3 +99,30 @@ def test_a_stage_without_both_streams_is_refused_with_what_to_pass():
                                 networks={"stacked": model.stacked})
     with pytest.raises(PredictError, match="spatial weights.*evaluate stage"):
         hidden_two_stream(only_stacked)
+
+
+def test_int8_conv_quantises_every_convolution_and_keeps_the_scores_close():
+    """The three graphs (MotionNet, both VGG16 feature stacks) hold no float convolution after
+    quantise_convolutions; scores calibrated on other clips stay near fp32; the input checks remain."""
+    import copy
+
+    from h2s_dist.inference import quantise_convolutions
+
+    model, x = tiny_model(), clips(4, seed=2)
+    quantised = copy.deepcopy(model)
+    quantise_convolutions([quantised.spatial, quantised.stacked], lambda: quantised(clips(4, seed=3)))
+    float_convs = [name for name, m in quantised.named_modules() if type(m) in (torch.nn.Conv2d, torch.nn.ConvTranspose2d)]
+    assert float_convs == []
+    assert any("quantized" in type(m).__module__ for m in quantised.stacked.motionnet.modules())
+    with torch.no_grad():
+        reference, scores = model(x), quantised(x)
+    assert float((scores - reference).norm() / reference.norm()) < 0.1
+    with pytest.raises(ValueError, match="frames"):
+        quantised(clips(2)[:, :5])  # MotionNet's own check, in front of the quantised graph
+
+
+def test_int8_conv_needs_calibration_clips():
+    with pytest.raises(ValueError, match="calibration"):
+        build_fast(tiny_model(), FastConfig(int8_conv=True))
+    scores = build_fast(tiny_model(), FastConfig(int8_conv=True, int8_linear=True), calibration=clips(2, seed=1))(clips())
+    assert scores.shape == (NUM_CLASSES,) and scores.dtype == torch.float32
