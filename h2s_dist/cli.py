@@ -335,7 +335,8 @@ def flow_video_path(out: str, video: str, num_videos: int) -> str:
 def cmd_predict(args: argparse.Namespace) -> int:
     import json
 
-    from h2s_dist.predict import PredictError, format_prediction, load_model, predict_video, write_flow_video
+    from h2s_dist.predict import (PredictError, format_prediction, load_model, predict_video, quantise_for_cpu,
+                                  write_flow_video)
 
     model = load_model(args.model, tracking_uri=args.tracking_uri, device=args.device,
                        num_windows=args.windows, num_crops=args.crops)
@@ -343,6 +344,10 @@ def cmd_predict(args: argparse.Namespace) -> int:
     print(f"model: {model.kind} stage {model.stage_uri}; {len(model.classes)} classes, streams "
           f"{' + '.join(model.networks)}, frames resized to {width}x{height}, crops {model.crop_size}, "
           f"device {model.device}", file=sys.stderr)
+    if args.int8:
+        count = quantise_for_cpu(model)
+        print(f"int8: convolutions and fc layers quantised, calibrated on {count} clips of training videos of "
+              f"{model.dataset_uri}", file=sys.stderr)
     failed = 0
     for video in args.videos:
         try:
@@ -446,6 +451,7 @@ when loading. Use the file as init_weights (spatial) or vgg_rgb_weights (tempora
 _PREDICT_EXAMPLES = """examples:
   h2s predict ../shared/data/videos/UCF-101_Rowing_g16_c03.avi --model quickstart
   h2s predict a.mp4 b.avi --model .h2s/jobs/ucf101_split1 --fast
+  h2s predict a.mp4 b.avi --model .h2s/jobs/ucf101_split1 --int8      (CPU: int8 networks)
   h2s predict clip.mp4 --model .h2s/jobs/quickstart/evaluate-0123abcd --flow-video clip_flow.mp4
   h2s predict clip.mp4 --model 3f2a... --tracking-uri sqlite:////data/mlflow.db   (an MLflow run id)
 
@@ -580,6 +586,11 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("--top", type=int, default=5, metavar="K", help="classes to print (default %(default)s)")
     predict.add_argument("--flow-video", metavar="OUT.mp4",
                          help="write each frame beside MotionNet's flow in Middlebury colours (several videos: OUT_<video>.mp4)")
+    predict.add_argument("--int8", action="store_true",
+                         help="CPU only: int8 convolutions and fc layers (torch's quantised kernels; AVX2 is enough), "
+                              "calibrated on training videos of the model's dataset; about 2x the fp32 speed of "
+                              "paper-size networks "
+                              "(bench/speed.py measures it and its top-1 agreement with fp32)")
     predict.add_argument("--json", action="store_true", help="one JSON line per video instead of text")
     predict.add_argument("--device", default="auto", help="auto (cuda when there is one), cpu, cuda, cuda:1, ...")
     predict.add_argument("--tracking-uri", help="MLflow store for a run id (default: $MLFLOW_TRACKING_URI, else .h2s/mlflow.db)")

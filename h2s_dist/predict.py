@@ -68,6 +68,9 @@ class PredictModel:
     fusion_rule: str = "release"
     device: torch.device = torch.device("cpu")
     inputs_per_forward: int = 50
+    dataset_uri: str | None = None
+    """The dataset the stage trained or evaluated on (int8 calibrates on its training videos)."""
+    split: int | None = None
 
 
 @dataclass
@@ -200,7 +203,8 @@ def load_model(model: str, *, tracking_uri: str | None = None, device: str = "au
         num_windows=num_windows or spec.get("num_windows", PAPER_WINDOWS),
         num_crops=num_crops or spec.get("num_crops", PAPER_CROPS), networks=networks,
         fusion_weights=tuple(spec.get("fusion_weights", (1.0, 1.5))), fusion_rule=spec.get("fusion_rule", "release"),
-        device=picked, inputs_per_forward=spec.get("inputs_per_forward", 50),
+        device=picked, inputs_per_forward=spec.get("inputs_per_forward", 50), dataset_uri=data["dataset"],
+        split=data.get("split"),
     )
 
 
@@ -284,6 +288,33 @@ def predict_video(model: PredictModel, path: str | os.PathLike, *, fast: bool = 
         num_frames=len(frames), source_size=source_size, fps_scored=frames_scored / max(sum(seconds.values()), 1e-9),
         seconds=seconds, method=f"{method}, {len(starts)} windows x {num_crops} crops",
     )
+
+
+def quantise_for_cpu(model: PredictModel) -> int:
+    """In place: the model's networks with int8 convolutions and fc layers (`inference.FastConfig`
+    int8_conv + int8_linear, torch's quantised CPU kernels), activation ranges calibrated on
+    `inference.calibration_clips` of the model's dataset (training videos spread over its classes);
+    returns the number of calibration clips. `bench/speed.py` measures the speed-up and the top-1
+    agreement with fp32."""
+    from h2s_dist.inference import calibration_clips, quantise_convolutions, quantise_linear
+    from h2s_dist.train.streams import STREAMS
+
+    if model.device.type != "cpu":
+        raise PredictError(f"int8 runs on torch's quantised CPU kernels, not on {model.device}; pass --device cpu")
+    try:
+        clips = calibration_clips(model.dataset_uri, model.split, model.clip_len_frames, model.crop_size)
+    except (OSError, ValueError) as err:
+        raise PredictError(f"int8 calibrates on the training videos of {model.dataset_uri}, which cannot be read "
+                           f"here ({err}); run without --int8") from err
+
+    def calibrate() -> None:
+        for name, net in model.networks.items():
+            net(STREAMS[name].to_input(STREAMS[name].inputs(clips)))
+
+    quantise_convolutions(model.networks.values(), calibrate)
+    for name, net in model.networks.items():
+        model.networks[name] = quantise_linear(net)
+    return len(clips)
 
 
 def format_prediction(result: VideoPrediction) -> str:

@@ -35,19 +35,14 @@ def _manifest_row(i: int) -> dict:
             "stored_bytes": 0, "source": "", "sha256": "", "encoding": "mp4"}
 
 
-@pytest.fixture(scope="module")
-def workspace(tmp_path_factory) -> pathlib.Path:
-    """A job workspace holding one finished evaluate stage of tiny random networks."""
-    root = tmp_path_factory.mktemp("predict")
+def _evaluate_stage(root: pathlib.Path, dataset: pathlib.Path, classes: list[str]) -> pathlib.Path:
+    """A workspace under root holding one finished evaluate stage of tiny random networks on dataset."""
     torch.manual_seed(0)
-    dataset = root / "data-0"
-    write_classes(str(dataset), CLASSES)
-    write_manifest(str(dataset), [_manifest_row(i) for i in range(len(CLASSES))])
     stage = root / "ws" / "evaluate-0123"
     stage.mkdir(parents=True)
-    stacked = build_stacked(MotionNetSpec(flavour="tiny"), CLIP_LEN, "tiny", len(CLASSES))
+    stacked = build_stacked(MotionNetSpec(flavour="tiny"), CLIP_LEN, "tiny", len(classes))
     save_state_dict(stacked.state_dict(), root / "stacked.pt")
-    save_state_dict(build_vgg16("tiny", in_channels=3, num_classes=len(CLASSES)).state_dict(), root / "spatial.pt")
+    save_state_dict(build_vgg16("tiny", in_channels=3, num_classes=len(classes)).state_dict(), root / "spatial.pt")
     spec = EvaluateSpec(dataset=str(dataset), clip_len_frames=CLIP_LEN, crop_size=CROP, num_windows=3, num_crops=5,
                         motionnet=MotionNetSpec(flavour="tiny"), vgg_flavour="tiny",
                         stacked_weights=str(root / "stacked.pt"), spatial_weights=str(root / "spatial.pt"))
@@ -55,6 +50,30 @@ def workspace(tmp_path_factory) -> pathlib.Path:
     (stage / "outputs.json").write_text(json.dumps({"metrics": {}}))
     (stage / "_SUCCESS").write_text(json.dumps({"kind": "evaluate", "stage": "evaluate", "finished_at": "x"}))
     return root / "ws"
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory) -> pathlib.Path:
+    """A finished evaluate stage whose dataset has classes and a manifest but no shards."""
+    root = tmp_path_factory.mktemp("predict")
+    dataset = root / "data-0"
+    write_classes(str(dataset), CLASSES)
+    write_manifest(str(dataset), [_manifest_row(i) for i in range(len(CLASSES))])
+    return _evaluate_stage(root, dataset, CLASSES)
+
+
+@pytest.fixture(scope="module")
+def ingested_workspace(tmp_path_factory) -> pathlib.Path:
+    """A finished evaluate stage on a small ingested synthetic dataset (training videos to calibrate on)."""
+    from h2s_dist.data.ingest import build_listing, ingest
+    from h2s_dist.data.manifest import read_classes
+
+    root = tmp_path_factory.mktemp("predict-ingested")
+    dataset = root / "data-1"
+    listing = build_listing("synthetic", synthetic={"num_videos": 18, "num_frames": 16, "height": HEIGHT,
+                                                    "width": WIDTH})
+    ingest(listing, str(dataset), size=None, num_tasks=0, progress=False)
+    return _evaluate_stage(root, dataset, read_classes(str(dataset)))
 
 
 def _predict(capsys, *argv: str) -> tuple[int, str, str]:
@@ -135,3 +154,23 @@ def test_spatial_only_model_refuses_a_flow_video(workspace, tmp_path):
 
     with pytest.raises(PredictError, match="needs MotionNet"):
         write_flow_video(model, "unused.mp4", tmp_path / "x.mp4")
+
+
+def test_int8_calibrates_on_training_videos_and_stays_near_fp32(ingested_workspace, shared_data, capsys):
+    """--int8 quantises both streams, calibrated on the dataset's training videos; the top-5
+    probabilities stay near fp32's (random networks are close to a tie, so the order of near-equal
+    classes is not compared)."""
+    video = str(shared_data / "videos" / CLIPS[0])
+    code, out, err = _predict(capsys, video, "--model", str(ingested_workspace), "--json")
+    assert code == 0, err
+    reference = dict(json.loads(out)["top"])
+    code, out, err = _predict(capsys, video, "--model", str(ingested_workspace), "--json", "--int8")
+    assert code == 0, err
+    assert re.search(r"int8: .* calibrated on \d+ clips of training videos", err)
+    top = dict(json.loads(out)["top"])
+    assert max(abs(p - reference.get(name, 0.0)) for name, p in top.items()) < 0.02
+
+
+def test_int8_without_readable_training_videos_is_a_user_error(workspace, shared_data, capsys):
+    code, _, err = _predict(capsys, str(shared_data / "videos" / CLIPS[0]), "--model", str(workspace), "--int8")
+    assert code == 2 and "int8 calibrates on the training videos of" in err and "run without --int8" in err
