@@ -335,7 +335,11 @@ def fast_path_section(args: argparse.Namespace, tvl1_two_stage: Callable[[np.nda
     agreement = None
     if model and model != "none":
         print(f"top-1 agreement with fp32 on the test videos of {model} (trained weights):", flush=True)
-        agreement = fast_path.stage_agreement(model, args.agreement_videos)
+        try:
+            agreement = fast_path.stage_agreement(model, args.agreement_videos)
+        except Exception as err:  # the timings above stay: they are written without the guard, which says why
+            print(f"  no agreement: {type(err).__name__}: {err}", flush=True)
+            agreement = {"error": f"{type(err).__name__}: {err}", "agreement": {}, "rejected": []}
         for name, share in agreement["agreement"].items():
             print(f"  {name:36s} {100 * share:6.1f}% of {agreement['num_videos']} videos"
                   f"{'  (rejected)' if name in agreement['rejected'] else ''}", flush=True)

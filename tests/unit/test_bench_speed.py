@@ -45,3 +45,21 @@ def test_flow_engines_agree_and_give_the_vgg_channel_layout():
         engine.close()
     assert stacks[0].shape == (1, 4, 32, 32) and stacks[0].dtype == np.uint8
     np.testing.assert_array_equal(stacks[0], stacks[1])
+
+
+def test_fast_path_rows_cover_every_variant_and_the_int8_one():
+    """measure_size on tiny networks at 64 px: one row per FastConfig (int8_conv calibrated on
+    other windows) plus torch.export, each with its ratio to the TV-L1 row of the same run."""
+    import argparse
+
+    from bench import fast_path
+    from bench.speed import synthetic_windows
+    from h2s_dist.inference import fast_configs
+
+    args = argparse.Namespace(batch=1, warmup=0, repeats=1, video_windows=2, flavour="tiny")
+    rows = fast_path.measure_size(64, lambda w: torch.zeros(len(w), 101), synthetic_windows, args)
+    methods = [r["method"] for r in rows]
+    assert methods[0] == "tvl1_two_stage"
+    assert {f"h2s {c.name}" for c in fast_configs()} <= set(methods)
+    assert "h2s int8_linear+int8_conv" in methods
+    assert all(r["fps"] > 0 and r["ratio_vs_tvl1"] > 0 for r in rows)
