@@ -174,15 +174,14 @@ def quantise_convolutions(networks: Iterable[nn.Module], calibrate: Callable[[],
     Each graph stays int8 from its first convolution to its last: MotionNet's network
     (`flows_from_stack`) and each VGG16's feature stack (conv1_1 ... pool5). The input checks, the
     flow normalisation and the classifiers (see `FastConfig.int8_linear`) stay float."""
-    from torch.ao.quantization import QConfig, default_weight_observer, get_default_qconfig_mapping
+    from torch.ao.quantization import get_default_qconfig_mapping
     from torch.ao.quantization.quantize_fx import convert_fx
 
     from h2s_dist.models.stacked import StackedTemporalStream
 
+    # Per-channel weights, 7-bit activations on x86 (no overflow without VNNI), and per-tensor
+    # weights for MotionNet's transposed convolutions, which is what torch's kernels take.
     mapping = get_default_qconfig_mapping(torch.backends.quantized.engine)
-    # torch's quantised transposed convolutions take one weight scale per tensor, not per channel.
-    mapping.set_object_type(nn.ConvTranspose2d, QConfig(activation=mapping.global_qconfig.activation,
-                                                        weight=default_weight_observer))
     placed = []  # (owner, attribute): where each graph with observers sits until it is converted
     with warnings.catch_warnings():  # torch.ao is deprecated for torchao, which is not a dependency
         warnings.simplefilter("ignore")
