@@ -3,7 +3,7 @@
     model = HiddenTwoStream(spatial_vgg, stacked_stream)          # or hidden_two_stream(load_model(...))
     fused = model(clips)                                         # clips (N, 11, 3, H, W) uint8 of one video
     fast = build_fast(model, FastConfig(channels_last=True, int8_linear=True))
-    int8 = build_fast(model, FastConfig(int8_linear=True, int8_conv=True), calibration=other_clips)
+    int8 = build_fast(model, FastConfig(int8_linear=True, int8_conv=True), calibration=calibration_clips(dataset, split, 11, 224))
     agreement = top1_agreement(reference_scores, fast_scores)    # share of videos whose top-1 class agrees
     program = export_program(model, clips)                       # torch.export; torch.export.save(program, path)
 
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from h2s_dist.models import fuse_scores
+from h2s_dist.models.motionnet import stack_frames
 from h2s_dist.models.stacked import StackedOutput
 
 MIN_AGREEMENT = 0.99
@@ -142,8 +143,6 @@ class _Int8MotionNet(nn.Module):
         self.config, self.network = config, network
 
     def forward(self, frames: torch.Tensor) -> list[torch.Tensor]:
-        from h2s_dist.models.motionnet import stack_frames
-
         return self.network(stack_frames(frames, self.config))
 
 
@@ -241,7 +240,7 @@ def build_fast(model: HiddenTwoStream, config: FastConfig, calibration: torch.Te
     if config.int8_conv:
         if calibration is None:
             raise ValueError(f"FastConfig {config.name} quantises activations: pass calibration clips "
-                             "(uint8 (N, T, 3, H, W), e.g. one video's windows)")
+                             "(uint8 (N, T, 3, H, W) from several videos: calibration_clips)")
         quantise_convolutions([fast.spatial, fast.stacked], lambda: fast(calibration))
     if config.int8_linear:
         fast = quantise_linear(fast)

@@ -145,10 +145,9 @@ def _skip_names(cfg: MotionNetConfig) -> dict[int, str]:
 def stack_frames(frames: torch.Tensor, config: MotionNetConfig) -> torch.Tensor:
     """Checked frames (B, T, 3, H, W) normalised -> MotionNet's input (B, 3T, H, W), frame-major
     like the release's concat; a clear error for a wrong length, dtype or size."""
-    cfg = config
-    if frames.dim() != 5 or frames.shape[1] != cfg.num_frames or frames.shape[2] != 3:
+    if frames.dim() != 5 or frames.shape[1] != config.num_frames or frames.shape[2] != 3:
         raise ValueError(
-            f"MotionNet expects frames (B, {cfg.num_frames}, 3, H, W), got {tuple(frames.shape)}; "
+            f"MotionNet expects frames (B, {config.num_frames}, 3, H, W), got {tuple(frames.shape)}; "
             "pass clips of the configured length or build it with a matching num_frames"
         )
     if not frames.is_floating_point():
