@@ -63,3 +63,22 @@ def test_fast_path_rows_cover_every_variant_and_the_int8_one():
     assert {f"h2s {c.name}" for c in fast_configs()} <= set(methods)
     assert "h2s int8_linear+int8_conv" in methods
     assert all(r["fps"] > 0 and r["ratio_vs_tvl1"] > 0 for r in rows)
+
+
+def test_interleaved_timing_calls_every_method_once_per_round_and_drops_the_warmup(monkeypatch):
+    """Rounds a, b, a, b, ... (both sides of a ratio see the same minutes); the warmup round is not counted."""
+    from bench import _common
+
+    now = [0.0]
+    monkeypatch.setattr(_common.time, "perf_counter", lambda: now[0])
+    order: list[str] = []
+
+    def method(name: str, seconds: float):
+        def call():
+            now[0] += 50.0 if len(order) < 2 else seconds  # the warmup round is slow
+            order.append(name)
+        return call
+
+    result = _common.interleaved_median_seconds({"a": method("a", 1.0), "b": method("b", 2.0)}, warmup=1, repeats=3)
+    assert order == ["a", "b"] * 4
+    assert result == {"a": 1.0, "b": 2.0}
